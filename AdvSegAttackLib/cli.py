@@ -1,0 +1,443 @@
+"""`advseg`: the command line of the engine (also `python -m AdvSegAttackLib.cli`, as Slicer starts it).
+
+Bad input prints one sentence and exits with status 2, leaving no partial output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import InputError
+from .progress import JsonLinesReporter, Reporter, TqdmReporter
+
+DEMO_MODEL = "abdomen-unet"
+
+
+def resolve_device(name: str):
+    """`auto` (cuda if available, else cpu), `cpu`, `cuda` or `cuda:N` as a torch.device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N).") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: CUDA is not available on this machine.")
+    return device
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _print_table(rows: list[list[str]], header: list[str], out=sys.stdout) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)), file=out)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+# --- info -------------------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """What a volume, label map or model card is."""
+    from .io import describe_image, full_suffix, read_image, read_label
+
+    path = Path(args.file)
+    if (
+        path.suffix.lower() == ".json"
+        or (path.is_dir() and (path / "card.json").is_file())
+        or not path.exists()
+    ):
+        from .cards import load_card
+
+        card = load_card(args.file)
+        info = {"kind": "model card", **json.loads(card.to_json())}
+    elif full_suffix(path) == ".seg.nrrd":
+        info = _label_info(read_label(path), describe_image)
+    else:
+        image = read_image(path)
+        if image.GetPixelID() in _label_types() and _looks_like_labels(image):
+            info = _label_info(read_label(path), describe_image)
+        else:
+            info = {"kind": "image", **describe_image(image)}
+    print(json.dumps(info, indent=2))
+    return info
+
+
+def _looks_like_labels(image) -> bool:
+    import numpy as np
+    import SimpleITK as sitk
+
+    voxels = sitk.GetArrayViewFromImage(image)
+    return voxels.min() >= 0 and len(np.unique(voxels[:: max(1, voxels.shape[0] // 16)])) <= 64
+
+
+def _label_info(label, describe) -> dict:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .labels import BTCV_LABEL_NAMES
+
+    values, counts = np.unique(sitk.GetArrayViewFromImage(label), return_counts=True)
+    present = {
+        int(v): {"name": BTCV_LABEL_NAMES[v] if v < len(BTCV_LABEL_NAMES) else f"label {v}", "voxels": int(c)}
+        for v, c in zip(values, counts, strict=True)
+        if v
+    }
+    return {"kind": "label map (BTCV names)", **describe(label), "labels": present}
+
+
+def _label_types():
+    import SimpleITK as sitk
+
+    return {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt8, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32}
+
+
+# --- phantom ----------------------------------------------------------------------------------------------
+
+
+def cmd_phantom(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Write a synthetic abdominal CT phantom and its BTCV label map."""
+    from .phantom import write_phantom
+
+    image, label = write_phantom(
+        args.seed,
+        Path(args.out),
+        shape=tuple(args.shape),
+        spacing=tuple(args.spacing),
+        contrast=args.contrast,
+    )
+    print(f"wrote {image}\nwrote {label}")
+    return {"image": str(image), "label": str(label)}
+
+
+# --- segment ----------------------------------------------------------------------------------------------
+
+
+def segmentation_rows(report: dict) -> list[list[str]]:
+    return [
+        [name, str(o["label"]), _fmt(o["dice"]), _fmt(o["hd95_mm"], 1)]
+        for name, o in report["organs"].items()
+        if o["voxels_ref"] or o["voxels_pred"]
+    ]
+
+
+def run_segment(
+    image_path: Path,
+    model: str,
+    out_dir: Path,
+    label_path: Path | None,
+    device,
+    reporter: Reporter,
+    card: str | None = None,
+    sw_batch_size: int = 4,
+) -> dict:
+    """Segment a volume, write `pred.nii.gz` and `pred.seg.nrrd`, and score it against a reference if given."""
+    import SimpleITK as sitk
+
+    from .cards import load_model
+    from .io import (
+        read_image,
+        read_label,
+        staged_output_dir,
+        write_image,
+        write_segmentation,
+        write_text_atomic,
+    )
+    from .metrics import segmentation_report
+    from .segment import segment_image
+
+    image = read_image(image_path)
+    model_card, network = load_model(model, card=card, device=device)
+    reference = read_label(label_path, image, model_card.label_names) if label_path else None
+    with staged_output_dir(out_dir) as staging:
+        predicted, _, _ = segment_image(
+            image,
+            model_card,
+            network,
+            device,
+            sw_batch_size,
+            progress=lambda done, total: reporter.progress("segment", done, total),
+        )
+        write_image(predicted, staging / "pred.nii.gz")
+        write_segmentation(
+            predicted, staging / "pred.seg.nrrd", model_card.label_names, model_card.label_colors
+        )
+        result: dict = {"image": str(image_path), "model": model_card.name}
+        if reference is not None:
+            spacing = tuple(reversed(image.GetSpacing()))
+            report = segmentation_report(
+                sitk.GetArrayFromImage(predicted),
+                sitk.GetArrayFromImage(reference),
+                model_card.label_names,
+                spacing,
+            )
+            result["reference"] = str(label_path)
+            result["segmentation"] = report
+        write_text_atomic(staging / "metrics.json", json.dumps(result, indent=2, allow_nan=True) + "\n")
+    reporter.close()
+    return result
+
+
+def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
+    device = resolve_device(args.device)
+    result = run_segment(
+        Path(args.image),
+        args.model,
+        Path(args.out),
+        Path(args.label) if args.label else None,
+        device,
+        reporter,
+        card=args.card,
+        sw_batch_size=args.sw_batch_size,
+    )
+    if "segmentation" in result and args.progress != "jsonl":
+        report = result["segmentation"]
+        _print_table(segmentation_rows(report), ["organ", "label", "Dice", "HD95 mm"])
+        print(f"mean organ Dice (background excluded): {_fmt(report['mean_dice'])}")
+    print(f"wrote {Path(args.out) / 'pred.nii.gz'} and pred.seg.nrrd", file=sys.stderr)
+    return result
+
+
+# --- train ------------------------------------------------------------------------------------------------
+
+
+def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Train a model card from labelled volumes and/or phantoms."""
+    from .cards import ModelCard, load_card, load_model
+    from .io import read_image, read_label, sha256_file
+    from .train import TrainConfig, TrainingCase, train
+
+    if len(args.image) != len(args.label):
+        raise InputError(
+            f"give one --label per --image ({len(args.image)} images, {len(args.label)} labels)."
+        )
+    if len(args.val_image) != len(args.val_label):
+        raise InputError("give one --val-label per --val-image.")
+    device = resolve_device(args.device)
+    config = TrainConfig(
+        steps=args.steps,
+        crops_per_volume=args.crops_per_volume,
+        volumes_per_step=args.volumes_per_step,
+        learning_rate=args.learning_rate,
+        validate_every=args.validate_every,
+        seed=args.seed,
+    )
+    initial = None
+    if args.init:
+        card, initial = load_model(args.init, device=device)
+        card.name = args.name or card.name
+    else:
+        base = load_card(args.preset) if args.preset else None
+        card = ModelCard(
+            name=args.name or "model",
+            architecture=args.architecture if not base else base.architecture,
+            arguments=_architecture_arguments(args) if not base else base.arguments,
+            spacing_mm=list(args.spacing),
+            intensity_window_hu=list(args.window),
+            roi_size=list(args.roi),
+            overlap=args.overlap,
+        )
+
+    def cases(images, labels, phantom_seeds) -> list[TrainingCase]:
+        out = []
+        for image_path, label_path in zip(images, labels, strict=True):
+            image = read_image(image_path)
+            label = read_label(label_path, image, card.label_names)
+            name = (
+                f"{Path(image_path).name} (sha256 {sha256_file(image_path)[:12]}) + {Path(label_path).name}"
+            )
+            out.append(TrainingCase(name, image, label))
+        for seed in phantom_seeds:
+            from .phantom import make_phantom
+
+            contrast = "native" if seed % 2 else "portal-venous"
+            image, label = make_phantom(seed, contrast=contrast, spacing=tuple(args.phantom_spacing))
+            out.append(TrainingCase(f"phantom seed {seed} ({contrast})", image, label))
+        return out
+
+    training = cases(args.image, args.label, range(args.phantoms))
+    validation = cases(args.val_image, args.val_label, args.val_phantom_seed)
+    command = "advseg " + shlex.join(sys.argv[1:]) if sys.argv else ""
+    card_path = train(
+        card,
+        training,
+        validation,
+        Path(args.out),
+        config,
+        device,
+        initial=initial,
+        resume=not args.restart,
+        progress=lambda s, t, loss, dice: reporter.progress(
+            "train", s, t, loss=loss, **({"validation_dice": dice} if dice is not None else {})
+        ),
+        command_line=command,
+    )
+    reporter.close()
+    print(f"wrote {card_path}", file=sys.stderr)
+    return {"card": str(card_path)}
+
+
+def _architecture_arguments(args: argparse.Namespace) -> dict:
+    if args.architecture == "unet":
+        return {
+            "channels": list(args.channels),
+            "strides": list(args.strides),
+            "num_res_units": args.res_units,
+        }
+    return {}
+
+
+# --- demo -------------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Segment a phantom (or IMAGE) with the bundled model and print per-organ Dice."""
+    from .phantom import write_phantom
+
+    out = Path(args.out)
+    device = resolve_device(args.device)
+    if args.image:
+        image, label = Path(args.image), Path(args.label) if args.label else None
+    else:
+        image, label = write_phantom(args.seed, out / "input")
+        print(f"phantom (seed {args.seed}, never used in training): {image}", file=sys.stderr)
+    result = run_segment(image, args.model, out / "segmentation", label, device, reporter)
+    if "segmentation" in result:
+        report = result["segmentation"]
+        print(f"\n{args.model} on {image.name}:")
+        _print_table(segmentation_rows(report), ["organ", "label", "Dice", "HD95 mm"])
+        print(f"mean organ Dice (background excluded): {_fmt(report['mean_dice'])}")
+    else:
+        print(f"segmented {image}; give LABEL=... for Dice.")
+    print(f"outputs in {out}")
+    return result
+
+
+# --- parser -----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="advseg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"advseg {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, device: bool = True) -> None:
+        p.add_argument("--progress", choices=("tqdm", "jsonl"), default="tqdm", help="progress display")
+        if device:
+            p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+
+    p = sub.add_parser("info", help="describe a volume, label map or model card")
+    p.add_argument("file")
+    common(p, device=False)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("phantom", help="write a synthetic abdominal CT phantom with BTCV labels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--shape", type=int, nargs=3, default=(128, 112, 96), metavar=("X", "Y", "Z"), help="voxels"
+    )
+    p.add_argument(
+        "--spacing", type=float, nargs=3, default=(3.0, 3.0, 3.0), metavar=("X", "Y", "Z"), help="mm"
+    )
+    p.add_argument("--contrast", default="portal-venous", help="portal-venous or native")
+    common(p, device=False)
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("segment", help="segment a CT volume with a model card")
+    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA or a DICOM folder)")
+    p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
+    p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    p.add_argument("--label", help="reference label map for Dice/HD95")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward pass")
+    common(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("train", help="train a segmentation model card (DiceCE, random crops)")
+    p.add_argument(
+        "--out", required=True, help="output folder (card.json, model.safetensors, train_state.pt)"
+    )
+    p.add_argument("--name", help="model name in the card")
+    p.add_argument("--image", action="append", default=[], help="training CT (repeat)")
+    p.add_argument("--label", action="append", default=[], help="its label map (repeat, same order)")
+    p.add_argument("--phantoms", type=int, default=0, help="also train on phantoms of seeds 0..N-1")
+    p.add_argument("--phantom-spacing", type=float, nargs=3, default=(3.0, 3.0, 3.0), help="mm")
+    p.add_argument("--val-image", action="append", default=[], help="validation CT (repeat)")
+    p.add_argument("--val-label", action="append", default=[], help="its label map")
+    p.add_argument(
+        "--val-phantom-seed", type=int, action="append", default=[], help="validation phantom seed"
+    )
+    p.add_argument("--init", help="fine-tune from this model card")
+    p.add_argument("--preset", help="architecture preset (btcv-unet, btcv-unetr, btcv-swin-unetr)")
+    p.add_argument("--architecture", default="unet", help="unet, unetr, swin-unetr, segresnet")
+    p.add_argument("--channels", type=int, nargs="+", default=(16, 32, 64, 128))
+    p.add_argument("--strides", type=int, nargs="+", default=(2, 2, 2))
+    p.add_argument("--res-units", type=int, default=2)
+    p.add_argument("--spacing", type=float, nargs=3, default=(3.0, 3.0, 3.0), help="model spacing, mm")
+    p.add_argument("--window", type=float, nargs=2, default=(-175.0, 250.0), help="HU window")
+    p.add_argument("--roi", type=int, nargs=3, default=(64, 64, 64), help="window size, voxels")
+    p.add_argument("--overlap", type=float, default=0.5)
+    p.add_argument("--steps", type=_positive_int, default=2000)
+    p.add_argument("--crops-per-volume", type=_positive_int, default=2)
+    p.add_argument("--volumes-per-step", type=_positive_int, default=2)
+    p.add_argument("--learning-rate", type=float, default=2e-3)
+    p.add_argument("--validate-every", type=_positive_int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--restart", action="store_true", help="ignore a train_state.pt in --out")
+    common(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="segment a phantom (or --image) with the bundled model, print Dice")
+    p.add_argument("--image")
+    p.add_argument("--label")
+    p.add_argument("--model", default=DEMO_MODEL)
+    p.add_argument("--seed", type=int, default=1000, help="phantom seed (never used in training)")
+    p.add_argument("--out", default="out/demo")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    reporter: Reporter = JsonLinesReporter() if args.progress == "jsonl" else TqdmReporter()
+    try:
+        result = args.func(args, reporter)
+    except InputError as error:
+        reporter.error(str(error))
+        return 2
+    except KeyboardInterrupt:
+        reporter.error("cancelled.")
+        return 130
+    out = getattr(args, "out", None)
+    if isinstance(result, dict) and out:
+        reporter.done(str(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Model space and back: exact when no resampling is needed, untouched voxels bit-identical, same type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from AdvSegAttackLib.cards import ModelCard
+from AdvSegAttackLib.io import read_image, read_label
+from AdvSegAttackLib.preprocess import to_model_space
+
+
+def card(spacing=(3.0, 3.0, 3.0), window=(-175.0, 250.0)) -> ModelCard:
+    return ModelCard(
+        name="t",
+        architecture="unet",
+        spacing_mm=list(spacing),
+        intensity_window_hu=list(window),
+        roi_size=[32, 32, 32],
+    )
+
+
+def test_matching_spacing_is_a_pure_reorientation(real_ct):
+    image = read_image(real_ct)  # 3 mm, RAS voxel axes already
+    space = to_model_space(image, card())
+    assert not space.resampled
+    expected = (np.clip(sitk.GetArrayFromImage(image).transpose(2, 1, 0), -175, 250) + 175) / 425
+    np.testing.assert_allclose(space.tensor[0, 0].numpy(), expected, atol=1e-6)
+
+
+def test_lps_source_is_flipped_to_ras():
+    array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4)  # (z, y, x)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((3.0, 3.0, 3.0))  # identity direction: LPS voxel axes
+    space = to_model_space(image, card(window=(0, 1000)))
+    ras = array.transpose(2, 1, 0)[::-1, ::-1, :] / 1000.0
+    np.testing.assert_allclose(space.tensor[0, 0].numpy(), ras, atol=1e-6)
+    assert space.grid.GetDirection() == (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (1.5, 1.5, 2.0)])
+def test_zero_perturbation_returns_the_source_bit_for_bit(real_ct, spacing):
+    image = read_image(real_ct)
+    space = to_model_space(image, card(spacing))
+    out = space.adversarial_to_source(space.tensor.clone())
+    assert out.GetPixelID() == image.GetPixelID()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(image))
+    for getter in ("GetOrigin", "GetSpacing", "GetDirection"):
+        assert getattr(out, getter)() == getattr(image, getter)()
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (1.5, 1.5, 2.0)])
+def test_local_perturbation_changes_only_voxels_it_reaches(real_ct, spacing):
+    image = read_image(real_ct)
+    space = to_model_space(image, card(spacing))
+    adversarial = space.tensor.clone()
+    x, y, z = (s // 2 for s in adversarial.shape[-3:])
+    adversarial[..., x - 4 : x + 4, y - 4 : y + 4, z - 4 : z + 4] += 0.02
+    out = sitk.GetArrayFromImage(space.adversarial_to_source(adversarial.clamp(0, 1)))
+    source = sitk.GetArrayFromImage(image)
+    changed = np.argwhere(out != source)
+    assert len(changed) > 0
+    # Every changed voxel lies within one model voxel of the perturbed box (physical distance check).
+    centre = np.array(space.grid.TransformIndexToPhysicalPoint((x, y, z)))
+    half = np.array(spacing) * 5.0
+    for zyx in changed[:: max(1, len(changed) // 200)]:
+        point = np.array(image.TransformIndexToPhysicalPoint([int(i) for i in zyx[::-1]]))
+        assert np.all(np.abs(point - centre) <= half + np.array(image.GetSpacing()))
+
+
+def test_written_adversarial_is_what_the_model_sees(real_ct):
+    image = read_image(real_ct)
+    space = to_model_space(image, card())
+    generator = torch.Generator().manual_seed(0)
+    adversarial = (space.tensor + 0.02 * torch.randn(space.tensor.shape, generator=generator)).clamp(0, 1)
+    written = space.adversarial_to_source(adversarial)
+    again = to_model_space(written, card())
+    # Integer HU rounding is the only loss: half a HU in model units.
+    assert (again.tensor - adversarial).abs().max().item() <= 0.5 / 425 + 1e-6
+
+
+def test_out_of_window_voxels_move_only_when_the_model_would_see_it():
+    array = (
+        np.array([-1000, -500, 0, 100, 1000, 3000], dtype=np.int16).reshape(1, 1, 6).repeat(3, 0).repeat(3, 1)
+    )
+    image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy())
+    image.SetSpacing((3.0, 3.0, 3.0))
+    image.SetDirection((-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
+    space = to_model_space(image, card())
+    down = space.adversarial_to_source((space.tensor - 10 / 425).clamp(0, 1))
+    up = space.adversarial_to_source((space.tensor + 10 / 425).clamp(0, 1))
+    row_down = sitk.GetArrayFromImage(down).transpose(2, 1, 0)[0, 0, :]
+    row_up = sitk.GetArrayFromImage(up).transpose(2, 1, 0)[0, 0, :]
+    # Down: air and fat below the window stay; in-window voxels move by -10; above-window voxels enter at 240.
+    np.testing.assert_array_equal(row_down, [-1000, -500, -10, 90, 240, 240])
+    # Up: below-window voxels enter at -165; in-window +10; above-window stay.
+    np.testing.assert_array_equal(row_up, [-165, -165, 10, 110, 1000, 3000])
+
+
+def test_labels_round_trip_through_a_resampled_model_grid(real_ct, real_ct_labels):
+    image = read_image(real_ct)
+    label = read_label(real_ct_labels, image)
+    space = to_model_space(image, card((1.5, 1.5, 2.0)))
+    assert space.resampled
+    in_model = space.label_to_model(label)
+    assert tuple(in_model.shape[-3:]) == tuple(space.tensor.shape[-3:])
+    back = space.labels_to_source(in_model)
+    assert back.GetOrigin() == image.GetOrigin() and back.GetSpacing() == image.GetSpacing()
+    assert (sitk.GetArrayFromImage(back) == sitk.GetArrayFromImage(label)).mean() > 0.995
+
+
+def test_oblique_source_keeps_its_geometry_on_the_way_back():
+    from test_io import oblique_volume
+
+    image = oblique_volume()
+    space = to_model_space(image, card((1.0, 1.0, 2.0), window=(-300, 300)))
+    out = space.adversarial_to_source(space.tensor.clone())
+    assert out.GetDirection() == image.GetDirection() and out.GetOrigin() == image.GetOrigin()
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(image))
