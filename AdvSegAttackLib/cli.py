@@ -274,7 +274,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
 
             contrast = "native" if seed % 2 else "portal-venous"
             image, label = make_phantom(seed, contrast=contrast, spacing=tuple(args.phantom_spacing))
-            out.append(TrainingCase(f"phantom seed {seed} ({contrast})", image, label))
+            out.append(TrainingCase(f"phantom seed {seed} ({contrast})", image, label, synthetic=True))
         return out
 
     training = cases(args.image, args.label, range(args.phantoms))
@@ -309,30 +309,149 @@ def _architecture_arguments(args: argparse.Namespace) -> dict:
     return {}
 
 
+# --- attack -----------------------------------------------------------------------------------------------
+
+
+def _attack_flags() -> dict[str, tuple[str, object, str, str]]:
+    """{config field: (flag, default type, unit, doc)} over every registered attack (flags are shared)."""
+    import dataclasses
+
+    from .attacks import ATTACKS
+
+    flags: dict[str, tuple[str, object, str, str]] = {}
+    for cls in ATTACKS.values():
+        for f in dataclasses.fields(cls.Config):
+            if f.name not in flags:
+                flags[f.name] = (
+                    f.metadata["flag"],
+                    f.default,
+                    f.metadata.get("unit", ""),
+                    f.metadata.get("doc", ""),
+                )
+    return flags
+
+
+def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
+    from .attacks import ATTACKS
+
+    p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA or a DICOM folder)")
+    p.add_argument("--label", help="reference label map (the attack target; else the clean prediction)")
+    p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
+    p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
+    p.add_argument("--preset", help="named parameter set (saa: specified [default], authors-final)")
+    p.add_argument(
+        "--organ", nargs="+", default=[], help="organ names (e.g. liver spleen): loss focus and region"
+    )
+    p.add_argument(
+        "--region", default="whole", choices=("whole", "organ", "bbox"), help="where voxels may change"
+    )
+    p.add_argument("--dilation-mm", type=float, default=10.0, help="organ region dilation, mm (default 10)")
+    p.add_argument("--targeted", action="store_true", help="drive the --organ to background (organ removal)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward/backward pass")
+    p.add_argument("--out", required=True, help="case folder to write")
+    p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
+    group = p.add_argument_group("attack parameters (each applies to the attacks that have it)")
+    for name, (flag, default, unit, doc) in _attack_flags().items():
+        kind = type(default) if default is not None else float
+        help_text = f"{doc} [{unit}]" if unit else doc
+        if kind is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        else:
+            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+
+
+def _attack_request(args: argparse.Namespace, out: Path):
+    from .pipeline import AttackRequest
+
+    return AttackRequest(
+        image=Path(args.image),
+        model=args.model,
+        out=out,
+        attack=args.attack,
+        params={name: getattr(args, name) for name in _attack_flags()},
+        preset=args.preset,
+        label=Path(args.label) if args.label else None,
+        card=args.card,
+        organs=args.organ,
+        region=args.region,
+        dilation_mm=args.dilation_mm,
+        targeted=args.targeted,
+        seed=args.seed,
+        device=resolve_device(args.device),
+        sw_batch_size=args.sw_batch_size,
+        preview=not args.no_preview,
+        command_line="advseg " + shlex.join(sys.argv[1:]),
+    )
+
+
+def print_attack_summary(metrics: dict, out=sys.stdout) -> None:
+    """Per-organ table clean -> attacked and the perturbation numbers."""
+    rows = [
+        [
+            name,
+            _fmt(o["dice_clean"]),
+            _fmt(o["dice_adv"]),
+            _fmt(o["hd95_clean_mm"], 1),
+            _fmt(o["hd95_adv_mm"], 1),
+        ]
+        for name, o in metrics["organs"].items()
+    ]
+    print(f"\nDice against {metrics['reference']} (background excluded):", file=out)
+    _print_table(rows, ["organ", "Dice clean", "Dice attacked", "HD95 clean mm", "HD95 attacked mm"], out)
+    p = metrics["perturbation"]
+    print(
+        f"mean Dice {_fmt(metrics['mean_dice_clean'])} -> {_fmt(metrics['mean_dice_adv'])}; "
+        f"SSIM 3-D {_fmt(p['ssim_3d'], 4)}, axial {_fmt(p['ssim_axial_mean'], 4)}; PSNR {_fmt(p['psnr_db'], 1)} dB; "
+        f"L-inf {_fmt(p['linf_hu'], 1)} HU; voxels changed {100 * p['fraction_changed']:.1f} %",
+        file=out,
+    )
+
+
+def cmd_attack(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Attack one CT volume and write a case folder."""
+    from .pipeline import run_attack
+
+    metrics = run_attack(_attack_request(args, Path(args.out)), reporter)
+    reporter.close()
+    if args.progress != "jsonl":
+        print_attack_summary(metrics)
+        print(f"case folder: {args.out}")
+    return metrics
+
+
 # --- demo -------------------------------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
-    """Segment a phantom (or IMAGE) with the bundled model and print per-organ Dice."""
+    """SAA (default preset) on a phantom (or --image) with the bundled model: table, case folder, preview PNG."""
     from .phantom import write_phantom
+    from .pipeline import AttackRequest, run_attack
 
     out = Path(args.out)
-    device = resolve_device(args.device)
     if args.image:
         image, label = Path(args.image), Path(args.label) if args.label else None
     else:
         image, label = write_phantom(args.seed, out / "input")
-        print(f"phantom (seed {args.seed}, never used in training): {image}", file=sys.stderr)
-    result = run_segment(image, args.model, out / "segmentation", label, device, reporter)
-    if "segmentation" in result:
-        report = result["segmentation"]
-        print(f"\n{args.model} on {image.name}:")
-        _print_table(segmentation_rows(report), ["organ", "label", "Dice", "HD95 mm"])
-        print(f"mean organ Dice (background excluded): {_fmt(report['mean_dice'])}")
-    else:
-        print(f"segmented {image}; give LABEL=... for Dice.")
-    print(f"outputs in {out}")
-    return result
+        print(f"phantom of seed {args.seed} (never used in training): {image}", file=sys.stderr)
+    request = AttackRequest(
+        image=image,
+        model=args.model,
+        out=out / "case",
+        attack=args.attack,
+        label=label,
+        device=resolve_device(args.device),
+        command_line="advseg " + shlex.join(sys.argv[1:]),
+    )
+    metrics = run_attack(request, reporter)
+    reporter.close()
+    print(f"\n{args.attack} (default parameters) against {args.model} on {image.name}")
+    print_attack_summary(metrics)
+    print(f"case folder: {out / 'case'} (preview: {out / 'case' / 'preview.png'})")
+    return metrics
 
 
 # --- parser -----------------------------------------------------------------------------------------------
@@ -410,11 +529,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("demo", help="segment a phantom (or --image) with the bundled model, print Dice")
+    p = sub.add_parser("attack", help="attack a CT volume and write a case folder")
+    _add_attack_arguments(p)
+    common(p)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("demo", help="attack a phantom (or --image) with SAA and the bundled model")
     p.add_argument("--image")
     p.add_argument("--label")
     p.add_argument("--model", default=DEMO_MODEL)
     p.add_argument("--seed", type=int, default=1000, help="phantom seed (never used in training)")
+    p.add_argument("--attack", default="saa", help="attack to run (default saa)")
     p.add_argument("--out", default="out/demo")
     common(p)
     p.set_defaults(func=cmd_demo)

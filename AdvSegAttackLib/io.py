@@ -316,3 +316,27 @@ def staged_output_dir(out_dir: str | Path) -> Iterator[Path]:
             os.replace(item, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def json_safe(value):
+    """A copy of `value` fit for strict JSON: NaN and infinities become None, numpy scalars plain numbers."""
+    import math
+
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """Write strict JSON (no NaN/Infinity tokens) atomically."""
+    import json
+
+    write_text_atomic(path, json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n")

@@ -6,10 +6,10 @@ skipped when the spacing already matches) -> clip to the HU window and scale to 
 `Orientationd("RAS")`).
 
 Inverse: a model-space perturbation is scaled to HU, resampled onto the source grid (linear) and added to the
-source voxels, so a voxel the perturbation does not reach is bit-identical to the source. A source voxel
-outside the HU window (the model sees it clipped) changes only when the perturbation moves its clipped value
-into the window, and then to exactly that value, so the model sees the intended image when it reads the
-written file and nothing else moves. Integer sources are written back as the same integer
+source voxels inside the HU window; every other voxel is bit-identical to the source. Voxels outside the
+window (air, fat, bone: the model sees them clipped) never change: moving them into the window would be a
+jump of hundreds of HU that no reader could miss. Attacks are told so (`attackable_mask`), so what they
+optimise is what gets written. Integer sources are written back as the same integer
 type, rounded and clipped to its range. Label maps go both ways by nearest neighbour.
 """
 
@@ -69,6 +69,10 @@ class ModelSpaceImage:
                 return oriented
         return sitk.Resample(image, self.source, sitk.Transform(), interpolator, default, image.GetPixelID())
 
+    def attackable_mask(self) -> torch.Tensor:
+        """Bool [1, 1, X, Y, Z]: model voxels strictly inside the HU window, the only ones an attack may change."""
+        return (self.tensor > 0) & (self.tensor < 1)
+
     def label_to_model(self, label: sitk.Image) -> torch.Tensor:
         """A source-grid label map as a LongTensor [1, 1, X, Y, Z] on the model grid (nearest neighbour)."""
         oriented = sitk.DICOMOrient(label, self.card.orientation)
@@ -101,14 +105,8 @@ class ModelSpaceImage:
         delta = self.perturbation_to_source_hu(adversarial).astype(np.float64)
         source = sitk.GetArrayFromImage(self.source)
         low, high = self.window
-        clipped = np.clip(source, low, high)
-        target = clipped + delta
-        # Inside the window add the change; outside it, move a voxel only where the model would see it move.
-        inside = clipped == source
-        values = np.where(inside, source + delta, target)
-        changed = (delta != 0) & (
-            inside | ((source < low) & (target > low)) | ((source > high) & (target < high))
-        )
+        changed = (delta != 0) & (source >= low) & (source <= high)
+        values = source + delta
         pixel_id = self.source.GetPixelID()
         if pixel_id in _INTEGER_RANGES:
             info = _INTEGER_RANGES[pixel_id]

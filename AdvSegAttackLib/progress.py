@@ -56,7 +56,7 @@ class JsonLinesReporter(Reporter):
 
 
 class TqdmReporter(Reporter):
-    """A tqdm bar per stage on stderr; the final lines are printed by the command itself."""
+    """A tqdm bar per stage on stderr when it is a terminal; the final lines are printed by the command itself."""
 
     def __init__(self) -> None:
         self._bar = None
@@ -67,7 +67,9 @@ class TqdmReporter(Reporter):
 
         if stage != self._stage or self._bar is None:
             self.close()
-            self._bar = tqdm(total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total, desc=stage, file=sys.stderr, leave=False, dynamic_ncols=True, disable=None
+            )
             self._stage = stage
         self._bar.total = total
         self._bar.n = step

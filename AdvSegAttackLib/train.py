@@ -58,6 +58,7 @@ class TrainingCase:
     name: str
     image: sitk.Image
     label: sitk.Image
+    synthetic: bool = False  # phantoms: together they are drawn as often as all real volumes together
 
 
 def _augmentations(roi_size: Sequence[int], crops: int, augment: bool):
@@ -101,6 +102,14 @@ def _pad_to_roi(tensor: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
     for size, roi in zip(reversed(tensor.shape[-3:]), reversed(list(roi_size)), strict=True):
         pads += [0, max(0, roi - size)]
     return torch.nn.functional.pad(tensor, pads)
+
+
+def _sampling_weights(synthetic: Sequence[bool]) -> np.ndarray:
+    """Draw probabilities: real and synthetic volumes get half each when both kinds are present."""
+    flags = np.array(synthetic, dtype=bool)
+    if flags.all() or not flags.any():
+        return np.full(len(flags), 1.0 / len(flags))
+    return np.where(flags, 0.5 / flags.sum(), 0.5 / (~flags).sum())
 
 
 def validation_dice(
@@ -156,6 +165,7 @@ def train(
         }
 
     train_items = [prepare(case) for case in training]
+    weights = _sampling_weights([case.synthetic for case in training])
     val_items = [
         (item["image"][None], item["label"][None]) for item in (prepare(case) for case in validation)
     ]
@@ -188,7 +198,7 @@ def train(
     while step < config.steps:
         network.train()
         chosen = generator.choice(
-            len(train_items), size=min(config.volumes_per_step, len(train_items)), replace=False
+            len(train_items), size=min(config.volumes_per_step, len(train_items)), replace=False, p=weights
         )
         crops = [crop for index in chosen for crop in sampler(train_items[index])]
         images = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(device)

@@ -74,29 +74,37 @@ def test_written_adversarial_is_what_the_model_sees(real_ct):
     image = read_image(real_ct)
     space = to_model_space(image, card())
     generator = torch.Generator().manual_seed(0)
-    adversarial = (space.tensor + 0.02 * torch.randn(space.tensor.shape, generator=generator)).clamp(0, 1)
+    noisy = (space.tensor + 0.02 * torch.randn(space.tensor.shape, generator=generator)).clamp(0, 1)
+    adversarial = torch.where(space.attackable_mask(), noisy, space.tensor)
     written = space.adversarial_to_source(adversarial)
     again = to_model_space(written, card())
     # Integer HU rounding is the only loss: half a HU in model units.
     assert (again.tensor - adversarial).abs().max().item() <= 0.5 / 425 + 1e-6
 
 
-def test_out_of_window_voxels_move_only_when_the_model_would_see_it():
-    array = (
-        np.array([-1000, -500, 0, 100, 1000, 3000], dtype=np.int16).reshape(1, 1, 6).repeat(3, 0).repeat(3, 1)
-    )
+def test_only_voxels_inside_the_window_change():
+    array = np.array([-1000, -500, -175, 0, 100, 250, 1000, 3000], dtype=np.int16)
+    array = array.reshape(1, 1, 8).repeat(3, 0).repeat(3, 1)
     image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy())
     image.SetSpacing((3.0, 3.0, 3.0))
     image.SetDirection((-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
     space = to_model_space(image, card())
-    down = space.adversarial_to_source((space.tensor - 10 / 425).clamp(0, 1))
-    up = space.adversarial_to_source((space.tensor + 10 / 425).clamp(0, 1))
-    row_down = sitk.GetArrayFromImage(down).transpose(2, 1, 0)[0, 0, :]
-    row_up = sitk.GetArrayFromImage(up).transpose(2, 1, 0)[0, 0, :]
-    # Down: air and fat below the window stay; in-window voxels move by -10; above-window voxels enter at 240.
-    np.testing.assert_array_equal(row_down, [-1000, -500, -10, 90, 240, 240])
-    # Up: below-window voxels enter at -165; in-window +10; above-window stay.
-    np.testing.assert_array_equal(row_up, [-165, -165, 10, 110, 1000, 3000])
+    np.testing.assert_array_equal(space.attackable_mask()[0, 0, 0, 0].numpy(), [0, 0, 0, 1, 1, 0, 0, 0])
+    for sign in (-1, 1):
+        written = space.adversarial_to_source((space.tensor + sign * 10 / 425).clamp(0, 1))
+        row = sitk.GetArrayFromImage(written).transpose(2, 1, 0)[0, 0, :]
+        # Out-of-window voxels stay; in-window ones (window edges included) move by the perturbation in HU.
+        expected = [
+            -1000,
+            -500,
+            -175 + 10 * (sign > 0),
+            10 * sign,
+            100 + 10 * sign,
+            250 - 10 * (sign < 0),
+            1000,
+            3000,
+        ]
+        np.testing.assert_array_equal(row, expected)
 
 
 def test_labels_round_trip_through_a_resampled_model_grid(real_ct, real_ct_labels):

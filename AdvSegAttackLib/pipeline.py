@@ -1,0 +1,297 @@
+"""One attack, end to end: read → model space → attack → write in HU on the source grid → segment the
+*written* file → metrics → case folder (see `casefolder`) with provenance.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from . import __version__
+from .attacks import make_attack
+from .cards import load_model, weights_path
+from .casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, PREVIEW, PROVENANCE
+from .errors import InputError
+from .io import (
+    read_image,
+    read_label,
+    sha256_file,
+    staged_output_dir,
+    write_image,
+    write_json_atomic,
+    write_segmentation,
+)
+from .labels import organ_index
+from .metrics import perturbation_report, segmentation_report
+from .preprocess import ModelSpaceImage, to_model_space
+from .progress import Reporter
+from .segment import predict_labels
+
+REGIONS = ("whole", "organ", "bbox")
+
+
+@dataclass
+class AttackRequest:
+    """Everything one `advseg attack` needs; parameters use attack config names (None = default)."""
+
+    image: Path
+    model: str
+    out: Path
+    attack: str
+    params: dict = field(default_factory=dict)
+    preset: str | None = None
+    label: Path | None = None
+    card: str | None = None
+    organs: Sequence[str] = ()
+    region: str = "whole"
+    dilation_mm: float = 10.0
+    targeted: bool = False
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    sw_batch_size: int = 4
+    preview: bool = True
+    command_line: str = ""
+
+
+def region_mask(
+    target: torch.Tensor, organs: Sequence[int], mode: str, dilation_mm: float, spacing_mm
+) -> torch.Tensor | None:
+    """The attack region on the model grid: None (whole volume), the organs dilated by `dilation_mm`, or its box."""
+    from scipy.ndimage import distance_transform_edt
+
+    if mode == "whole":
+        return None
+    if mode not in REGIONS:
+        raise InputError(f"--region {mode!r} is not one of {', '.join(REGIONS)}.")
+    if not organs:
+        raise InputError(f"--region {mode} needs --organ.")
+    if dilation_mm < 0:
+        raise InputError(f"--dilation-mm must be >= 0, got {dilation_mm}.")
+    mask = np.isin(target[0, 0].numpy(), list(organs))
+    if dilation_mm > 0:
+        mask = distance_transform_edt(~mask, sampling=list(spacing_mm)) <= dilation_mm
+    if mode == "bbox":
+        box = np.zeros_like(mask)
+        bounds = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+        box[tuple(slice(b[0], b[-1] + 1) for b in bounds)] = True
+        mask = box
+    return torch.from_numpy(mask)[None, None]
+
+
+def _organ_values(
+    names: Sequence[str], label_names: Sequence[str], target: torch.Tensor, source: str
+) -> list[int]:
+    values = [organ_index(name, label_names) for name in names]
+    present = set(torch.unique(target).tolist())
+    for name, value in zip(names, values, strict=True):
+        if value not in present:
+            raise InputError(f"--organ {name} is not present in the target ({source}); nothing to attack.")
+    return values
+
+
+def _versions() -> dict:
+    import monai
+
+    return {
+        "advsegattack": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "simpleitk": sitk.Version_VersionString(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def _case_metrics(
+    space: ModelSpaceImage,
+    source: sitk.Image,
+    adversarial: sitk.Image,
+    pred_clean: sitk.Image,
+    pred_adv: sitk.Image,
+    reference: sitk.Image | None,
+    region: torch.Tensor | None,
+) -> dict:
+    names = space.card.label_names
+    spacing = tuple(reversed(source.GetSpacing()))
+    clean_array, adv_array = sitk.GetArrayFromImage(pred_clean), sitk.GetArrayFromImage(pred_adv)
+    versus_clean = segmentation_report(adv_array, clean_array, names, spacing)
+    if reference is not None:
+        ref = sitk.GetArrayFromImage(reference)
+        before = segmentation_report(clean_array, ref, names, spacing)
+        after = segmentation_report(adv_array, ref, names, spacing)
+    else:
+        before = segmentation_report(clean_array, clean_array, names, spacing)
+        after = versus_clean
+    organs = {}
+    for name, clean_row in before["organs"].items():
+        adv_row = after["organs"][name]
+        if not (clean_row["voxels_ref"] or clean_row["voxels_pred"] or adv_row["voxels_pred"]):
+            continue
+        organs[name] = {
+            "label": clean_row["label"],
+            "dice_clean": clean_row["dice"],
+            "dice_adv": adv_row["dice"],
+            "hd95_clean_mm": clean_row["hd95_mm"],
+            "hd95_adv_mm": adv_row["hd95_mm"],
+            "dice_adv_vs_clean_prediction": versus_clean["organs"][name]["dice"],
+            "voxels_reference": clean_row["voxels_ref"],
+            "voxels_clean": clean_row["voxels_pred"],
+            "voxels_adv": adv_row["voxels_pred"],
+        }
+    region_source = None
+    if region is not None:
+        region_source = sitk.GetArrayFromImage(space.labels_to_source(region.to(torch.uint8))) > 0
+    perturbation = perturbation_report(
+        sitk.GetArrayFromImage(source),
+        sitk.GetArrayFromImage(adversarial),
+        space.window,
+        region=region_source,
+    )
+    return {
+        "reference": "reference label" if reference is not None else "clean prediction",
+        "background_excluded": True,
+        "organs": organs,
+        "mean_dice_clean": before["mean_dice"],
+        "mean_dice_adv": after["mean_dice"],
+        "mean_hd95_clean_mm": before["mean_hd95_mm"],
+        "mean_hd95_adv_mm": after["mean_hd95_mm"],
+        "mean_dice_adv_vs_clean_prediction": versus_clean["mean_dice"],
+        "perturbation": perturbation,
+    }
+
+
+def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
+    """Run one attack and write its case folder into `request.out`; returns the metrics."""
+    started = datetime.now(timezone.utc)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] = round(now - clock, 3)
+        clock = now
+
+    attack = make_attack(request.attack, request.preset, **request.params)  # validates parameters first
+    reporter.progress("load", 0, 1)
+    source = read_image(request.image)
+    card, network = load_model(request.model, card=request.card, device=request.device)
+    reference = read_label(request.label, source, card.label_names) if request.label else None
+    space = to_model_space(source, card)
+    reporter.progress("load", 1, 1)
+    lap("load")
+
+    def windows(stage: str):
+        return lambda done, total: reporter.progress(stage, done, total)
+
+    if reference is not None:  # fail on a bad --organ before any model work
+        _organ_values(
+            request.organs, card.label_names, space.label_to_model(reference), "the reference label"
+        )
+    clean_model = predict_labels(
+        network, space.tensor, card, request.device, request.sw_batch_size, windows("segment-clean")
+    )
+    lap("segment_clean")
+    target = space.label_to_model(reference) if reference is not None else clean_model
+    target_source = "the reference label" if reference is not None else "the model's clean prediction"
+    organs = _organ_values(request.organs, card.label_names, target, target_source)
+    chosen = region_mask(target, organs, request.region, request.dilation_mm, card.spacing_mm)
+    # Only voxels inside the HU window can be written back (see preprocess), so only they are attacked.
+    region = space.attackable_mask() if chosen is None else chosen & space.attackable_mask()
+
+    result = attack.run(
+        network,
+        space.tensor,
+        target,
+        roi_size=card.roi_size,
+        overlap=card.overlap,
+        sw_batch_size=request.sw_batch_size,
+        region=region,
+        organs=organs or None,
+        targeted=request.targeted,
+        seed=request.seed,
+        device=request.device,
+        progress=lambda step, total, loss: reporter.progress("attack", step, total, loss=loss),
+    )
+    lap("attack")
+
+    with staged_output_dir(request.out) as staging:
+        reporter.progress("write", 0, 1)
+        adversarial_path = write_image(space.adversarial_to_source(result.adversarial), staging / ADVERSARIAL)
+        reporter.progress("write", 1, 1)
+        lap("write")
+        written = read_image(adversarial_path)  # the model segments the file, not the tensor
+        written_space = to_model_space(written, card)
+        adv_model = predict_labels(
+            network, written_space.tensor, card, request.device, request.sw_batch_size, windows("segment-adv")
+        )
+        lap("segment_adv")
+        pred_clean, pred_adv = space.labels_to_source(clean_model), written_space.labels_to_source(adv_model)
+        for labels, stem in ((pred_clean, PRED_CLEAN), (pred_adv, PRED_ADV)):
+            write_image(labels, staging / f"{stem}.nii.gz")
+            write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
+        reporter.progress("metrics", 0, 1)
+        metrics = _case_metrics(space, source, written, pred_clean, pred_adv, reference, chosen)
+        lap("metrics")
+        metrics["attack"] = {"name": attack.name, "diagnostics": result.diagnostics}
+        metrics["seconds"] = seconds
+        write_json_atomic(staging / METRICS, metrics)
+        if request.preview:
+            from .preview import write_preview
+
+            title = f"{attack.name} on {request.image.name}: mean Dice {metrics['mean_dice_clean']:.3f} → {metrics['mean_dice_adv']:.3f}"
+            write_preview(
+                staging / PREVIEW,
+                source,
+                written,
+                pred_clean,
+                pred_adv,
+                card.label_colors,
+                space.window,
+                organs,
+                title,
+            )
+        weights = weights_path(card)
+        provenance = {
+            "tool": "AdvSegAttack",
+            "version": __version__,
+            "command_line": request.command_line or " ".join(sys.argv),
+            "input": {"path": str(Path(request.image).resolve()), "sha256": sha256_file(request.image)},
+            "reference_label": (
+                {"path": str(Path(request.label).resolve()), "sha256": sha256_file(request.label)}
+                if request.label
+                else None
+            ),
+            "target": target_source,
+            "model": {
+                "name": card.name,
+                "card": str(card.path) if card.path else None,
+                "card_sha256": sha256_file(card.path) if card.path else None,
+                "weights_sha256": sha256_file(weights) if weights else None,
+                "source": str(request.model),
+            },
+            "attack": {"name": attack.name, "preset": request.preset, "parameters": attack.config.to_dict()},
+            "organs": {name: value for name, value in zip(request.organs, organs, strict=True)},
+            "region": {
+                "mode": request.region,
+                "dilation_mm": request.dilation_mm if request.region != "whole" else None,
+            },
+            "targeted": request.targeted,
+            "seed": request.seed,
+            "device": str(request.device),
+            "versions": _versions(),
+            "start_time": started.isoformat(),
+            "end_time": datetime.now(timezone.utc).isoformat(),
+        }
+        write_json_atomic(staging / PROVENANCE, provenance)
+    return metrics

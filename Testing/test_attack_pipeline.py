@@ -1,0 +1,200 @@
+"""`advseg attack` end to end: the case folder, geometry, region, provenance, the written file, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from AdvSegAttackLib.cards import ModelCard, save_model
+from AdvSegAttackLib.casefolder import read_case
+from AdvSegAttackLib.cli import main
+from AdvSegAttackLib.io import read_image, read_label
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    card = ModelCard(
+        name="tiny",
+        architecture="unet",
+        arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0},
+        spacing_mm=[3.0, 3.0, 3.0],
+        roi_size=[32, 32, 32],
+    )
+    return save_model(card, card.build_network(), tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def organ_case(tmp_path_factory, real_ct_small, real_ct_small_labels, tiny_model) -> Path:
+    out = tmp_path_factory.mktemp("case") / "liver-pgd"
+    args = [
+        "attack",
+        "--image",
+        str(real_ct_small),
+        "--label",
+        str(real_ct_small_labels),
+        "--model",
+        str(tiny_model),
+        "--attack",
+        "pgd",
+        "--steps",
+        "2",
+        "--organ",
+        "liver",
+        "--region",
+        "organ",
+        "--dilation-mm",
+        "6",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--progress",
+        "jsonl",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "AdvSegAttackLib.cli", *args], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1] == {"event": "done", "out": str(out)}
+    stages = [e["stage"] for e in events if e["event"] == "progress"]
+    for stage in ("load", "segment-clean", "attack", "write", "segment-adv", "metrics"):
+        assert stage in stages
+    attack_steps = [e for e in events if e.get("stage") == "attack"]
+    assert [e["step"] for e in attack_steps] == [1, 2] and all("loss" in e for e in attack_steps)
+    return out
+
+
+def test_case_folder_is_complete_and_on_the_source_geometry(organ_case, real_ct_small):
+    case = read_case(organ_case)
+    source = read_image(real_ct_small)
+    adversarial = read_image(case.adversarial)
+    assert adversarial.GetPixelID() == source.GetPixelID()
+    for getter in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
+        assert getattr(adversarial, getter)() == getattr(source, getter)()
+    for path in (case.pred_clean_nifti, case.pred_adv_nifti):
+        prediction = read_label(path)
+        assert prediction.GetSize() == source.GetSize() and prediction.GetOrigin() == source.GetOrigin()
+    assert case.preview.is_file() and case.preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_outside_the_organ_region_the_volume_is_bit_identical(
+    organ_case, real_ct_small, real_ct_small_labels
+):
+    from scipy.ndimage import distance_transform_edt
+
+    source = sitk.GetArrayFromImage(read_image(real_ct_small))
+    adversarial = sitk.GetArrayFromImage(read_image(read_case(organ_case).adversarial))
+    changed = adversarial != source
+    assert changed.any()
+    liver = sitk.GetArrayFromImage(read_label(real_ct_small_labels)) == 6
+    distance = distance_transform_edt(~liver, sampling=(3.0, 3.0, 3.0))
+    # Region: liver dilated by 6 mm on the (identical) 3 mm model grid; nothing changes beyond it.
+    assert distance[changed].max() <= 6.0 + 1e-6
+    # Only voxels inside the HU window move, and by at most eps = 4/255 of the window (6.7 HU) + rounding.
+    assert np.all((source[changed] >= -175) & (source[changed] <= 250))
+    assert np.abs(adversarial.astype(int) - source)[changed].max() <= np.ceil(4 / 255 * 425)
+
+
+def test_metrics_and_provenance(organ_case, real_ct_small, tiny_model):
+    case = read_case(organ_case)
+    metrics = case.load_metrics()
+    assert metrics["reference"] == "reference label" and metrics["background_excluded"] is True
+    liver = metrics["organs"]["liver"]
+    assert {"dice_clean", "dice_adv", "hd95_clean_mm", "hd95_adv_mm", "dice_adv_vs_clean_prediction"} <= set(
+        liver
+    )
+    perturbation = metrics["perturbation"]
+    assert 0 < perturbation["fraction_changed"] < 0.5 and perturbation["linf_hu"] <= 7
+    assert perturbation["ssim_3d"] > 0.95 and perturbation["region"]["bbox"]
+    assert set(metrics["seconds"]) >= {"load", "segment_clean", "attack", "write", "segment_adv", "metrics"}
+    provenance = case.load_provenance()
+    from AdvSegAttackLib.io import sha256_file
+
+    assert provenance["input"]["sha256"] == sha256_file(real_ct_small)
+    assert provenance["model"]["weights_sha256"] == sha256_file(tiny_model.parent / "model.safetensors")
+    assert provenance["attack"]["parameters"]["eps"] == {
+        "value": 4.0,
+        "unit": "k/255 of the [0, 1] model intensity",
+        "flag": "--eps",
+    }
+    assert provenance["seed"] == 3 and provenance["organs"] == {"liver": 6} and provenance["device"] == "cpu"
+    assert {"torch", "monai", "advsegattack"} <= set(provenance["versions"])
+    assert provenance["start_time"] <= provenance["end_time"]
+
+
+def test_predictions_are_of_the_written_file(organ_case, tiny_model, tmp_path):
+    case = read_case(organ_case)
+    assert (
+        main(
+            [
+                "segment",
+                "--image",
+                str(case.adversarial),
+                "--model",
+                str(tiny_model),
+                "--out",
+                str(tmp_path),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    again = (
+        sitk.GetArrayFromImage(read_label(tmp_path / "pred.nii.gz"))
+        if (tmp_path / "pred.nii.gz").is_file()
+        else None
+    )
+    recorded = sitk.GetArrayFromImage(sitk.ReadImage(str(case.pred_adv_nifti)))
+    if again is None:  # the tiny random model may predict background only, which read_label refuses as empty
+        again = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "pred.nii.gz")))
+    np.testing.assert_array_equal(again, recorded)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--attack", "saa", "--rho", "1.5"], "--rho"),
+        (["--attack", "saa", "--block-size", "1"], "--block-size"),
+        (["--attack", "pgd", "--steps", "0"], "--steps"),
+        (["--attack", "pgd", "--eps", "-1"], "--eps"),
+        (["--attack", "fgsm", "--rho", "0.2"], "--rho does not apply to --attack fgsm"),
+        (["--attack", "pgd", "--organ", "esophagus"], "--organ esophagus is not present in the target"),
+        (["--attack", "pgd", "--organ", "heart"], "--organ 'heart' is not an organ of this model"),
+        (["--attack", "pgd", "--region", "organ"], "--region organ needs --organ"),
+        (["--attack", "saa", "--preset", "fastest"], "--preset 'fastest' is not a preset"),
+    ],
+)
+def test_bad_attack_parameters_exit_2_without_output(
+    extra, message, real_ct_small, real_ct_small_labels, tiny_model, tmp_path, capsys
+):
+    out = tmp_path / "case"
+    status = main(
+        [
+            "attack",
+            "--image",
+            str(real_ct_small),
+            "--label",
+            str(real_ct_small_labels),
+            "--model",
+            str(tiny_model),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
