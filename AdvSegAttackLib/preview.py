@@ -14,12 +14,12 @@ from .io import atomic_path
 def _axial_slice(image: sitk.Image, index: int) -> np.ndarray:
     """Axial slice `index` (along the most superior-inferior axis) shown in radiological convention."""
     oriented = sitk.DICOMOrient(image, "LPS")  # rows anterior->posterior, columns patient right->left
-    return sitk.GetArrayViewFromImage(oriented)[index]
+    return sitk.GetArrayFromImage(oriented)[index]
 
 
 def best_axial_index(label: sitk.Image, organs: Sequence[int] | None) -> int:
     """The axial slice (LPS-oriented index) with the most voxels of the chosen organs (or any organ)."""
-    array = sitk.GetArrayViewFromImage(sitk.DICOMOrient(label, "LPS"))
+    array = sitk.GetArrayFromImage(sitk.DICOMOrient(label, "LPS"))  # a copy: the oriented image is temporary
     mask = np.isin(array, list(organs)) if organs else array > 0
     counts = mask.reshape(mask.shape[0], -1).sum(1)
     return int(counts.argmax()) if counts.any() else array.shape[0] // 2

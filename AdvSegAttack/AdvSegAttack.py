@@ -1,0 +1,1221 @@
+"""AdvSegAttack: adversarial attacks on CT segmentation models, clean vs attacked side by side.
+
+The attack runs in a child process (``PythonSlicer -m AdvSegAttackLib.cli attack ... --progress jsonl``),
+so the application stays responsive and Cancel kills it; the results are loaded on the main thread.
+Nothing heavy happens at import: torch, MONAI and the engine are only needed by the child process, and
+missing packages are installed (with the user's consent) on the first Apply.
+"""
+
+import enum
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Annotated, Union
+
+import qt
+import slicer
+import vtk
+from AdvSegAttackSceneLib import engine as advEngine
+from AdvSegAttackSceneLib import progress as advProgress
+from AdvSegAttackSceneLib import scene as advScene
+from slicer import (
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+HOMEPAGE = "https://github.com/AdvSegAttack/SlicerAdvSegAttack"
+
+#
+# AdvSegAttack
+#
+
+
+class AdvSegAttack(ScriptedLoadableModule):
+    """Module description (title, category, help). Uses ScriptedLoadableModule base class."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Adversarial Segmentation Attack")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["AdvSegAttack developers (AdvSegAttack project)"]
+        self.parent.helpText = _(
+            "Attack a CT segmentation model with SA², VAFA or pixel-space attacks and compare the clean and the "
+            "attacked volume and segmentation side by side, with Dice, HD95 and how visible the change is. "
+            'See the <a href="{homepage}">documentation</a>. For research only; not for clinical use.'
+        ).format(homepage=HOMEPAGE)
+        self.parent.acknowledgementText = _(
+            "Built on the published SA² (Hanif et al., ISBI 2025, MIT) and VAFA (MICCAI 2023) methods, MONAI and "
+            "PyTorch. Slicer integration follows the patterns of the TotalSegmentator, MONAIAuto3DSeg and "
+            "SlicerNNUNet extensions."
+        )
+
+
+#
+# Parameter node
+#
+
+
+class AttackType(enum.Enum):
+    """Attacks of the engine; values are the engine's names."""
+
+    SAA = "saa"
+    SAA_2D = "saa-2d"
+    VAFA = "vafa"
+    VAFA_2D = "vafa-2d"
+    PGD = "pgd"
+    BIM = "bim"
+    FGSM = "fgsm"
+    GN = "gn"
+
+    def label(self):
+        return advEngine.ATTACKS[self.value].label
+
+
+class ModelChoice(enum.Enum):
+    """Bundled models by name, or a model from a file."""
+
+    PHANTOM_UNET = "phantom-unet"
+    REAL_CT_UNET = "real-ct-unet"
+    FROM_FILE = "file"
+
+    def label(self):
+        return {
+            "phantom-unet": _("phantom-unet (bundled demo, phantoms)"),
+            "real-ct-unet": _("real-ct-unet (bundled, abdominal CT)"),
+            "file": _("From file…"),
+        }[self.value]
+
+
+class PresetChoice(enum.Enum):
+    """Named SA² settings (see `AdvSegAttackSceneLib.engine.PRESETS`)."""
+
+    SPECIFIED = "specified"
+    AUTHORS_FINAL = "authors-final"
+
+    def label(self):
+        return {
+            "specified": _("Specified (ρ 0.2, 20 steps, 32³)"),
+            "authors-final": _("Authors' final (ρ 0.4, 10 steps, 16³)"),
+        }[self.value]
+
+
+class RegionChoice(enum.Enum):
+    """Where the attack may change the volume."""
+
+    WHOLE = "whole"
+    ORGAN = "organ"
+    BBOX = "bbox"
+
+    def label(self):
+        return {
+            "whole": _("Whole volume"),
+            "organ": _("Organ mask"),
+            "bbox": _("Organ bounding box"),
+        }[self.value]
+
+
+_DEFAULT = {name: spec.default for name, spec in advEngine.PARAMETERS.items()}
+
+
+@parameterNodeWrapper
+class AdvSegAttackParameterNode:
+    """Everything the module remembers in the scene.
+
+    Fields bound to widgets carry the same name as the widget's ``SlicerParameterName`` in the .ui file;
+    the ones in ``PARAMETERS_SET_IN_CODE`` are set by the widget or the logic.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    # typing.Union (not "|"): the wrapper recognises node unions by typing.get_origin(...) == typing.Union.
+    referenceSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+    model: ModelChoice = ModelChoice.PHANTOM_UNET
+    modelPath: str = ""
+    organ: str = ""
+    attack: AttackType = AttackType.SAA
+    preset: PresetChoice = PresetChoice.SPECIFIED
+    rho: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["rho"]
+    steps: Annotated[int, WithinRange(1, 1000)] = _DEFAULT["steps"]
+    eps: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["eps"]
+    std: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["std"]
+    qMax: Annotated[float, WithinRange(1.0, 255.0)] = _DEFAULT["qMax"]
+    qInit: Annotated[str, Choice(list(advEngine.Q_INITS))] = _DEFAULT["qInit"]
+    blockSize: Annotated[int, WithinRange(2, 256)] = _DEFAULT["blockSize"]
+    lambdaDice: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaDice"]
+    useSsimLoss: bool = _DEFAULT["useSsimLoss"]
+    lambdaSsim: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaSsim"]
+    stepSize: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["stepSize"]
+    alpha: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["alpha"]
+    band: Annotated[str, Choice(list(advEngine.BANDS))] = _DEFAULT["band"]
+    region: RegionChoice = RegionChoice.WHOLE
+    dilationMm: Annotated[float, WithinRange(0.0, 200.0)] = advEngine.DEFAULT_DILATION_MM
+    targeted: bool = False
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    # Results, set by the logic when a run has finished.
+    adversarialVolume: vtkMRMLScalarVolumeNode
+    cleanSegmentation: vtkMRMLSegmentationNode
+    attackedSegmentation: vtkMRMLSegmentationNode
+    metricsTable: vtkMRMLTableNode
+    perturbationTable: vtkMRMLTableNode
+    differenceVolume: vtkMRMLScalarVolumeNode
+    showDifference: bool = False
+
+
+# Parameter-node fields without a widget binding in the .ui (checked by Testing/test_slicer_static.py).
+PARAMETERS_SET_IN_CODE = frozenset(
+    {
+        "modelPath",
+        "organ",
+        "adversarialVolume",
+        "cleanSegmentation",
+        "attackedSegmentation",
+        "metricsTable",
+        "perturbationTable",
+        "differenceVolume",
+        "showDifference",
+    }
+)
+
+# Attack parameter name -> (label widget, field widget) names in the .ui.
+PARAMETER_WIDGETS = {
+    "rho": ("rhoLabel", "rhoSpinBox"),
+    "eps": ("epsLabel", "epsSpinBox"),
+    "std": ("stdLabel", "stdSpinBox"),
+    "qMax": ("qMaxLabel", "qMaxSpinBox"),
+    "qInit": ("qInitLabel", "qInitComboBox"),
+    "steps": ("stepsLabel", "stepsSpinBox"),
+    "blockSize": ("blockSizeLabel", "blockSizeSpinBox"),
+    "lambdaDice": ("lambdaDiceLabel", "lambdaDiceSpinBox"),
+    "useSsimLoss": ("useSsimLossLabel", "useSsimLossCheckBox"),
+    "lambdaSsim": ("lambdaSsimLabel", "lambdaSsimSpinBox"),
+    "stepSize": ("stepSizeLabel", "stepSizeSpinBox"),
+    "alpha": ("alphaLabel", "alphaSpinBox"),
+    "band": ("bandLabel", "bandComboBox"),
+}
+
+DEVICE_SETTINGS_KEY = "AdvSegAttack/device"
+
+#
+# AdvSegAttackWidget
+#
+
+
+class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel. Uses ScriptedLoadableModuleWidget base class."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._labelNames = []
+        self._bestFraction = 0.0
+
+    def setup(self) -> None:
+        """Build the panel from the .ui file and connect it."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AdvSegAttack.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = AdvSegAttackLogic()
+        self.logic.logCallback = self._appendLog
+        self.logic.progressCallback = self._onProgress
+        self.logic.finishedCallback = self._onFinished
+
+        for name, (labelName, widgetName) in PARAMETER_WIDGETS.items():
+            toolTip = advEngine.PARAMETERS[name].toolTip()
+            getattr(self.ui, labelName).toolTip = toolTip
+            getattr(self.ui, widgetName).toolTip = toolTip
+
+        self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda:0", "cuda:1"])
+        self.ui.deviceComboBox.setCurrentText(slicer.util.settingsValue(DEVICE_SETTINGS_KEY, "auto"))
+        self.ui.deviceComboBox.connect("currentTextChanged(QString)", self.onDeviceChanged)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.attackComboBox.connect("activated(int)", self.onAttackActivated)
+        self.ui.presetComboBox.connect("activated(int)", self.onPresetActivated)
+        self.ui.organComboBox.connect("activated(int)", self.onOrganActivated)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.differenceButton.connect("toggled(bool)", self.onDifferenceToggled)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        if self.logic:
+            self.logic.logCallback = self.logic.progressCallback = self.logic.finishedCallback = None
+            self.logic.cancel()
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed: stop a run and forget the parameter node."""
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def onReload(self) -> None:
+        """Reload the Qt-free helpers too (developer mode "Reload")."""
+        import importlib
+
+        if self.logic:
+            self.logic.cancel()
+        for name in (
+            "AdvSegAttackSceneLib.progress",
+            "AdvSegAttackSceneLib.engine",
+            "AdvSegAttackSceneLib.scene",
+        ):
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def initializeParameterNode(self) -> None:
+        """Ensure the parameter node exists and is observed; pick the first volume as input."""
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        """Bind the GUI to a parameter node (``SlicerParameterName`` properties in the .ui)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
+            self._refreshOrgans()
+            self._updateGUI()
+
+    # -- GUI state -------------------------------------------------------------------------------
+
+    def _modelKey(self):
+        node = self._parameterNode
+        return (node.model, node.modelPath, node.referenceSegmentation)
+
+    def _updateGUI(self, caller=None, event=None) -> None:
+        """Show the parameters of the chosen attack, enable Apply, refresh organs and results."""
+        node = self._parameterNode
+        if node is None:
+            return
+        if getattr(self, "_lastModelKey", None) != self._modelKey():
+            self._refreshOrgans()
+        spec = advEngine.ATTACKS[node.attack.value]
+        for name, (labelName, widgetName) in PARAMETER_WIDGETS.items():
+            visible = name in spec.parameters
+            getattr(self.ui, labelName).visible = visible
+            getattr(self.ui, widgetName).visible = visible
+        self.ui.presetLabel.visible = spec.usesPreset
+        self.ui.presetComboBox.visible = spec.usesPreset
+        fromFile = node.model == ModelChoice.FROM_FILE
+        self.ui.modelPathLabel.visible = fromFile
+        self.ui.modelPathLineEdit.visible = fromFile
+        if self.ui.modelPathLineEdit.currentPath != node.modelPath:
+            wasBlocked = self.ui.modelPathLineEdit.blockSignals(True)
+            self.ui.modelPathLineEdit.currentPath = node.modelPath
+            self.ui.modelPathLineEdit.blockSignals(wasBlocked)
+        regional = node.region != RegionChoice.WHOLE
+        self.ui.dilationLabel.visible = regional
+        self.ui.dilationSpinBox.visible = regional
+
+        running = self.logic.isRunning()
+        self.ui.inputsCollapsibleButton.enabled = not running
+        self.ui.attackCollapsibleButton.enabled = not running
+        if running:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the attack; the scene is left as it was.")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.text = _("Apply")
+            problem = self.logic.whyCannotRun(node)
+            self.ui.applyButton.enabled = problem is None
+            self.ui.applyButton.toolTip = problem or _("Run the attack in a background process.")
+
+        hasResults = bool(node.adversarialVolume and node.inputVolume)
+        self.ui.compareButton.enabled = hasResults and not running
+        self.ui.differenceButton.enabled = hasResults and not running
+        self.ui.exportButton.enabled = bool(node.adversarialVolume) and not running
+        self.ui.metricsTableView.setMRMLTableNode(node.metricsTable)
+        summary = node.metricsTable.GetAttribute(advScene.SUMMARY_ATTRIBUTE) if node.metricsTable else None
+        self.ui.summaryLabel.text = summary or ""
+        self.ui.perturbationTableView.setMRMLTableNode(node.perturbationTable)
+        wasBlocked = self.ui.differenceButton.blockSignals(True)
+        self.ui.differenceButton.checked = node.showDifference
+        self.ui.differenceButton.blockSignals(wasBlocked)
+
+    def _refreshOrgans(self) -> None:
+        """Fill the organ list from the model card; ✓ marks organs present in the reference."""
+        node = self._parameterNode
+        self._lastModelKey = self._modelKey()
+        try:
+            self._labelNames, _colors = self.logic.cardLabels(self.logic.modelReference(node))
+        except ValueError:
+            self._labelNames = []
+        present = advScene.organsInReference(node.referenceSegmentation, self._labelNames)
+        combo = self.ui.organComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(_("All organs"), "")
+        for value, name in enumerate(self._labelNames):
+            if value:
+                combo.addItem(f"{name}  ✓" if value in present else name, name)
+        index = combo.findData(node.organ) if node.organ else 0
+        combo.currentIndex = max(index, 0)
+        combo.blockSignals(wasBlocked)
+        if self._labelNames:
+            combo.toolTip = _("Organ to attack (from the model card; ✓: present in the reference).")
+        else:
+            combo.toolTip = _(
+                "The model's organ names are not known (no model card); all organs are attacked."
+            )
+
+    def onModelPathChanged(self, path) -> None:
+        """Store the model file or folder (a plain string, so an empty path stays empty)."""
+        self._parameterNode.modelPath = path.strip()
+
+    def onOrganActivated(self, index) -> None:
+        """Store the chosen organ (empty for all organs)."""
+        self._parameterNode.organ = self.ui.organComboBox.itemData(index) or ""
+
+    def onAttackActivated(self, index) -> None:
+        """The user picked an attack: show its defaults (the preset's values for SA²)."""
+        node = self._parameterNode
+        attack = list(AttackType)[index]  # the combo lists the enum in order
+        spec = advEngine.ATTACKS[attack.value]
+        values = {name: spec.default(name) for name in spec.parameters}
+        if spec.usesPreset:
+            values.update(advEngine.PRESETS[node.preset.value])
+        wasModifying = node.StartModify()
+        node.attack = attack
+        for name, value in values.items():
+            setattr(node, name, value)
+        node.EndModify(wasModifying)
+
+    def onPresetActivated(self, index) -> None:
+        """Fill in the values of the preset the user picked (not when a scene is loaded)."""
+        node = self._parameterNode
+        preset = list(PresetChoice)[index]  # the combo lists the enum in order
+        wasModifying = node.StartModify()
+        node.preset = preset
+        for name, value in advEngine.PRESETS[preset.value].items():
+            setattr(node, name, value)
+        node.EndModify(wasModifying)
+
+    def onDeviceChanged(self, text) -> None:
+        """The device belongs to the computer, so it is kept in the application settings."""
+        if advEngine.isValidDevice(text):
+            qt.QSettings().setValue(DEVICE_SETTINGS_KEY, text.strip().lower())
+
+    def _device(self) -> str:
+        text = self.ui.deviceComboBox.currentText.strip().lower()
+        if not advEngine.isValidDevice(text):
+            raise ValueError(_("Device {device!r} is not auto, cpu or cuda:N.").format(device=text))
+        return text
+
+    # -- Running -----------------------------------------------------------------------------------
+
+    def onApplyButton(self) -> None:
+        """Start the attack, or cancel the running one."""
+        if self.logic.isRunning():
+            self.logic.cancel()
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to start the attack.")):
+                self._startAttack()
+        except Exception:  # shown (with details) by tryWithErrorDisplay
+            self.ui.progressBar.visible = False
+            logging.exception("AdvSegAttack: the attack could not be started")
+        finally:
+            self._updateGUI()
+
+    def _startAttack(self) -> None:
+        try:
+            if not self.logic.ensureDependencies():
+                slicer.util.showStatusMessage(_("Attack not started: required packages are missing."), 5000)
+                return
+            self.ui.logTextEdit.clear()
+            self._bestFraction = 0.0
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.setFormat(_("Starting…"))
+            self.ui.progressBar.visible = True
+            self.logic.startFromParameterNode(self._parameterNode, device=self._device())
+        except ValueError as error:
+            # Bad input: one sentence, no traceback.
+            self.ui.progressBar.visible = False
+            slicer.util.errorDisplay(str(error), windowTitle=_("AdvSegAttack"))
+
+    def _appendLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text.rstrip("\n"))
+
+    def _onProgress(self, fraction, text: str) -> None:
+        if fraction is not None:
+            self._bestFraction = max(self._bestFraction, fraction)
+            self.ui.progressBar.value = int(round(1000 * self._bestFraction))
+        self.ui.progressBar.setFormat(f"{text} (%p%)")
+        slicer.util.showStatusMessage(text, 2000)
+
+    def _onFinished(self, result) -> None:
+        """Show the results, or the engine's one-sentence error, or nothing after Cancel."""
+        self.ui.progressBar.visible = False
+        node = self._parameterNode
+        if result.cancelled:
+            slicer.util.showStatusMessage(_("Attack cancelled; the scene is unchanged."), 5000)
+        elif not result.success:
+            slicer.util.errorDisplay(result.message, windowTitle=_("AdvSegAttack"))
+        elif node is not None:
+            self.logic.storeResults(node, result.loaded)
+            self.ui.resultsCollapsibleButton.collapsed = False
+            slicer.util.showStatusMessage(_("Attack finished."), 5000)
+            try:
+                with slicer.util.tryWithErrorDisplay(_("Failed to show the compare view.")):
+                    self.logic.showCompare(node)
+            except Exception:  # shown by tryWithErrorDisplay
+                logging.exception("AdvSegAttack: compare view")
+        self._updateGUI()
+
+    # -- Results -----------------------------------------------------------------------------------
+
+    def onCompareButton(self) -> None:
+        """Switch to the side-by-side compare layout."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the compare view."), waitCursor=True):
+            self.logic.showCompare(self._parameterNode)
+
+    def onDifferenceToggled(self, checked) -> None:
+        """Add or remove the third view with the difference map."""
+        self._parameterNode.showDifference = bool(checked)
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the difference."), waitCursor=True):
+            self.logic.showCompare(self._parameterNode)
+
+    def onExportButton(self) -> None:
+        """Copy the case files to a folder the user picks."""
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export case to folder"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to export the case."), waitCursor=True):
+            written = self.logic.exportCase(self._parameterNode, folder)
+            slicer.util.showStatusMessage(
+                _("Exported {count} files to {folder}.").format(count=len(written), folder=folder), 5000
+            )
+
+
+#
+# AdvSegAttackLogic
+#
+
+
+class AttackResult:
+    """How a run ended: ``success`` with ``loaded`` nodes, ``cancelled``, or failed with ``message``."""
+
+    def __init__(self, success=False, cancelled=False, message="", loaded=None):
+        self.success = success
+        self.cancelled = cancelled
+        self.message = message
+        self.loaded = loaded
+
+
+class _Run:
+    """State of the child process of one attack."""
+
+    def __init__(self, workDir, inputVolume, attack, labelNames, labelColors):
+        self.workDir = workDir
+        self.outDir = os.path.join(workDir, "case")
+        self.inputVolume = inputVolume
+        self.attack = attack
+        self.labelNames = labelNames
+        self.labelColors = labelColors
+        self.stdout = advProgress.ProgressLineBuffer()
+        self.stderrTail = []
+        self.errorMessage = ""
+        self.doneOut = ""
+        self.cancelled = False
+        self.finished = False
+        self.startError = ""
+        self.process = None
+        self.result = None
+
+
+class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
+    """Runs attacks through the engine's CLI in a child process and loads the results.
+
+    Usable without the widget (batch mode, tests): set ``logCallback``, ``progressCallback`` and
+    ``finishedCallback`` if needed, or call :meth:`process` which waits for the result.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.logCallback = None
+        self.progressCallback = None
+        self.finishedCallback = None
+        self._run = None
+
+    def getParameterNode(self):
+        return AdvSegAttackParameterNode(super().getParameterNode())
+
+    # -- Engine, model and dependencies ------------------------------------------------------------
+
+    @staticmethod
+    def engineRoot():
+        """Folder holding the engine package ``AdvSegAttackLib`` (installed or source checkout)."""
+        return advEngine.findEngineRoot(MODULE_DIR)
+
+    def ensureEngineImportable(self) -> None:
+        """Make ``import AdvSegAttackLib`` work in this process (needed for a source checkout)."""
+        root = self.engineRoot()
+        if root is None:
+            raise ValueError(
+                _("The AdvSegAttackLib engine was not found next to the module; reinstall the extension.")
+            )
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+
+    def cardLabels(self, model):
+        """Organ names and colours of a model (empty lists if unknown)."""
+        try:
+            self.ensureEngineImportable()
+        except ValueError:
+            return [], []
+        return advEngine.cardLabels(model, self.engineRoot())
+
+    @staticmethod
+    def modelReference(parameterNode) -> str:
+        """What to pass as ``--model``: a bundled model's name or the chosen file or folder.
+
+        :raises ValueError: if "From file…" is chosen without an existing path.
+        """
+        if parameterNode.model != ModelChoice.FROM_FILE:
+            return parameterNode.model.value
+        path = parameterNode.modelPath.strip()
+        if not path or not os.path.exists(path):
+            raise ValueError(_("Choose a model card, checkpoint or MONAI bundle that exists."))
+        return path
+
+    def whyCannotRun(self, parameterNode):
+        """None if Apply can start, else the reason (for the tooltip)."""
+        if not parameterNode.inputVolume:
+            return _("Select an input CT volume.")
+        try:
+            self.modelReference(parameterNode)
+        except ValueError as error:
+            return str(error)
+        if parameterNode.region != RegionChoice.WHOLE and not parameterNode.organ:
+            return _("The organ and bounding-box regions need an organ.")
+        return None
+
+    @staticmethod
+    def requirementsPath() -> str:
+        return os.path.join(MODULE_DIR, "Resources", "requirements.txt")
+
+    def ensureDependencies(self) -> bool:
+        """Install what the engine needs, with the user's consent; never called at start-up.
+
+        torch comes from the PyTorch extension (right CUDA build for the driver), then the packages of
+        Resources/requirements.txt through pip.
+
+        :return: False if the user declined.
+        """
+        try:
+            import PyTorchUtils
+        except ModuleNotFoundError as error:
+            raise ValueError(
+                _(
+                    "This module needs the PyTorch extension; install it from the Extensions Manager and restart."
+                )
+            ) from error
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(
+                askConfirmation=True, torchVersionRequirement=advEngine.TORCH_REQUIREMENT
+            )
+            if torch is None:
+                return False
+        else:
+            tooOld = advEngine.missingRequirements(["torch" + advEngine.TORCH_REQUIREMENT])
+            if tooOld:
+                raise ValueError(
+                    _(
+                        "The installed PyTorch is older than {requirement}; uninstall it in the PyTorch Utils "
+                        "module, restart and press Apply again."
+                    ).format(requirement=advEngine.TORCH_REQUIREMENT)
+                )
+        missing = advEngine.missingRequirements(advEngine.readRequirements(self.requirementsPath()))
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+            _(
+                "AdvSegAttack needs these Python packages, which will now be downloaded and installed "
+                "(a few minutes):\n\n{packages}"
+            ).format(packages="\n".join(missing)),
+            windowTitle=_("Install Python packages"),
+        ):
+            return False
+        slicer.util.pip_install(" ".join(missing))
+        stillMissing = advEngine.missingRequirements(missing)
+        if stillMissing:
+            raise RuntimeError(
+                _("Installing {packages} failed; restart Slicer and try again.").format(
+                    packages=", ".join(stillMissing)
+                )
+            )
+        return True
+
+    # -- Running -------------------------------------------------------------------------------------
+
+    def isRunning(self) -> bool:
+        return self._run is not None and not self._run.finished
+
+    def _log(self, text: str) -> None:
+        logging.info(text)
+        if self.logCallback:
+            self.logCallback(text)
+
+    def startFromParameterNode(self, parameterNode, device="auto", waitForCompletion=False):
+        """Start an attack with the settings of a parameter node (see :meth:`startAttack`)."""
+        problem = self.whyCannotRun(parameterNode)
+        if problem:
+            raise ValueError(problem)
+        spec = advEngine.ATTACKS[parameterNode.attack.value]
+        return self.startAttack(
+            parameterNode.inputVolume,
+            self.modelReference(parameterNode),
+            parameterNode.attack.value,
+            parameters={name: getattr(parameterNode, name) for name in spec.parameters},
+            reference=parameterNode.referenceSegmentation,
+            organ=parameterNode.organ,
+            region=parameterNode.region.value,
+            dilationMm=parameterNode.dilationMm,
+            targeted=parameterNode.targeted,
+            seed=parameterNode.seed,
+            device=device,
+            preset=parameterNode.preset.value,
+            waitForCompletion=waitForCompletion,
+        )
+
+    def startAttack(
+        self,
+        inputVolume,
+        model,
+        attack,
+        parameters=None,
+        reference=None,
+        organ="",
+        region="whole",
+        dilationMm=None,
+        targeted=False,
+        seed=0,
+        device="auto",
+        preset=None,
+        waitForCompletion=False,
+    ):
+        """Run ``PythonSlicer -m AdvSegAttackLib.cli attack`` on a volume in a child process.
+
+        :param inputVolume: clean CT volume node (written to a temporary NRRD; never modified).
+        :param model: bundled model name or path of a card, checkpoint or MONAI bundle.
+        :param attack: engine attack name (saa, saa-2d, vafa, vafa-2d, pgd, fgsm, bim, gn).
+        :param parameters: attack parameters by name (see ``AdvSegAttackSceneLib.engine.PARAMETERS``);
+          the ones the attack does not use are ignored.
+        :param reference: optional ground-truth segmentation or labelmap node.
+        :param organ: organ name of the model card, or "" for all organs.
+        :param region: whole, organ or bbox.
+        :param dilationMm: margin around the organ for organ/bbox (mm); None keeps the engine's default.
+        :param device: auto, cpu or cuda:N.
+        :param waitForCompletion: block until the process ends (batch use, tests) and return the
+          `AttackResult`; otherwise return None at once and report through ``finishedCallback``.
+        """
+        if self.isRunning():
+            raise ValueError(_("An attack is already running; cancel it first."))
+        if inputVolume is None or inputVolume.GetImageData() is None:
+            raise ValueError(_("Select an input CT volume with image data."))
+        self.ensureEngineImportable()
+        labelNames, labelColors = advEngine.cardLabels(model, self.engineRoot())
+        workDir = tempfile.mkdtemp(prefix="AdvSegAttack-", dir=slicer.app.temporaryPath)
+        try:
+            imagePath = os.path.join(workDir, "input.nrrd")
+            advScene.writeVolumeNode(inputVolume, imagePath, compress=False)
+            labelPath = None
+            if reference is not None:
+                if reference.IsA("vtkMRMLSegmentationNode") and not labelNames:
+                    raise ValueError(
+                        _("The model's organ names are unknown, so the reference segments cannot be matched.")
+                    )
+                labelPath = os.path.join(workDir, "reference.nii.gz")
+                advScene.writeReferenceLabelmap(
+                    slicer.mrmlScene, reference, inputVolume, labelNames, labelPath
+                )
+            request = advEngine.AttackRequest(
+                image=imagePath,
+                out=os.path.join(workDir, "case"),
+                model=str(model),
+                attack=attack,
+                parameters=dict(parameters or {}),
+                label=labelPath,
+                organs=(organ,) if organ else (),
+                region=region,
+                dilationMm=dilationMm if region != "whole" else None,
+                targeted=targeted,
+                seed=seed,
+                device=device,
+                preset=preset,
+            )
+            arguments = request.arguments()
+        except Exception:
+            shutil.rmtree(workDir, ignore_errors=True)
+            raise
+
+        run = _Run(workDir, inputVolume, attack, labelNames, labelColors)
+        self._run = run
+        program = advEngine.pythonSlicerExecutable()
+        environment = advEngine.childEnvironment(self.engineRoot(), base={})
+        process = qt.QProcess()
+        run.process = process
+        process.setProcessChannelMode(qt.QProcess.SeparateChannels)
+        processEnvironment = qt.QProcessEnvironment.systemEnvironment()
+        pythonPath = [environment["PYTHONPATH"], processEnvironment.value("PYTHONPATH")]
+        processEnvironment.insert("PYTHONPATH", os.pathsep.join(p for p in pythonPath if p))
+        processEnvironment.insert("PYTHONUNBUFFERED", "1")
+        process.setProcessEnvironment(processEnvironment)
+        process.setWorkingDirectory(str(self.engineRoot()))  # `-m` also finds the engine from here
+        process.readyReadStandardOutput.connect(lambda: self._onStdout(run))
+        process.readyReadStandardError.connect(lambda: self._onStderr(run))
+        process.finished.connect(lambda *args: self._onFinished(run))
+        process.errorOccurred.connect(lambda error: self._onProcessError(run, error))
+        self._log(" ".join([program, *arguments]))
+        process.start(program, arguments)
+        if not waitForCompletion:
+            return None
+        process.waitForFinished(-1)
+        self._onFinished(run)
+        return run.result
+
+    def _onStdout(self, run) -> None:
+        data = bytes(run.process.readAllStandardOutput().data())
+        for event in run.stdout.feed(data):
+            self._handleEvent(run, event)
+
+    def _handleEvent(self, run, event) -> None:
+        if event.kind == advProgress.PROGRESS:
+            if self.progressCallback:
+                self.progressCallback(event.fraction, event.describe())
+        elif event.kind == advProgress.DONE:
+            run.doneOut = event.out
+            if self.progressCallback:
+                self.progressCallback(1.0, _("Loading results"))
+        elif event.kind == advProgress.ERROR:
+            run.errorMessage = event.message
+            self._log(f"Error: {event.message}")
+        else:
+            self._log(event.message)
+
+    def _onStderr(self, run) -> None:
+        text = bytes(run.process.readAllStandardError().data()).decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            if line.strip():
+                run.stderrTail = (run.stderrTail + [line])[-50:]
+                self._log(line)
+
+    def _onProcessError(self, run, error) -> None:
+        if error == qt.QProcess.FailedToStart:
+            run.startError = _("Could not start {program}; is this a complete Slicer installation?").format(
+                program=advEngine.pythonSlicerExecutable()
+            )
+            self._onFinished(run)
+
+    def _onFinished(self, run) -> None:
+        """Turn the end of the process into an `AttackResult` (loading the results on success)."""
+        if run.finished:
+            return
+        run.finished = True
+        if run.process is not None and not run.startError:
+            self._onStdout(run)
+            self._onStderr(run)
+        for event in run.stdout.flush():
+            self._handleEvent(run, event)
+        exitCode = run.process.exitCode() if run.process is not None else -1
+        crashed = run.process is not None and run.process.exitStatus() == qt.QProcess.CrashExit
+        if run.cancelled:
+            result = AttackResult(cancelled=True, message=_("Cancelled."))
+        elif run.startError:
+            result = AttackResult(message=run.startError)
+        elif run.errorMessage:
+            result = AttackResult(message=run.errorMessage)
+        elif crashed or exitCode != 0:
+            message = _(
+                "The attack process stopped with exit status {code}; see the log for details."
+            ).format(code=exitCode)
+            if run.stderrTail:
+                message += " " + _("Last message: {line}").format(line=run.stderrTail[-1].strip())
+            result = AttackResult(message=message)
+        else:
+            result = self._loadResults(run)
+        for name in ("input.nrrd", "reference.nii.gz"):
+            path = os.path.join(run.workDir, name)
+            if os.path.exists(path):
+                os.remove(path)
+        if not result.success:
+            shutil.rmtree(run.workDir, ignore_errors=True)
+        run.result = result
+        if self.finishedCallback:
+            self.finishedCallback(result)
+
+    def _loadResults(self, run) -> AttackResult:
+        outDir = run.doneOut or run.outDir
+        try:
+            loaded = advScene.loadCase(
+                slicer.mrmlScene,
+                outDir,
+                run.inputVolume,
+                attack=run.attack,
+                labelNames=run.labelNames or None,
+                labelColors=run.labelColors or None,
+            )
+        except Exception as error:  # the engine's InputError and our RuntimeError carry one sentence
+            logging.exception("AdvSegAttack: loading the results failed")
+            return AttackResult(message=str(error))
+        return AttackResult(success=True, loaded=loaded)
+
+    def cancel(self) -> None:
+        """Kill the running attack (and its children); nothing is loaded into the scene."""
+        run = self._run
+        if run is None or run.finished:
+            return
+        run.cancelled = True
+        process = run.process
+        if process is not None and process.state() != qt.QProcess.NotRunning:
+            self._killChildren(process.processId())
+            process.kill()
+            process.waitForFinished(5000)
+        self._onFinished(run)
+
+    @staticmethod
+    def _killChildren(pid) -> None:
+        """PythonSlicer is a launcher that starts the real Python as a child: kill the whole tree."""
+        try:
+            import psutil
+
+            for child in psutil.Process(pid).children(recursive=True):
+                child.kill()
+        except Exception:  # psutil missing or the process already gone: the launcher kill below suffices
+            pass
+
+    def process(self, inputVolume, model, attack, **kwargs):
+        """Run an attack and wait for it (batch mode); return the `LoadedCase`.
+
+        :raises RuntimeError: with the engine's sentence if the attack failed.
+        """
+        result = self.startAttack(inputVolume, model, attack, waitForCompletion=True, **kwargs)
+        if not result.success:
+            raise RuntimeError(result.message)
+        return result.loaded
+
+    # -- Results -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def storeResults(parameterNode, loaded) -> None:
+        """Remember the nodes of a finished run in the parameter node."""
+        wasModifying = parameterNode.StartModify()
+        parameterNode.adversarialVolume = loaded.adversarialVolume
+        parameterNode.cleanSegmentation = loaded.cleanSegmentation
+        parameterNode.attackedSegmentation = loaded.attackedSegmentation
+        parameterNode.metricsTable = loaded.metricsTable
+        parameterNode.perturbationTable = loaded.perturbationTable
+        parameterNode.differenceVolume = None
+        parameterNode.EndModify(wasModifying)
+
+    def showCompare(self, parameterNode) -> None:
+        """Side-by-side linked views of clean and attacked (plus the difference if asked for)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None or not parameterNode.adversarialVolume or not parameterNode.inputVolume:
+            return
+        difference = None
+        if parameterNode.showDifference:
+            if not parameterNode.differenceVolume:
+                difference = advScene.createDifferenceVolume(
+                    slicer.mrmlScene,
+                    parameterNode.adversarialVolume,
+                    parameterNode.inputVolume,
+                    f"{parameterNode.inputVolume.GetName()} difference (attacked − clean)",
+                )
+                advScene.placeBesideInput(slicer.mrmlScene, [difference], parameterNode.inputVolume)
+                parameterNode.differenceVolume = difference
+            difference = parameterNode.differenceVolume
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+        advScene.registerCompareLayouts(layoutNode)
+        layoutManager.setLayout(
+            advScene.COMPARE_WITH_DIFFERENCE_LAYOUT_ID if difference else advScene.COMPARE_LAYOUT_ID
+        )
+        views = advScene.showCompareLayout(
+            slicer.mrmlScene,
+            layoutNode,
+            parameterNode.inputVolume,
+            parameterNode.adversarialVolume,
+            parameterNode.cleanSegmentation,
+            parameterNode.attackedSegmentation,
+            difference,
+        )
+        for viewName in views:
+            sliceWidget = layoutManager.sliceWidget(viewName)
+            if sliceWidget:
+                sliceWidget.sliceLogic().FitSliceToAll()
+
+    def exportCase(self, parameterNode, folder):
+        """Copy the case files of the current result to `folder` (the same files the CLI writes).
+
+        If the temporary case folder is gone (for example, the scene was saved and reopened), the volume
+        and the predictions are written from the scene instead.
+        """
+        adversarial = parameterNode.adversarialVolume
+        if not adversarial:
+            raise ValueError(_("There is no result to export; run an attack first."))
+        caseFolder = adversarial.GetAttribute(advScene.CASE_FOLDER_ATTRIBUTE) or ""
+        if caseFolder and os.path.isdir(caseFolder):
+            return advScene.exportCaseFolder(caseFolder, folder)
+        written = [advScene.writeVolumeNode(adversarial, os.path.join(folder, "adversarial.nii.gz"))]
+        for node, name in (
+            (parameterNode.cleanSegmentation, "pred_clean.seg.nrrd"),
+            (parameterNode.attackedSegmentation, "pred_adv.seg.nrrd"),
+        ):
+            if node:
+                written.append(advScene.writeSegmentationNode(node, os.path.join(folder, name)))
+        self._log(
+            f"The case folder {caseFolder!r} no longer exists; wrote the volume and predictions from the scene "
+            "(metrics.json and provenance.json are not available)."
+        )
+        return written
+
+
+#
+# AdvSegAttackTest
+#
+
+
+class AdvSegAttackTest(ScriptedLoadableModuleTest):
+    """Self-test: runs in Slicer (Reload and Test, or ctest ``py_AdvSegAttack``).
+
+    The first two tests need no torch or network and run on the extension factory; the end-to-end attack
+    on a phantom runs only where torch and the engine's dependencies are installed.
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_ParameterNodeAndCommandLine()
+        self.setUp()
+        self.test_LoadCaseFolder()
+        self.setUp()
+        self.test_AttackPhantom()
+
+    def test_ParameterNodeAndCommandLine(self):
+        """Defaults of the parameter node and the command line built from them."""
+        self.delayDisplay("Parameter node and command line")
+        logic = AdvSegAttackLogic()
+        node = logic.getParameterNode()
+        self.assertEqual(node.attack, AttackType.SAA)
+        self.assertEqual(node.rho, advEngine.PRESETS["specified"]["rho"])
+        self.assertIsNotNone(logic.whyCannotRun(node))
+        volume = slicer.util.addVolumeFromArray(self._ctArray(), name="CT")
+        node.inputVolume = volume
+        self.assertIsNone(logic.whyCannotRun(node))
+        node.region = RegionChoice.ORGAN
+        self.assertIsNotNone(logic.whyCannotRun(node))
+        request = advEngine.AttackRequest(
+            image="in.nrrd", out="out", model=logic.modelReference(node), attack=node.attack.value
+        )
+        self.assertIn("--progress", request.arguments())
+        self.assertIsNotNone(logic.engineRoot())
+        self.delayDisplay("Test passed")
+
+    @staticmethod
+    def _ctArray():
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        array = rng.normal(40, 20, (12, 40, 36)).astype(np.int16)
+        array[3:9, 10:30, 8:28] += 100
+        return array
+
+    def test_LoadCaseFolder(self):
+        """A case folder made here is loaded with the source geometry, names, colours and metrics."""
+        import json
+
+        import numpy as np
+
+        self.delayDisplay("Loading a case folder")
+        ijkToRAS = np.array(
+            [[-0.7, 0.1, 0.0, 100.5], [-0.1, -0.8, 0.0, -50.25], [0.0, 0.0, 2.5, 300.0], [0, 0, 0, 1]]
+        )
+        clean = self._ctArray()
+        source = slicer.util.addVolumeFromArray(clean, ijkToRAS, name="CT")
+        labels = np.zeros(clean.shape, np.uint8)
+        labels[3:9, 10:30, 8:28] = 6
+        labels[1:3, 2:8, 2:8] = 1
+        caseDir = tempfile.mkdtemp(prefix="AdvSegAttackTest-", dir=slicer.app.temporaryPath)
+        try:
+            adversarial = slicer.util.addVolumeFromArray(clean + 2, ijkToRAS, name="adv")
+            advScene.writeVolumeNode(adversarial, os.path.join(caseDir, "adversarial.nii.gz"))
+            labelNames = ["background", "spleen", "a", "b", "c", "d", "liver"]
+            labelColors = [
+                (0, 0, 0),
+                (157, 108, 162),
+                (1, 1, 1),
+                (2, 2, 2),
+                (3, 3, 3),
+                (4, 4, 4),
+                (221, 130, 101),
+            ]
+            labelmap = slicer.util.addVolumeFromArray(
+                labels, ijkToRAS, name="labels", nodeClassName="vtkMRMLLabelMapVolumeNode"
+            )
+            for name in ("pred_clean", "pred_adv"):
+                path = os.path.join(caseDir, f"{name}.nii.gz")
+                advScene.writeVolumeNode(labelmap, path)
+                segmentation = advScene.readSegmentationFile(
+                    slicer.mrmlScene, path, name, source, labelNames, labelColors
+                )
+                advScene.writeSegmentationNode(segmentation, os.path.join(caseDir, f"{name}.seg.nrrd"))
+            metrics = {
+                "organs": {"liver": {"label": 6, "dice_clean": 0.9, "dice_adv": 0.4}},
+                "mean_dice_clean": 0.9,
+                "mean_dice_adv": 0.4,
+                "perturbation": {"ssim_3d": 0.95, "linf_hu": 2.0},
+            }
+            with open(os.path.join(caseDir, "metrics.json"), "w") as file:
+                json.dump(metrics, file)
+            with open(os.path.join(caseDir, "provenance.json"), "w") as file:
+                json.dump({"attack": {"name": "saa"}}, file)
+            slicer.mrmlScene.Clear()
+            source = slicer.util.addVolumeFromArray(clean, ijkToRAS, name="CT")
+            logic = AdvSegAttackLogic()
+            logic.ensureEngineImportable()
+            loaded = advScene.loadCase(
+                slicer.mrmlScene, caseDir, source, labelNames=labelNames, labelColors=labelColors
+            )
+            self.assertTrue(
+                np.array_equal(advScene.ijkToRAS(loaded.adversarialVolume), advScene.ijkToRAS(source))
+            )
+            self.assertEqual(loaded.adversarialVolume.GetName(), "CT adversarial (saa)")
+            segmentation = loaded.attackedSegmentation.GetSegmentation()
+            names = {
+                segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
+            }
+            self.assertEqual(names, {"spleen", "liver"})
+            self.assertEqual(loaded.metricsTable.GetNumberOfRows(), 2)
+            node = logic.getParameterNode()
+            node.inputVolume = source
+            logic.storeResults(node, loaded)
+            node.showDifference = True
+            logic.showCompare(node)
+            if slicer.app.layoutManager():  # not with --no-main-window
+                self.assertIsNotNone(node.differenceVolume)
+                self.assertEqual(
+                    slicer.app.layoutManager().layout, advScene.COMPARE_WITH_DIFFERENCE_LAYOUT_ID
+                )
+            exportDir = os.path.join(caseDir, "export")
+            written = logic.exportCase(node, exportDir)
+            self.assertEqual(len(written), 7)
+        finally:
+            shutil.rmtree(caseDir, ignore_errors=True)
+        self.delayDisplay("Test passed")
+
+    def test_AttackPhantom(self):
+        """End to end: phantom, bundled phantom-unet, SA² with two steps (needs torch; skipped otherwise)."""
+        import importlib.util
+
+        logic = AdvSegAttackLogic()
+        logic.ensureEngineImportable()
+        missing = advEngine.missingRequirements(advEngine.readRequirements(logic.requirementsPath()))
+        if importlib.util.find_spec("torch") is None or missing:
+            self.delayDisplay(
+                "Skipping the end-to-end attack: torch or engine dependencies are not installed"
+            )
+            return
+        from AdvSegAttackLib.phantom import write_phantom
+
+        self.delayDisplay("Attacking a phantom with phantom-unet")
+        phantomDir = tempfile.mkdtemp(prefix="AdvSegAttackPhantom-", dir=slicer.app.temporaryPath)
+        try:
+            written = write_phantom(0, phantomDir)
+            imagePath = self._phantomImage(written, phantomDir)
+            volume = slicer.util.loadVolume(imagePath)
+            loaded = logic.process(
+                volume,
+                "phantom-unet",
+                "saa",
+                parameters={"steps": 2, "rho": 0.2, "blockSize": 16},
+                device="cpu",
+            )
+            import numpy as np
+
+            self.assertTrue(
+                np.array_equal(advScene.ijkToRAS(loaded.adversarialVolume), advScene.ijkToRAS(volume))
+            )
+            self.assertEqual(
+                loaded.adversarialVolume.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions()
+            )
+            self.assertGreater(loaded.cleanSegmentation.GetSegmentation().GetNumberOfSegments(), 0)
+            self.assertGreater(loaded.metricsTable.GetNumberOfRows(), 0)
+            self.assertEqual(loaded.adversarialVolume.GetName(), f"{volume.GetName()} adversarial (saa)")
+        finally:
+            shutil.rmtree(phantomDir, ignore_errors=True)
+        self.delayDisplay("Test passed")
+
+    @staticmethod
+    def _phantomImage(written, folder):
+        """The image file of `write_phantom`'s result (path, tuple, dict or a folder of files)."""
+        if isinstance(written, dict):
+            written = written.get("image") or next(iter(written.values()))
+        if isinstance(written, (list, tuple)):
+            written = written[0]
+        if written and os.path.isfile(str(written)):
+            return str(written)
+        candidates = sorted(
+            os.path.join(folder, name)
+            for name in os.listdir(folder)
+            if name.endswith((".nii.gz", ".nrrd", ".nii")) and "label" not in name.lower()
+        )
+        if not candidates:
+            raise RuntimeError(f"write_phantom wrote no image into {folder}")
+        return candidates[0]

@@ -1,0 +1,504 @@
+"""Static checks of the Slicer extension files: what Slicer and the Extensions Index would reject.
+
+Nothing here imports Slicer: the module file is read with `ast`, the .ui with an XML parser, the CMake and
+catalogue files as text.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MODULE_NAME = "AdvSegAttack"
+MODULE_DIR = REPO / MODULE_NAME
+MODULE_FILE = MODULE_DIR / f"{MODULE_NAME}.py"
+UI_FILE = MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui"
+ICON_FILE = MODULE_DIR / "Resources" / "Icons" / f"{MODULE_NAME}.png"
+SCENE_LIB = MODULE_DIR / f"{MODULE_NAME}SceneLib"
+RAW_PREFIX = "https://raw.githubusercontent.com/AdvSegAttack/SlicerAdvSegAttack/main/"
+
+# Properties of slicer-extension-catalog-entry-schema-v1.0.2.json ("additionalProperties": false).
+CATALOG_SCHEMA_PROPERTIES = {
+    "$schema",
+    "category",
+    "scm_url",
+    "scm_revision",
+    "scm_type",
+    "build_dependencies",
+    "dicom_support_rule",
+    "build_subdirectory",
+    "enabled",
+    "tier",
+}
+CATALOG_SCHEMA_REQUIRED = {"$schema", "category", "scm_url"}
+# A subset of ACCEPTED_EXTENSION_CATEGORIES in ExtensionsIndex/scripts/check_description_files.py.
+ACCEPTED_CATEGORIES = {"Segmentation", "Quantification", "Informatics", "Utilities", "Examples", "Analysis"}
+
+
+# ------------------------------------------------------------------------------------------------
+# Parsing helpers
+
+
+def moduleTree() -> ast.Module:
+    return ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+
+
+def classes(tree) -> dict[str, ast.ClassDef]:
+    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def baseNames(classDef: ast.ClassDef) -> list[str]:
+    return [ast.unparse(base).split(".")[-1] for base in classDef.bases]
+
+
+def moduleConstant(tree, name):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            value = node.value
+            if isinstance(value, ast.Call) and ast.unparse(value.func) == "frozenset":
+                value = value.args[0]
+            return ast.literal_eval(value)
+    raise AssertionError(f"{name} is not defined at module level in {MODULE_FILE.name}")
+
+
+def wrapperClass(tree) -> ast.ClassDef:
+    wrappers = [
+        c
+        for c in classes(tree).values()
+        if any(ast.unparse(d).split(".")[-1] == "parameterNodeWrapper" for d in c.decorator_list)
+    ]
+    assert len(wrappers) == 1, "exactly one @parameterNodeWrapper class"
+    return wrappers[0]
+
+
+def wrapperFields(tree) -> dict[str, str]:
+    """Field name -> annotation source of the parameter node wrapper."""
+    return {
+        node.target.id: ast.unparse(node.annotation)
+        for node in wrapperClass(tree).body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+    }
+
+
+def enumNames(tree) -> set[str]:
+    return {c.name for c in classes(tree).values() if "Enum" in baseNames(c)}
+
+
+def uiRoot() -> ET.Element:
+    return ET.parse(UI_FILE).getroot()
+
+
+def uiWidgets() -> dict[str, str]:
+    """Widget objectName -> class in the .ui."""
+    return {w.get("name"): w.get("class") for w in uiRoot().iter("widget")}
+
+
+def uiParameterBindings() -> dict[str, tuple[str, str]]:
+    """SlicerParameterName -> (widget name, widget class)."""
+    bindings = {}
+    for widget in uiRoot().iter("widget"):
+        for prop in widget.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                name = prop.findtext("string")
+                assert name not in bindings, f"{name} is bound to two widgets"
+                bindings[name] = (widget.get("name"), widget.get("class"))
+    return bindings
+
+
+def cmakeText(path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    return "\n".join(
+        line.split("#", 1)[0] if not line.lstrip().startswith("set(EXTENSION") else line
+        for line in text.splitlines()
+    )
+
+
+def cmakeSetValues(text: str, variable: str) -> list[str]:
+    match = re.search(rf"set\(\s*{variable}\b(.*?)\)", text, re.S)
+    assert match, f"set({variable} ...) not found"
+    return match.group(1).split()
+
+
+def extensionVariables() -> dict[str, str]:
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    return dict(re.findall(r'set\(\s*(EXTENSION_[A-Z_]+)\s+"([^"]*)"\s*\)', text))
+
+
+def s4ext() -> dict[str, str]:
+    values = {}
+    for line in (REPO / f"{MODULE_NAME}.s4ext").read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, _, value = line.partition(" ")
+        values[key] = value.strip()
+    return values
+
+
+def catalog() -> dict:
+    return json.loads((REPO / f"{MODULE_NAME}.json").read_text(encoding="utf-8"))
+
+
+def topLevelStatements(tree):
+    """Statements that run at import (module body and class bodies), not function bodies."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if isinstance(node, ast.ClassDef):
+            stack.extend(node.body)
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                stack.extend(getattr(node, field, []) or [])
+
+
+def importedModules(statements) -> set[str]:
+    names = set()
+    for node in statements:
+        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else []:
+            if isinstance(sub, ast.Import):
+                names.update(alias.name for alias in sub.names)
+            elif isinstance(sub, ast.ImportFrom) and sub.module:
+                names.add(sub.module)
+    return names
+
+
+def callsAtImport(statements) -> set[str]:
+    names = set()
+    for node in statements:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Call):
+                names.add(ast.unparse(sub.func).split(".")[-1])
+    return names
+
+
+# ------------------------------------------------------------------------------------------------
+# Module file
+
+
+def test_module_has_the_four_classes_on_the_right_bases():
+    found = classes(moduleTree())
+    expected = {
+        MODULE_NAME: ["ScriptedLoadableModule"],
+        f"{MODULE_NAME}Widget": ["ScriptedLoadableModuleWidget", "VTKObservationMixin"],
+        f"{MODULE_NAME}Logic": ["ScriptedLoadableModuleLogic"],
+        f"{MODULE_NAME}Test": ["ScriptedLoadableModuleTest"],
+    }
+    for name, bases in expected.items():
+        assert name in found, f"class {name} is missing"
+        assert baseNames(found[name]) == bases, name
+
+
+def test_widget_has_the_lifecycle_methods():
+    widget = classes(moduleTree())[f"{MODULE_NAME}Widget"]
+    methods = {node.name: node for node in widget.body if isinstance(node, ast.FunctionDef)}
+    for name in (
+        "setup",
+        "cleanup",
+        "enter",
+        "exit",
+        "onSceneStartClose",
+        "onSceneEndClose",
+        "setParameterNode",
+    ):
+        assert name in methods, name
+    cleanup = ast.unparse(methods["cleanup"])
+    assert "removeObservers()" in cleanup and "cancel()" in cleanup and "disconnectGui" in cleanup
+    setup = ast.unparse(methods["setup"])
+    assert "loadUI" in setup and "childWidgetVariables" in setup and "setMRMLScene" in setup
+    assert "connectGui(self.ui)" in ast.unparse(methods["setParameterNode"])
+
+
+def test_every_ui_name_used_by_the_widget_exists():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.([A-Za-z_]\w*)", source))
+    for labelName, widgetName in moduleConstant(moduleTree(), "PARAMETER_WIDGETS").values():
+        used.update((labelName, widgetName))
+    missing = used - set(uiWidgets())
+    assert not missing, f"used by the module but not in the .ui: {sorted(missing)}"
+
+
+def test_parameter_names_in_the_ui_are_wrapper_fields_and_vice_versa():
+    tree = moduleTree()
+    fields = set(wrapperFields(tree))
+    bound = set(uiParameterBindings())
+    setInCode = set(moduleConstant(tree, "PARAMETERS_SET_IN_CODE"))
+    assert bound <= fields, f"SlicerParameterName without a wrapper field: {sorted(bound - fields)}"
+    assert setInCode <= fields, f"PARAMETERS_SET_IN_CODE names unknown fields: {sorted(setInCode - fields)}"
+    assert not (bound & setInCode), f"both bound and set in code: {sorted(bound & setInCode)}"
+    assert fields - setInCode == bound, f"fields without a widget: {sorted(fields - setInCode - bound)}"
+
+
+def test_bound_widgets_have_a_connector_for_their_field_type():
+    """The pairs slicer.parameterNodeWrapper.guiConnectors accepts (widget class is compared exactly)."""
+    tree = moduleTree()
+    fields = wrapperFields(tree)
+    enums = enumNames(tree)
+    for parameter, (widgetName, widgetClass) in uiParameterBindings().items():
+        annotation = fields[parameter]
+        base = re.sub(r"^Annotated\[([^,\]]+).*", r"\1", annotation)
+        if widgetClass == "QComboBox":
+            ok = base in enums or "Choice(" in annotation
+        elif widgetClass == "QSpinBox":
+            ok = base == "int"
+        elif widgetClass in ("QDoubleSpinBox", "ctkSliderWidget"):
+            ok = base == "float" and ("WithinRange" in annotation or widgetClass == "QDoubleSpinBox")
+        elif widgetClass == "QCheckBox":
+            ok = base == "bool"
+        elif widgetClass == "ctkPathLineEdit":
+            ok = base in ("pathlib.Path", "Path")
+        elif widgetClass == "qMRMLNodeComboBox":
+            ok = all(
+                t.strip() in ("None",) or t.strip().startswith("vtkMRML")
+                for t in re.sub(r"^Union\[(.*)\]$", r"\1", base).split(",")
+            )
+        else:
+            ok = False
+        assert ok, f"{widgetName} ({widgetClass}) cannot be bound to {parameter}: {annotation}"
+
+
+def test_ui_file_follows_slicer_conventions():
+    root = uiRoot()
+    top = root.find("widget")
+    assert top.get("class") == "qMRMLWidget" and top.get("name") == MODULE_NAME
+    widgets = uiWidgets()
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    qtClasses = {w for w in widgets.values() if w.startswith("Q")}
+    assert set(widgets.values()) - qtClasses <= declared, "custom widget classes must be declared"
+    connections = {
+        (c.findtext("sender"), c.findtext("signal"), c.findtext("receiver"), c.findtext("slot"))
+        for c in root.iter("connection")
+    }
+    for name, widgetClass in widgets.items():
+        if widgetClass.startswith("qMRML") and widgetClass != "qMRMLWidget":
+            assert (MODULE_NAME, "mrmlSceneChanged(vtkMRMLScene*)", name, "setMRMLScene(vtkMRMLScene*)") in (
+                connections
+            ), f"{name} does not get the scene"
+    advanced = root.find(".//widget[@name='advancedCollapsibleButton']")
+    assert advanced is not None and advanced.get("class") == "ctkCollapsibleButton"
+    collapsed = {p.get("name"): p.findtext("bool") for p in advanced.findall("property")}
+    assert collapsed.get("collapsed") == "true", "Advanced starts collapsed"
+
+
+def test_attack_parameters_have_widgets_and_units():
+    import sys
+
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        from AdvSegAttackSceneLib import engine
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    parameterWidgets = moduleConstant(moduleTree(), "PARAMETER_WIDGETS")
+    assert set(parameterWidgets) == set(engine.PARAMETERS)
+    bindings = uiParameterBindings()
+    for name, (_, widgetName) in parameterWidgets.items():
+        assert bindings[name][0] == widgetName, f"{widgetName} should carry SlicerParameterName {name}"
+        assert engine.PARAMETERS[name].unit
+    fields = wrapperFields(moduleTree())
+    attack = fields["attack"]
+    enum = classes(moduleTree())[attack]
+    values = {ast.literal_eval(n.value) for n in enum.body if isinstance(n, ast.Assign)}
+    assert values == set(engine.ATTACKS), "the AttackType enum lists the engine's attacks"
+
+
+def test_nothing_heavy_happens_at_import():
+    tree = moduleTree()
+    statements = list(topLevelStatements(tree))
+    imported = importedModules(statements)
+    for heavy in ("torch", "monai", "AdvSegAttackLib", "PyTorchUtils", "numpy", "SimpleITK"):
+        assert not any(m == heavy or m.startswith(heavy + ".") for m in imported), (
+            f"{heavy} imported at import"
+        )
+    assert "imp" not in imported
+    calls = callsAtImport(statements)
+    for forbidden in (
+        "pip_install",
+        "pip_ensure",
+        "installTorch",
+        "pip_check",
+        "launchConsoleProcess",
+        "start",
+    ):
+        assert forbidden not in calls, f"{forbidden}() runs at import"
+
+
+def test_scene_library_is_qt_free():
+    for path in sorted(SCENE_LIB.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        everywhere = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
+        assert not everywhere & {"qt", "ctk", "PythonQt", "torch"}, f"{path.name} imports Qt or torch"
+        atImport = {m.split(".")[0] for m in importedModules(topLevelStatements(tree))}
+        assert not atImport & {"slicer", "vtk", "numpy", "AdvSegAttackLib"}, (
+            f"{path.name}: heavy import at top"
+        )
+
+
+def test_child_process_is_started_with_an_argument_list():
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    assert "qt.QProcess()" in source
+    assert re.search(r"process\.start\(program, arguments\)", source)
+    assert "shell=True" not in source and "os.system" not in source
+
+
+# ------------------------------------------------------------------------------------------------
+# CMake, catalogue entry, icon
+
+
+def _moduleCMakeLists():
+    text = cmakeText(MODULE_DIR / "CMakeLists.txt")
+    name = re.search(r"set\(MODULE_NAME\s+(\w+)\)", text).group(1)
+    scripts = [s.replace("${MODULE_NAME}", name) for s in cmakeSetValues(text, "MODULE_PYTHON_SCRIPTS")]
+    resources = [s.replace("${MODULE_NAME}", name) for s in cmakeSetValues(text, "MODULE_PYTHON_RESOURCES")]
+    return text, name, scripts, resources
+
+
+def test_module_cmake_lists_every_file_and_only_existing_files():
+    text, name, scripts, resources = _moduleCMakeLists()
+    assert name == MODULE_NAME
+    for listed in scripts + resources:
+        assert (MODULE_DIR / listed).is_file(), f"listed in CMake but missing: {listed}"
+    assert all(s.endswith(".py") for s in scripts), "SCRIPTS holds the .py files"
+    assert not any(r.endswith(".py") for r in resources), "RESOURCES holds the other files"
+    onDisk = {
+        p.relative_to(MODULE_DIR).as_posix()
+        for p in MODULE_DIR.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc" and p.name != "CMakeLists.txt"
+    }
+    unlisted = onDisk - set(scripts) - set(resources)
+    assert not unlisted, f"files in the module folder that CMake does not install: {sorted(unlisted)}"
+    assert re.search(r"slicerMacroBuildScriptedModule\(.*WITH_GENERIC_TESTS.*\)", text, re.S)
+    testing = re.search(r"if\(BUILD_TESTING\)(.*?)endif\(\)", text, re.S)
+    assert testing and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in testing.group(1)
+
+
+def test_top_level_cmake_is_a_slicer_extension():
+    text = cmakeText(REPO / "CMakeLists.txt")
+    assert re.search(r"^project\(\s*AdvSegAttack\s*\)", text, re.M)
+    variables = extensionVariables()
+    for key in (
+        "EXTENSION_HOMEPAGE",
+        "EXTENSION_CATEGORY",
+        "EXTENSION_CONTRIBUTORS",
+        "EXTENSION_DESCRIPTION",
+        "EXTENSION_ICONURL",
+        "EXTENSION_SCREENSHOTURLS",
+        "EXTENSION_DEPENDS",
+    ):
+        assert variables.get(key), f"{key} is not set"
+    assert variables["EXTENSION_DEPENDS"] == "PyTorch"
+    assert variables["EXTENSION_CATEGORY"] in ACCEPTED_CATEGORIES
+    assert variables["EXTENSION_HOMEPAGE"].startswith("https://")
+    repoName = variables["EXTENSION_HOMEPAGE"].rstrip("/").split("/")[-1]
+    assert "slicer" in repoName.lower(), "the Extensions Index wants 'Slicer' in the repository name"
+    order = [
+        "find_package(Slicer REQUIRED)",
+        "include(${Slicer_USE_FILE})",
+        "add_subdirectory(AdvSegAttackLib)",
+        "add_subdirectory(AdvSegAttack)",
+        "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+        "include(${Slicer_EXTENSION_CPACK})",
+    ]
+    positions = [text.find(line) for line in order]
+    assert all(p >= 0 for p in positions), dict(zip(order, positions, strict=True))
+    assert positions == sorted(positions)
+    # The regular expressions ExtensionsIndex/scripts/check_description_files.py applies.
+    icon = re.findall(r'set\s*\(EXTENSION_ICONURL\s*"([^"]+)"[ ]*\)', text, re.I | re.M)
+    shots = re.findall(r'set\s*\(EXTENSION_SCREENSHOTURLS\s*"([^"]+)"\)', text, re.I | re.M)
+    assert (
+        icon and icon[0].startswith("http") and shots and all(u.startswith("http") for u in shots[0].split())
+    )
+
+
+def test_engine_cmake_installs_the_engine_beside_the_module():
+    text = cmakeText(REPO / "AdvSegAttackLib" / "CMakeLists.txt")
+    assert re.search(r"set\(MODULE_NAME\s+AdvSegAttackLib\)", text)
+    assert re.search(r"slicerMacroBuildScriptedModule\(.*WITH_SUBDIR.*\)", text, re.S)
+    assert "WITH_GENERIC_TESTS" not in text
+    assert re.search(r"file\(GLOB_RECURSE MODULE_PYTHON_SCRIPTS.*\*\.py", text, re.S)
+    assert (REPO / "AdvSegAttackLib" / "__init__.py").is_file()
+    # The bundled models go where AdvSegAttackLib.cards.models_dir looks: beside the package.
+    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models" in text
+    assert "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models" in text
+
+
+def test_s4ext_json_and_cmake_agree():
+    variables = extensionVariables()
+    legacy = s4ext()
+    assert legacy["scm"] == "git"
+    assert legacy["scmurl"] == variables["EXTENSION_HOMEPAGE"]
+    assert legacy["homepage"] == variables["EXTENSION_HOMEPAGE"]
+    assert legacy["category"] == variables["EXTENSION_CATEGORY"]
+    assert legacy["depends"] == variables["EXTENSION_DEPENDS"]
+    assert legacy["iconurl"] == variables["EXTENSION_ICONURL"]
+    assert legacy["screenshoturls"] == variables["EXTENSION_SCREENSHOTURLS"]
+    assert legacy["contributors"] == variables["EXTENSION_CONTRIBUTORS"]
+    assert legacy["description"] == variables["EXTENSION_DESCRIPTION"]
+    entry = catalog()
+    assert set(entry) <= CATALOG_SCHEMA_PROPERTIES, (
+        f"not in the schema: {sorted(set(entry) - CATALOG_SCHEMA_PROPERTIES)}"
+    )
+    assert CATALOG_SCHEMA_REQUIRED <= set(entry)
+    assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/")
+    assert entry["category"] == variables["EXTENSION_CATEGORY"]
+    assert entry["scm_url"] == variables["EXTENSION_HOMEPAGE"]
+    assert entry["scm_revision"] == legacy["scmrevision"]
+    assert entry["build_dependencies"] == variables["EXTENSION_DEPENDS"].split()
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
+
+
+def test_icon_and_screenshot_urls_point_at_files_in_this_repository():
+    variables = extensionVariables()
+    icon = variables["EXTENSION_ICONURL"]
+    assert icon.startswith(RAW_PREFIX)
+    assert (REPO / icon[len(RAW_PREFIX) :]) == ICON_FILE
+    for url in variables["EXTENSION_SCREENSHOTURLS"].split():
+        assert url.startswith(RAW_PREFIX)
+        assert url.lower().endswith((".png", ".jpg", ".jpeg", ".gif"))
+
+
+def test_screenshot_exists():
+    missing = [
+        url[len(RAW_PREFIX) :]
+        for url in extensionVariables()["EXTENSION_SCREENSHOTURLS"].split()
+        if not (REPO / url[len(RAW_PREFIX) :]).is_file()
+    ]
+    if missing:
+        pytest.skip(f"screenshot not taken yet (needs a running Slicer): {', '.join(missing)}")
+
+
+def test_icon_is_a_128_pixel_png():
+    data = ICON_FILE.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert (width, height) == (128, 128)
+
+
+def test_requirements_leave_torch_and_simpleitk_to_slicer():
+    lines = [
+        line.split("#", 1)[0].strip()
+        for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    ]
+    names = {re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].lower() for line in lines if line}
+    assert names, "requirements.txt lists the engine's packages"
+    assert not names & {"torch", "simpleitk", "numpy"}
+    assert not any("==" in line for line in lines), "lower bounds only, no exact pins"
