@@ -90,14 +90,12 @@ class AttackType(enum.Enum):
 class ModelChoice(enum.Enum):
     """Bundled models by name, or a model from a file."""
 
-    PHANTOM_UNET = "phantom-unet"
-    REAL_CT_UNET = "real-ct-unet"
+    ABDOMEN_UNET = "abdomen-unet"
     FROM_FILE = "file"
 
     def label(self):
         return {
-            "phantom-unet": _("phantom-unet (bundled demo, phantoms)"),
-            "real-ct-unet": _("real-ct-unet (bundled, abdominal CT)"),
+            "abdomen-unet": _("abdomen-unet (bundled: abdominal CT and phantoms, 3 mm)"),
             "file": _("From file…"),
         }[self.value]
 
@@ -144,7 +142,7 @@ class AdvSegAttackParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     # typing.Union (not "|"): the wrapper recognises node unions by typing.get_origin(...) == typing.Union.
     referenceSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
-    model: ModelChoice = ModelChoice.PHANTOM_UNET
+    model: ModelChoice = ModelChoice.ABDOMEN_UNET
     modelPath: str = ""
     organ: str = ""
     attack: AttackType = AttackType.SAA
@@ -1161,7 +1159,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_AttackPhantom(self):
-        """End to end: phantom, bundled phantom-unet, SA² with two steps (needs torch; skipped otherwise)."""
+        """End to end: phantom, bundled abdomen-unet, SA² with two steps (needs torch; skipped otherwise)."""
         import importlib.util
 
         logic = AdvSegAttackLogic()
@@ -1174,7 +1172,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             return
         from AdvSegAttackLib.phantom import write_phantom
 
-        self.delayDisplay("Attacking a phantom with phantom-unet")
+        self.delayDisplay("Attacking a phantom with abdomen-unet")
         phantomDir = tempfile.mkdtemp(prefix="AdvSegAttackPhantom-", dir=slicer.app.temporaryPath)
         try:
             written = write_phantom(0, phantomDir)
@@ -1182,7 +1180,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             volume = slicer.util.loadVolume(imagePath)
             loaded = logic.process(
                 volume,
-                "phantom-unet",
+                "abdomen-unet",
                 "saa",
                 parameters={"steps": 2, "rho": 0.2, "blockSize": 16},
                 device="cpu",

@@ -614,7 +614,7 @@ def test_attack_command_line_is_an_argument_list():
     request = engine.AttackRequest(
         image="/data/my CT/in put.nrrd",
         out="/tmp/out dir",
-        model="phantom-unet",
+        model="abdomen-unet",
         attack="saa",
         parameters={
             **{name: engine.PARAMETERS[name].default for name in engine.PARAMETERS},
@@ -674,7 +674,7 @@ def test_pixel_attack_command_line():
     ],
 )
 def test_bad_requests_are_one_sentence(changes, message):
-    values = {"image": "in.nrrd", "out": "out", "model": "phantom-unet", "attack": "saa"}
+    values = {"image": "in.nrrd", "out": "out", "model": "abdomen-unet", "attack": "saa"}
     values.update(changes)
     with pytest.raises(ValueError, match=message):
         engine.AttackRequest(**values).arguments()

@@ -19,7 +19,7 @@ from pathlib import Path
 ENGINE_PACKAGE = "AdvSegAttackLib"
 ENGINE_CLI_MODULE = "AdvSegAttackLib.cli"
 
-BUNDLED_MODELS: tuple[str, ...] = ("phantom-unet", "real-ct-unet")
+BUNDLED_MODELS: tuple[str, ...] = ("abdomen-unet",)
 REGIONS: tuple[str, ...] = ("whole", "organ", "bbox")
 BANDS: tuple[str, ...] = ("all", "low", "middle", "high")
 Q_INITS: tuple[str, ...] = ("max", "one")
