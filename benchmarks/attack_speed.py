@@ -1,0 +1,148 @@
+"""Seconds per attack step, peak memory, and the ratio of one step to a bare forward+backward pass.
+
+On the real CT of ../shared (example_ct) with the bundled model, in model space. The floor an attack
+cannot beat is one forward and one input-backward pass of the model over the same sliding windows in the
+same batches; it is measured in the same process, before and after each attack, and the faster of the two
+counts. A step's time is the median gap between progress callbacks (steps 2..n), so one-off set-up (the DCT
+of the clean image, window lists) is excluded. Targets: SAA <= 1.05 (8³, 16³, 32³ blocks), VAFA <= 1.10,
+PGD <= 1.02. Then peak RSS of SAA (32³) on phantoms of 1x, 2x and 4x the voxels, each in a fresh process.
+
+    .venv/bin/python benchmarks/attack_speed.py [--steps 4] [--model abdomen-unet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CT = REPO.parent / "shared" / "data" / "real" / "totalsegmentator" / "example_ct.nii.gz"
+CASES = (
+    ("saa", {"block_size": 8}),
+    ("saa", {"block_size": 16}),
+    ("saa", {"block_size": 32}),
+    ("saa-2d", {"block_size": 32}),
+    ("vafa", {"block_size": 32}),
+    ("vafa-2d", {"block_size": 32}),
+    ("pgd", {}),
+    ("bim", {}),
+)
+TARGETS = {"saa": 1.05, "saa-2d": 1.05, "vafa": 1.10, "vafa-2d": 1.10, "pgd": 1.02, "bim": 1.02}
+
+
+def bare_pass(network, objective, tensor) -> float:
+    """Seconds of one forward + input-backward over the objective's windows, batch by batch."""
+    import torch
+
+    padded = objective._pad(tensor)
+    start = time.perf_counter()
+    for batch in objective._batches(objective._windows):
+        windows = objective._windows_input(padded, batch).requires_grad_(True)
+        (grad,) = torch.autograd.grad(network(windows).sum(), windows)
+    return time.perf_counter() - start
+
+
+def setup(model: str, image_path: Path):
+    import torch
+
+    from AdvSegAttackLib.cards import load_model
+    from AdvSegAttackLib.io import read_image
+    from AdvSegAttackLib.preprocess import to_model_space
+    from AdvSegAttackLib.segment import predict_labels
+
+    torch.set_num_threads(2)
+    card, network = load_model(model)
+    space = to_model_space(read_image(image_path), card)
+    target = predict_labels(network, space.tensor, card)
+    return card, network, space, target
+
+
+def step_ratios(model: str, steps: int) -> list[tuple]:
+    from AdvSegAttackLib.attacks import make_attack
+    from AdvSegAttackLib.attacks.objective import SegmentationObjective
+
+    card, network, space, target = setup(model, CT)
+    objective = SegmentationObjective(network, target, card.roi_size, card.overlap, 4)
+    rows = []
+    for name, params in CASES:
+        floor = bare_pass(network, objective, space.tensor)
+        stamps: list[float] = []
+        attack = make_attack(name, **{**params, "steps": steps})
+        attack.run(
+            network,
+            space.tensor,
+            target,
+            roi_size=card.roi_size,
+            overlap=card.overlap,
+            sw_batch_size=4,
+            progress=lambda step, total, loss, stamps=stamps: stamps.append(time.perf_counter()),
+        )
+        floor = min(floor, bare_pass(network, objective, space.tensor))
+        per_step = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+        label = name + (
+            f" {params['block_size']}³" if "block_size" in params and name in ("saa", "vafa") else ""
+        )
+        label += f" {params['block_size']}²" if name in ("saa-2d", "vafa-2d") else ""
+        rows.append((label, per_step, floor, per_step / floor, TARGETS[name]))
+        print(
+            f"{label}: {per_step:.2f} s/step, floor {floor:.2f} s, ratio {per_step / floor:.3f}",
+            file=sys.stderr,
+        )
+    return rows, objective.n_windows, tuple(space.tensor.shape[-3:])
+
+
+def peak_memory(model: str, image_path: str, steps: int, queue) -> None:
+    from AdvSegAttackLib.attacks import make_attack
+
+    card, network, space, target = setup(model, Path(image_path))
+    make_attack("saa", steps=steps).run(
+        network, space.tensor, target, roi_size=card.roi_size, overlap=card.overlap, sw_batch_size=4
+    )
+    queue.put((tuple(space.tensor.shape[-3:]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="abdomen-unet")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    if not CT.is_file():
+        print(f"{CT} not found: this benchmark needs ../shared", file=sys.stderr)
+        return 1
+
+    rows, windows, shape = step_ratios(args.model, args.steps)
+    print(
+        f"\nmodel {args.model} on example_ct ({'x'.join(map(str, shape))} model voxels, {windows} windows), 2 threads\n"
+    )
+    print("| attack | s/step | bare fwd+bwd s | ratio | target |")
+    print("|---|---|---|---|---|")
+    for label, per_step, floor, ratio, target in rows:
+        print(f"| {label} | {per_step:.2f} | {floor:.2f} | {ratio:.3f} | <= {target:.2f} |")
+
+    if not args.skip_memory:
+        from AdvSegAttackLib.phantom import write_phantom
+
+        folder = Path(tempfile.mkdtemp(prefix="attack-memory-"))
+        context = mp.get_context("spawn")
+        print("\n| SAA 32³, 2 steps | model voxels | peak RSS MiB |")
+        print("|---|---|---|")
+        for factor, shape in ((1, (128, 112, 96)), (2, (160, 142, 120)), (4, (202, 178, 152))):
+            image, _ = write_phantom(5, folder / f"x{factor}", shape=shape)
+            queue = context.Queue()
+            child = context.Process(target=peak_memory, args=(args.model, str(image), 2, queue))
+            child.start()
+            voxels, peak = queue.get()
+            child.join()
+            print(f"| phantom {factor}x | {'x'.join(map(str, voxels))} | {peak:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

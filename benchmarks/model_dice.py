@@ -1,0 +1,115 @@
+"""Per-organ Dice of a bundled model: on its training CT, on phantoms of unseen seeds, on the MSD spleen crop.
+
+Prints a Markdown table; `--update-card` stores it in the card's provenance ("evaluation"), and
+`--update-readme` writes it into README.md between its markers.
+
+    .venv/bin/python benchmarks/model_dice.py [--model abdomen-unet] [--update-card] [--update-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared" / "data" / "real"
+START, END = "<!-- model-dice:start -->", "<!-- model-dice:end -->"
+UNSEEN_PHANTOMS = (1000, 1001, 1002, 1003)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="abdomen-unet")
+    parser.add_argument("--update-card", action="store_true")
+    parser.add_argument("--update-readme", action="store_true")
+    args = parser.parse_args()
+
+    import SimpleITK as sitk
+
+    from AdvSegAttackLib.cards import load_model
+    from AdvSegAttackLib.io import read_image, read_label, write_json_atomic
+    from AdvSegAttackLib.metrics import segmentation_report
+    from AdvSegAttackLib.phantom import make_phantom
+    from AdvSegAttackLib.segment import segment_image
+
+    card, network = load_model(args.model)
+
+    def score(image, label) -> dict:
+        predicted, _, _ = segment_image(image, card, network)
+        spacing = tuple(reversed(image.GetSpacing()))
+        return segmentation_report(
+            sitk.GetArrayFromImage(predicted), sitk.GetArrayFromImage(label), card.label_names, spacing
+        )
+
+    columns: dict[str, dict] = {}
+    ct = SHARED / "totalsegmentator" / "example_ct.nii.gz"
+    if ct.is_file():
+        image = read_image(ct)
+        label = read_label(SHARED / "btcv13" / "example_ct_btcv13_from_tsv1highres.nii.gz", image)
+        columns["example_ct (training CT; TotalSegmentator v1 labels)"] = score(image, label)
+        spleen = read_image(SHARED / "msd_spleen" / "sub-spleen2_ct.nii.gz")
+        spleen_label = read_label(SHARED / "msd_spleen" / "sub-spleen2_ct_seg-manual.nii.gz", spleen)
+        columns["MSD spleen crop (other patient, manual label)"] = score(spleen, spleen_label)
+    else:
+        print("../shared not found: real-CT columns skipped", file=sys.stderr)
+    reports = []
+    for seed in UNSEEN_PHANTOMS:
+        contrast = "native" if seed % 2 else "portal-venous"
+        reports.append(score(*make_phantom(seed, contrast=contrast)))
+    phantom_column = f"phantoms of unseen seeds {', '.join(map(str, UNSEEN_PHANTOMS))} (mean)"
+    columns[phantom_column] = {
+        "organs": {
+            name: {"dice": float(np.nanmean([r["organs"][name]["dice"] for r in reports]))}
+            for name in reports[0]["organs"]
+        },
+        "mean_dice": float(np.mean([r["mean_dice"] for r in reports])),
+    }
+
+    names = list(columns)
+    lines = [
+        f"Model `{card.name}`: Dice per organ (background excluded; '-' where the reference lacks the organ).",
+        "",
+        "| organ | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for organ in card.label_names[1:]:
+        cells = []
+        for name in names:
+            value = columns[name]["organs"].get(organ, {}).get("dice")
+            cells.append("-" if value is None or not np.isfinite(value) else f"{value:.3f}")
+        lines.append(f"| {organ} | " + " | ".join(cells) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{columns[n]['mean_dice']:.3f}**" for n in names) + " |")
+    table = "\n".join(lines)
+    print(table)
+
+    if args.update_card and card.path is not None:
+        data = json.loads(card.path.read_text())
+        data["provenance"]["evaluation"] = {
+            name: {
+                "mean_dice": columns[name]["mean_dice"],
+                "dice": {
+                    organ: row["dice"]
+                    for organ, row in columns[name]["organs"].items()
+                    if row.get("dice") is not None and np.isfinite(row["dice"])
+                },
+            }
+            for name in names
+        }
+        write_json_atomic(card.path, data)
+        print(f"updated {card.path}", file=sys.stderr)
+    if args.update_readme:
+        readme = REPO / "README.md"
+        text = readme.read_text()
+        text = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", f"{START}\n{table}\n{END}", text, flags=re.S)
+        readme.write_text(text)
+        print("README.md updated", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
