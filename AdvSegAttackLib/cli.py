@@ -279,7 +279,7 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
 
     training = cases(args.image, args.label, range(args.phantoms))
     validation = cases(args.val_image, args.val_label, args.val_phantom_seed)
-    command = "advseg " + shlex.join(sys.argv[1:]) if sys.argv else ""
+    command = args.command_line
     card_path = train(
         card,
         training,
@@ -384,7 +384,7 @@ def _attack_request(args: argparse.Namespace, out: Path):
         device=resolve_device(args.device),
         sw_batch_size=args.sw_batch_size,
         preview=not args.no_preview,
-        command_line="advseg " + shlex.join(sys.argv[1:]),
+        command_line=args.command_line,
     )
 
 
@@ -444,7 +444,7 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
         attack=args.attack,
         label=label,
         device=resolve_device(args.device),
-        command_line="advseg " + shlex.join(sys.argv[1:]),
+        command_line=args.command_line,
     )
     metrics = run_attack(request, reporter)
     reporter.close()
@@ -549,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = "advseg " + shlex.join(sys.argv[1:] if argv is None else argv)
     reporter: Reporter = JsonLinesReporter() if args.progress == "jsonl" else TqdmReporter()
     try:
         result = args.func(args, reporter)
