@@ -80,7 +80,8 @@ def main() -> int:
     for organ in card.label_names[1:]:
         cells = []
         for name in names:
-            value = columns[name]["organs"].get(organ, {}).get("dice")
+            row = columns[name]["organs"].get(organ, {})
+            value = row.get("dice") if row.get("voxels_ref", 1) else None  # organ not in the reference
             cells.append("-" if value is None or not np.isfinite(value) else f"{value:.3f}")
         lines.append(f"| {organ} | " + " | ".join(cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{columns[n]['mean_dice']:.3f}**" for n in names) + " |")
@@ -95,7 +96,7 @@ def main() -> int:
                 "dice": {
                     organ: row["dice"]
                     for organ, row in columns[name]["organs"].items()
-                    if row.get("dice") is not None and np.isfinite(row["dice"])
+                    if row.get("dice") is not None and np.isfinite(row["dice"]) and row.get("voxels_ref", 1)
                 },
             }
             for name in names
