@@ -1,0 +1,271 @@
+"""Attack interface, configuration with units and CLI flags, registry and presets.
+
+Every attack works on a model-space image [1, 1, X, Y, Z] in [0, 1] (Z axial) and returns the adversarial
+image of the same shape; outside `region` it is bit-identical to the input, also in every step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import InputError
+from .objective import SegmentationObjective
+
+ProgressCallback = Callable[[int, int, float], None]
+"""progress(step, total, loss): called after every step with the mean DiceCE; may raise to cancel."""
+
+StepHook = Callable[[int, dict[str, torch.Tensor]], None]
+"""on_step(step, state): state holds the attack's current tensors (read-only views, e.g. "xi", "adversarial")."""
+
+
+def option(default: Any, flag: str, unit: str, doc: str) -> Any:
+    """A config field with its CLI flag, unit and one-line description (read by `to_dict` and the CLI)."""
+    return field(default=default, metadata={"flag": flag, "unit": unit, "doc": doc})
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise InputError(message) unless condition holds."""
+    if not condition:
+        raise InputError(message)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_steps(steps: Any) -> None:
+    require(
+        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
+        f"--steps must be an integer >= 1, got {steps!r}.",
+    )
+
+
+def check_block_size(block: Any) -> None:
+    ok = isinstance(block, int) and not isinstance(block, bool) and block >= 2
+    require(ok, f"--block-size must be an integer >= 2 (voxels), got {block!r}.")
+
+
+@dataclass
+class AttackConfig:
+    """Base of the per-attack parameter dataclasses; subclasses validate in `__post_init__`."""
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """{field: {"value", "unit", "flag"}} for provenance."""
+        return {
+            f.name: {
+                "value": getattr(self, f.name),
+                "unit": f.metadata.get("unit", ""),
+                "flag": f.metadata.get("flag"),
+            }
+            for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def flags(cls) -> dict[str, str]:
+        """{field name: CLI flag}."""
+        return {f.name: f.metadata["flag"] for f in dataclasses.fields(cls)}
+
+
+@dataclass
+class AttackResult:
+    """adversarial: [1, 1, X, Y, Z] float32 in [0, 1] on the run's device; diagnostics: JSON-friendly dict
+    ("loss": mean DiceCE of the image each step fed to the model (to target' when targeted), "seconds",
+    "n_windows", "n_active_windows", "max_abs_change"/"mean_abs_change" ([0, 1] model units), per-attack
+    stats such as "ssim", "xi_min"/"xi_max", "q_min"/"q_max")."""
+
+    adversarial: torch.Tensor
+    diagnostics: dict[str, Any]
+
+
+@dataclass
+class AttackContext:
+    """What `Attack._run` gets: inputs on the device, the objective, the seeded generator, callbacks."""
+
+    image: torch.Tensor
+    target: torch.Tensor
+    region: torch.Tensor | None
+    objective: SegmentationObjective | None
+    generator: torch.Generator
+    device: torch.device
+    steps: int
+    progress: ProgressCallback | None = None
+    on_step: StepHook | None = None
+    losses: list[float] = field(default_factory=list)
+
+    def report(self, step: int, loss: float, **state: torch.Tensor) -> None:
+        """Record one finished step and call the callbacks (progress may raise to cancel)."""
+        self.losses.append(float(loss))
+        if self.on_step is not None:
+            self.on_step(step, state)
+        if self.progress is not None:
+            self.progress(step, self.steps, float(loss))
+
+    def restrict(self, adversarial: torch.Tensor) -> torch.Tensor:
+        """The input image outside the region (bit-identical), `adversarial` inside."""
+        return adversarial if self.region is None else torch.where(self.region, adversarial, self.image)
+
+    def uniform(self, shape: Sequence[int], low: float, high: float) -> torch.Tensor:
+        """U[low, high] samples (float32) from the seeded CPU generator, moved to the device."""
+        sample = torch.rand(tuple(shape), generator=self.generator, dtype=torch.float32)
+        return (low + (high - low) * sample).to(self.device)
+
+    def normal(self, shape: Sequence[int]) -> torch.Tensor:
+        """N(0, 1) samples (float32) from the seeded CPU generator, moved to the device."""
+        return torch.randn(tuple(shape), generator=self.generator, dtype=torch.float32).to(self.device)
+
+
+class Attack(ABC):
+    """An attack family member. Construct with a Config (or its fields as keywords), then `run`."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[AttackConfig]]
+    needs_gradient: ClassVar[bool] = True
+
+    def __init__(self, config: AttackConfig | None = None, **params: Any):
+        if config is not None and params:
+            raise TypeError("give either a config or keyword parameters, not both.")
+        self.config = config if config is not None else self.Config(**params)
+
+    def steps(self) -> int:
+        return int(getattr(self.config, "steps", 1))
+
+    def run(
+        self,
+        model: torch.nn.Module,
+        image: torch.Tensor,
+        target: torch.Tensor,
+        *,
+        roi_size: Sequence[int],
+        overlap: float,
+        sw_batch_size: int,
+        region: torch.Tensor | None = None,
+        organs: Sequence[int] | None = None,
+        targeted: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        progress: ProgressCallback | None = None,
+        on_step: StepHook | None = None,
+    ) -> AttackResult:
+        """Attack `image` [1, 1, X, Y, Z] (in [0, 1]) against `target` (label map of the same shape).
+
+        The model must already be on `device`; it is used in eval mode and never modified.
+        """
+        device = torch.device(device)
+        if image.ndim != 5 or image.shape[:2] != (1, 1):
+            raise ValueError(f"image must be [1, 1, X, Y, Z], got {tuple(image.shape)}.")
+        if tuple(target.shape) != tuple(image.shape):
+            raise ValueError(
+                f"target shape {tuple(target.shape)} differs from image shape {tuple(image.shape)}."
+            )
+        image = image.detach().to(device, torch.float32)
+        if region is not None:
+            if tuple(region.shape) != tuple(image.shape):
+                raise ValueError(
+                    f"region shape {tuple(region.shape)} differs from image shape {tuple(image.shape)}."
+                )
+            region = region.detach().to(device, torch.bool)
+            require(bool(region.any()), "the attack region (--region) contains no voxel.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InputError(f"--seed must be an integer, got {seed!r}.")
+        objective = SegmentationObjective(
+            model, target, roi_size, overlap, sw_batch_size, organs, targeted, device, region
+        )
+        context = AttackContext(
+            image=image,
+            target=objective.target,
+            region=region,
+            objective=objective,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            device=device,
+            steps=self.steps(),
+            progress=progress,
+            on_step=on_step,
+        )
+        start = time.perf_counter()
+        adversarial, extra = self._run(context)
+        adversarial = context.restrict(adversarial.detach().to(torch.float32))
+        change = (adversarial - image).abs()
+        diagnostics: dict[str, Any] = {
+            "attack": self.name,
+            "loss": context.losses,
+            "seconds": time.perf_counter() - start,
+            "n_windows": objective.n_windows,
+            "n_active_windows": objective.n_active_windows,
+            "max_abs_change": float(change.max()),
+            "mean_abs_change": float(change.mean()),
+            **extra,
+        }
+        return AttackResult(adversarial, diagnostics)
+
+    @abstractmethod
+    def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Return (adversarial image, attack-specific diagnostics)."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# Registry and presets
+
+ATTACKS: dict[str, type[Attack]] = {}
+
+_SAA_PRESETS: dict[str, dict[str, Any]] = {
+    # What this project was specified with (published argparse defaults / earlier README): the default.
+    "specified": {
+        "rho": 0.2,
+        "steps": 20,
+        "block_size": 32,
+        "lambda_dice": 0.01,
+        "use_ssim_loss": True,
+        "lambda_ssim": 1.0,
+        "step_size": 0.1,
+    },
+    # The authors' final README command line.
+    "authors-final": {
+        "rho": 0.4,
+        "steps": 10,
+        "block_size": 16,
+        "lambda_dice": 0.2,
+        "use_ssim_loss": True,
+        "lambda_ssim": 0.75,
+        "step_size": 0.1,
+    },
+}
+
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {"saa": _SAA_PRESETS, "saa-2d": _SAA_PRESETS}
+"""Named parameter sets per attack (`--preset`); the first of each is the default."""
+
+
+def register(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: add an attack to ATTACKS under its `name`."""
+    ATTACKS[cls.name] = cls
+    return cls
+
+
+def make_attack(name: str, preset: str | None = None, **params: Any) -> Attack:
+    """Build an attack by registry name; params (config field names; None = not given) override the preset."""
+    if name not in ATTACKS:
+        raise InputError(f"--attack {name!r} is not known; choose one of {', '.join(sorted(ATTACKS))}.")
+    cls = ATTACKS[name]
+    values: dict[str, Any] = {}
+    if preset is not None:
+        available = PRESETS.get(name, {})
+        if preset not in available:
+            choices = ", ".join(available) if available else "none for this attack"
+            raise InputError(f"--preset {preset!r} is not a preset of --attack {name} ({choices}).")
+        values.update(available[preset])
+    flags = cls.Config.flags()
+    for key, value in params.items():
+        if value is None:
+            continue
+        if key not in flags:
+            flag = "--" + key.replace("_", "-")
+            raise InputError(f"{flag} does not apply to --attack {name}.")
+        values[key] = value
+    return cls(cls.Config(**values))

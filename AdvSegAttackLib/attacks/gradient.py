@@ -1,0 +1,106 @@
+"""Voxel-space L∞ baselines as used by the SAA/VAFA papers: FGSM, BIM, PGD (sign-gradient ascent on DiceCE).
+
+ε is given as k/255 of the [0, 1] model intensity (4 → 4/255 ≈ 6.7 HU on a −175…250 HU window); α is in
+[0, 1] units as is (0.01 ≈ 2.55/255). After every step δ is projected to [−ε, ε] and x + δ to [0, 1].
+FGSM: one step of size ε. BIM: `steps` steps of α from x. PGD: the same from a uniform random start in
+[−ε, ε] (seeded). As published, except: the windows are the evaluation's sliding windows over the whole
+volume, targeted mode is organ removal (see objective.py), and a region confines δ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .base import Attack, AttackConfig, AttackContext, check_steps, is_number, option, register, require
+
+EPS_UNIT = "k/255 of the [0, 1] model intensity"
+
+
+def _check_eps(eps: Any) -> None:
+    require(is_number(eps) and 0 < eps <= 255, f"--eps must be in (0, 255] (units of 1/255), got {eps!r}.")
+
+
+def _check_alpha(alpha: Any) -> None:
+    require(
+        is_number(alpha) and 0 < alpha <= 1,
+        f"--alpha must be in (0, 1] ([0, 1] intensity units), got {alpha!r}.",
+    )
+
+
+@dataclass
+class FGSMConfig(AttackConfig):
+    """FGSM parameters."""
+
+    eps: float = option(4.0, "--eps", EPS_UNIT, "L∞ budget and step size")
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+
+
+@dataclass
+class IterativeConfig(AttackConfig):
+    """BIM / PGD parameters."""
+
+    eps: float = option(4.0, "--eps", EPS_UNIT, "L∞ budget")
+    alpha: float = option(0.01, "--alpha", "[0, 1] model intensity per step", "sign-gradient step size")
+    steps: int = option(20, "--steps", "iterations (one model forward+backward each)", "number of steps")
+
+    def __post_init__(self) -> None:
+        _check_eps(self.eps)
+        _check_alpha(self.alpha)
+        check_steps(self.steps)
+
+
+class _SignGradient(Attack):
+    random_start = False
+
+    def _step_size(self) -> float:
+        return self.config.alpha
+
+    def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:
+        eps = self.config.eps / 255.0
+        step_size = self._step_size()
+        x = ctx.image
+        if self.random_start:
+            adversarial = ctx.restrict((x + ctx.uniform(x.shape, -eps, eps)).clamp_(0.0, 1.0))
+        else:
+            adversarial = x.clone()
+        for step in range(1, self.steps() + 1):
+            _, grad = ctx.objective.value_and_grad(adversarial)
+            with torch.no_grad():
+                adversarial.add_(grad.sign_(), alpha=step_size)
+                adversarial.sub_(x).clamp_(-eps, eps).add_(x).clamp_(0.0, 1.0)
+                adversarial = ctx.restrict(adversarial)
+            ctx.report(step, ctx.objective.last_loss, adversarial=adversarial)
+        return adversarial, {"eps": eps}
+
+
+@register
+class FGSM(_SignGradient):
+    """Fast gradient sign method: x + ε·sign ∇, one step."""
+
+    name = "fgsm"
+    Config = FGSMConfig
+
+    def _step_size(self) -> float:
+        return self.config.eps / 255.0
+
+
+@register
+class BIM(_SignGradient):
+    """Basic iterative method: FGSM steps of α, projected to the ε-ball and [0, 1]."""
+
+    name = "bim"
+    Config = IterativeConfig
+
+
+@register
+class PGD(_SignGradient):
+    """Projected gradient descent (ascent): BIM from a uniform random start in [−ε, ε]."""
+
+    name = "pgd"
+    Config = IterativeConfig
+    random_start = True
