@@ -48,3 +48,17 @@ def msd_spleen() -> tuple[Path, Path]:
         shared_path("data/real/msd_spleen/sub-spleen2_ct.nii.gz"),
         shared_path("data/real/msd_spleen/sub-spleen2_ct_seg-manual.nii.gz"),
     )
+
+
+def save_tiny_model(folder: Path, spacing_mm: float, roi: int) -> Path:
+    """A randomly initialised, very small UNet card (for pipeline plumbing, not for accuracy)."""
+    from AdvSegAttackLib.cards import ModelCard, save_model
+
+    card = ModelCard(
+        name="tiny",
+        architecture="unet",
+        arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0},
+        spacing_mm=[spacing_mm] * 3,
+        roi_size=[roi] * 3,
+    )
+    return save_model(card, card.build_network(), folder / "tiny")

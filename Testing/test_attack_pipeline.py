@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import save_tiny_model
 
-from AdvSegAttackLib.cards import ModelCard, save_model
 from AdvSegAttackLib.casefolder import read_case
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.io import read_image, read_label
@@ -19,14 +19,7 @@ from AdvSegAttackLib.io import read_image, read_label
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    card = ModelCard(
-        name="tiny",
-        architecture="unet",
-        arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0},
-        spacing_mm=[3.0, 3.0, 3.0],
-        roi_size=[32, 32, 32],
-    )
-    return save_model(card, card.build_network(), tmp_path_factory.mktemp("model") / "tiny")
+    return save_tiny_model(tmp_path_factory.mktemp("model"), spacing_mm=3.0, roi=32)
 
 
 @pytest.fixture(scope="module")

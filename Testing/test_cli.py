@@ -11,22 +11,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicerio
+from conftest import save_tiny_model
 
-from AdvSegAttackLib.cards import ModelCard, save_model
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.io import read_image, write_image
 
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
-    card = ModelCard(
-        name="tiny",
-        architecture="unet",
-        arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0},
-        spacing_mm=[6.0, 6.0, 6.0],
-        roi_size=[16, 16, 16],
-    )
-    return save_model(card, card.build_network(), tmp_path_factory.mktemp("model") / "tiny")
+    return save_tiny_model(tmp_path_factory.mktemp("model"), spacing_mm=6.0, roi=16)
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

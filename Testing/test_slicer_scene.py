@@ -25,16 +25,10 @@ for _path in (REPO, MODULE_DIR):
 
 from AdvSegAttackSceneLib import engine, progress  # noqa: E402
 
-LABEL_NAMES = ["background", "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver"]
-LABEL_COLORS = [
-    (0, 0, 0),
-    (157, 108, 162),
-    (185, 102, 83),
-    (212, 126, 151),
-    (139, 150, 98),
-    (211, 171, 143),
-    (221, 130, 101),
-]
+from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES  # noqa: E402
+
+LABEL_NAMES = list(BTCV_LABEL_NAMES[:7])
+LABEL_COLORS = list(BTCV_LABEL_COLORS[:7])
 METRICS = {
     "organs": {
         "liver": {

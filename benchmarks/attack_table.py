@@ -11,16 +11,16 @@ PSNR, L-inf in HU, seconds. `--update-readme` writes the table into README.md be
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from readme_section import update_readme_section
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "real"
 ATTACKS = ("gn", "fgsm", "bim", "pgd", "vafa", "vafa-2d", "saa", "saa-2d")
-START, END = "<!-- attack-table:start -->", "<!-- attack-table:end -->"
 
 
 def volumes(folder: Path) -> list[tuple[str, Path, Path]]:
@@ -111,13 +111,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.update_readme:
-        readme = REPO / "README.md"
-        text = readme.read_text()
-        if START not in text or END not in text:
-            print(f"README.md lacks the markers {START} ... {END}", file=sys.stderr)
-            return 1
-        text = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", f"{START}\n{table}\n{END}", text, flags=re.S)
-        readme.write_text(text)
+        update_readme_section("attack-table", table)
         print("README.md updated", file=sys.stderr)
     return 0
 

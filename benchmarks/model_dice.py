@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
+from readme_section import update_readme_section
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "real"
-START, END = "<!-- model-dice:start -->", "<!-- model-dice:end -->"
 UNSEEN_PHANTOMS = (1000, 1001, 1002, 1003)
 
 
@@ -104,10 +103,7 @@ def main() -> int:
         write_json_atomic(card.path, data)
         print(f"updated {card.path}", file=sys.stderr)
     if args.update_readme:
-        readme = REPO / "README.md"
-        text = readme.read_text()
-        text = re.sub(f"{re.escape(START)}.*?{re.escape(END)}", f"{START}\n{table}\n{END}", text, flags=re.S)
-        readme.write_text(text)
+        update_readme_section("model-dice", table)
         print("README.md updated", file=sys.stderr)
     return 0
 
