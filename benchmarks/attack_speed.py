@@ -48,7 +48,7 @@ def bare_pass(network, objective, tensor) -> float:
     return time.perf_counter() - start
 
 
-def setup(model: str, image_path: Path):
+def setup(model: str, image_path: Path, threads: int):
     import torch
 
     from AdvSegAttackLib.cards import load_model
@@ -56,18 +56,18 @@ def setup(model: str, image_path: Path):
     from AdvSegAttackLib.preprocess import to_model_space
     from AdvSegAttackLib.segment import predict_labels
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     card, network = load_model(model)
     space = to_model_space(read_image(image_path), card)
     target = predict_labels(network, space.tensor, card)
     return card, network, space, target
 
 
-def step_ratios(model: str, steps: int) -> list[tuple]:
+def step_ratios(model: str, steps: int, threads: int) -> list[tuple]:
     from AdvSegAttackLib.attacks import make_attack
     from AdvSegAttackLib.attacks.objective import SegmentationObjective
 
-    card, network, space, target = setup(model, CT)
+    card, network, space, target = setup(model, CT, threads)
     objective = SegmentationObjective(network, target, card.roi_size, card.overlap, 4)
     rows = []
     for name, params in CASES:
@@ -97,10 +97,10 @@ def step_ratios(model: str, steps: int) -> list[tuple]:
     return rows, objective.n_windows, tuple(space.tensor.shape[-3:])
 
 
-def peak_memory(model: str, image_path: str, steps: int, queue) -> None:
+def peak_memory(model: str, image_path: str, steps: int, threads: int, queue) -> None:
     from AdvSegAttackLib.attacks import make_attack
 
-    card, network, space, target = setup(model, Path(image_path))
+    card, network, space, target = setup(model, Path(image_path), threads)
     make_attack("saa", steps=steps).run(
         network, space.tensor, target, roi_size=card.roi_size, overlap=card.overlap, sw_batch_size=4
     )
@@ -112,14 +112,15 @@ def main() -> int:
     parser.add_argument("--model", default="abdomen-unet")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     args = parser.parse_args()
     if not CT.is_file():
         print(f"{CT} not found: this benchmark needs ../shared", file=sys.stderr)
         return 1
 
-    rows, windows, shape = step_ratios(args.model, args.steps)
+    rows, windows, shape = step_ratios(args.model, args.steps, args.threads)
     print(
-        f"\nmodel {args.model} on example_ct ({'x'.join(map(str, shape))} model voxels, {windows} windows), 2 threads\n"
+        f"\nmodel {args.model} on example_ct ({'x'.join(map(str, shape))} model voxels, {windows} windows), {args.threads} thread(s)\n"
     )
     print("| attack | s/step | bare fwd+bwd s | ratio | target |")
     print("|---|---|---|---|---|")
@@ -136,7 +137,7 @@ def main() -> int:
         for factor, shape in ((1, (128, 112, 96)), (2, (160, 142, 120)), (4, (202, 178, 152))):
             image, _ = write_phantom(5, folder / f"x{factor}", shape=shape)
             queue = context.Queue()
-            child = context.Process(target=peak_memory, args=(args.model, str(image), 2, queue))
+            child = context.Process(target=peak_memory, args=(args.model, str(image), 2, args.threads, queue))
             child.start()
             voxels, peak = queue.get()
             child.join()
