@@ -423,6 +423,56 @@ def cmd_attack(args: argparse.Namespace, reporter: Reporter) -> dict:
     return metrics
 
 
+# --- session ----------------------------------------------------------------------------------------------
+
+
+def cmd_session_build(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Build a blinded reader session from case folders."""
+    from .session import build_session
+
+    key = build_session(args.cases, args.readers, args.seed, Path(args.out), never_both=args.never_both)
+    reporter.close()
+    if args.progress != "jsonl":
+        print(f"session with {len(key['items'])} cases for {len(key['readers'])} readers: {args.out}")
+        print(f"the key is {Path(args.out) / 'key' / 'key.json'}: keep it away from the readers")
+    return {"cases": len(key["items"]), "readers": key["readers"]}
+
+
+def cmd_session_verify(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Check a session against its manifest; InputError (exit 2) when anything changed."""
+    from .session import verify_session
+
+    problems = verify_session(args.session)
+    reporter.close()
+    if problems:
+        for problem in problems[1:]:
+            print(problem, file=sys.stderr)
+        raise InputError(problems[0] + (f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+    if args.progress != "jsonl":
+        print(f"{args.session}: intact (every file matches manifest.json)")
+    return {"session": args.session, "intact": True}
+
+
+def cmd_session_analyze(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Statistics of the ratings against the key; writes SESSION/report/report.{md,html}."""
+    from .reader_stats import analyze_session
+
+    summary = analyze_session(args.session, args.margin)
+    reporter.close()
+    for problem in summary["problems"]:
+        print(problem, file=sys.stderr)
+    pooled = summary["pooled"]
+    acc = pooled["accuracy"]
+    if acc["value"] is not None and args.progress != "jsonl":
+        print(
+            f"pooled accuracy {100 * acc['value']:.1f} % ({acc['k']}/{acc['n']}), "
+            f"binomial p vs 50 % {acc['p_value']:.3g}, AUC {_fmt(pooled['auc'])}"
+        )
+    if args.progress != "jsonl":
+        print(f"report: {Path(args.session) / 'report' / 'report.html'}")
+    return {"pooled_accuracy": acc["value"]}
+
+
 # --- demo -------------------------------------------------------------------------------------------------
 
 
@@ -533,6 +583,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_attack_arguments(p)
     common(p)
     p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("session", help="blinded real-or-manipulated reader sessions")
+    session = p.add_subparsers(dest="session_command", required=True)
+    q = session.add_parser("build", help="build a session folder from case folders")
+    q.add_argument("--cases", nargs="+", required=True, help="case folders written by advseg attack")
+    q.add_argument("--readers", type=_positive_int, required=True, help="number of readers")
+    q.add_argument("--seed", type=int, default=0, help="seed of IDs and orders")
+    q.add_argument("--out", required=True, help="session folder (new or empty)")
+    q.add_argument(
+        "--never-both", action="store_true", help="each reader sees only one version of each patient"
+    )
+    common(q, device=False)
+    q.set_defaults(func=cmd_session_build)
+    q = session.add_parser("analyze", help="statistics and report of a session's ratings")
+    q.add_argument("session")
+    q.add_argument("--margin", type=float, help="TOST equivalence margin around 50 %% (e.g. 0.1)")
+    common(q, device=False)
+    q.set_defaults(func=cmd_session_analyze)
+    q = session.add_parser("verify", help="check a session against its checksum manifest")
+    q.add_argument("session")
+    common(q, device=False)
+    q.set_defaults(func=cmd_session_verify)
 
     p = sub.add_parser("demo", help="attack a phantom (or --image) with SAA and the bundled model")
     p.add_argument("--image")
