@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "real"
 
 
-def measure(image_path: str, model: str, repeats: int, queue) -> None:
+def measure(image_path: str, model: str, repeats: int, threads: int, queue) -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -32,7 +32,7 @@ def measure(image_path: str, model: str, repeats: int, queue) -> None:
     from AdvSegAttackLib.preprocess import to_model_space
     from AdvSegAttackLib.segment import segment_image
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     card, network = load_model(model)
     tensor = to_model_space(read_image(image_path), card).tensor
     end_to_end, bare = [], []
@@ -58,6 +58,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="abdomen-unet")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     args = parser.parse_args()
 
     from AdvSegAttackLib.phantom import write_phantom
@@ -77,14 +78,16 @@ def main() -> int:
     rows = []
     for name, path in cases:
         queue = context.Queue()
-        child = context.Process(target=measure, args=(path, args.model, args.repeats, queue))
+        child = context.Process(target=measure, args=(path, args.model, args.repeats, args.threads, queue))
         child.start()
         shape, e2e, bare, peak = queue.get()
         child.join()
         rows.append((name, "x".join(map(str, shape)), e2e, bare, e2e / bare, peak))
         print(f"{name}: {e2e:.2f} s end-to-end, {bare:.2f} s bare, ratio {e2e / bare:.2f}", file=sys.stderr)
 
-    print(f"\nmodel {args.model}, CPU threads 2, fastest of {args.repeats} interleaved runs\n")
+    print(
+        f"\nmodel {args.model}, {args.threads} torch thread(s), fastest of {args.repeats} interleaved runs\n"
+    )
     print(
         "| volume | model-space voxels | segment s | bare sliding window s | ratio (target <= 1.3) | peak RSS MiB |"
     )
