@@ -86,7 +86,8 @@ def expectedIJKToRAS() -> np.ndarray:
 def caseData(tmp_path_factory):
     """A source CT (NRRD) and the case folder an attack on it would write."""
     sitk = pytest.importorskip("SimpleITK")
-    slicerio = pytest.importorskip("slicerio")
+    from AdvSegAttackLib.io import write_segmentation
+
     root = tmp_path_factory.mktemp("advseg_case")
     rng = np.random.default_rng(0)
     shape = (10, 24, 20)  # k, j, i
@@ -113,16 +114,9 @@ def caseData(tmp_path_factory):
     sitk.WriteImage(image(adversarial), str(case / "adversarial.nii.gz"))
     for name, labels in (("pred_clean", clean), ("pred_adv", attacked)):
         sitk.WriteImage(image(labels), str(case / f"{name}.nii.gz"))
-        segmentation = slicerio.read_segmentation(str(case / f"{name}.nii.gz"))
-        segmentation["segments"] = [
-            {
-                "labelValue": value,
-                "name": f"Segment_{value}",  # deliberately not the card's: the card must win
-                "color": [0.5, 0.5, 0.5],
-            }
-            for value in (1, 6)
-        ]
-        slicerio.write_segmentation(str(case / f"{name}.seg.nrrd"), segmentation)
+        # Segment names deliberately not the card's: the card must win.
+        names = [f"Segment_{value}" for value in range(7)]
+        write_segmentation(image(labels), case / f"{name}.seg.nrrd", names, [(128, 128, 128)] * 7)
     (case / "metrics.json").write_text(json.dumps(METRICS))
     (case / "provenance.json").write_text(json.dumps({"attack": {"name": "saa", "rho": 0.2}}))
     (case / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
