@@ -194,17 +194,18 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
     def windows(stage: str):
         return lambda done, total: reporter.progress(stage, done, total)
 
-    if reference is not None:  # fail on a bad --organ before any model work
-        _organ_values(
-            request.organs, card.label_names, space.label_to_model(reference), "the reference label"
-        )
+    if reference is not None:  # the target; a bad --organ fails here, before any model work
+        target_source = "the reference label"
+        target = space.label_to_model(reference)
+        organs = _organ_values(request.organs, card.label_names, target, target_source)
     clean_model = predict_labels(
         network, space.tensor, card, request.device, request.sw_batch_size, windows("segment-clean")
     )
     lap("segment_clean")
-    target = space.label_to_model(reference) if reference is not None else clean_model
-    target_source = "the reference label" if reference is not None else "the model's clean prediction"
-    organs = _organ_values(request.organs, card.label_names, target, target_source)
+    if reference is None:
+        target_source = "the model's clean prediction"
+        target = clean_model
+        organs = _organ_values(request.organs, card.label_names, target, target_source)
     chosen = region_mask(target, organs, request.region, request.dilation_mm, card.spacing_mm)
     # Only voxels inside the HU window can be written back (see preprocess), so only they are attacked.
     region = space.attackable_mask() if chosen is None else chosen & space.attackable_mask()
