@@ -1,13 +1,17 @@
 """Seconds per attack step, peak memory, and the ratio of one step to a bare forward+backward pass.
 
-On the real CT of ../shared (example_ct) with the bundled model, in model space. The floor an attack
-cannot beat is one forward and one input-backward pass of the model over the same sliding windows in the
-same batches; it is measured in the same process, before and after each attack, and the faster of the two
-counts. A step's time is the median gap between progress callbacks (steps 2..n), so one-off set-up (the DCT
-of the clean image, window lists) is excluded. Targets: SAA <= 1.05 (8³, 16³, 32³ blocks), VAFA <= 1.10,
-PGD <= 1.02. Then peak RSS of SAA (32³) on phantoms of 1x, 2x and 4x the voxels, each in a fresh process.
+In model space, on the real CT of ../shared (example_ct) with the bundled model, or on any volume with a
+MONAI BTCV architecture preset at random weights (`--preset btcv-unet`: the papers' network size, for which
+timing does not depend on the weights). The floor an attack cannot beat is one forward and one input-backward
+pass of the model over the same sliding windows in the same batches. It is measured right after every attack
+step, inside the progress callback, so each step is paired with a floor measured seconds later (this machine
+is shared and its speed drifts); a step's time excludes that floor pass, and the ratio is the median over
+steps 2..n of step / floor, so one-off set-up (the DCT of the clean image, window lists) is excluded.
+Targets: SAA <= 1.05 (8³, 16³, 32³ blocks), VAFA <= 1.10, PGD <= 1.02. Then peak RSS of SAA (32³) on
+phantoms of 1x, 2x and 4x the voxels, each in a fresh process.
 
-    .venv/bin/python benchmarks/attack_speed.py [--steps 4] [--model abdomen-unet]
+    .venv/bin/python benchmarks/attack_speed.py [--steps 5] [--model abdomen-unet] [--threads 1]
+    .venv/bin/python benchmarks/attack_speed.py --preset btcv-unet --image ../shared/data/real/totalsegmentator/example_ct_sm.nii.gz --skip-memory
 """
 
 from __future__ import annotations
@@ -48,31 +52,45 @@ def bare_pass(network, objective, tensor) -> float:
     return time.perf_counter() - start
 
 
-def setup(model: str, image_path: Path, threads: int):
+def setup(model: str, image_path: Path, threads: int, preset: str | None = None):
+    """(card, network, model-space image, target): the model's own clean prediction is the target."""
     import torch
 
-    from AdvSegAttackLib.cards import load_model
+    from AdvSegAttackLib.cards import PRESETS, load_model
     from AdvSegAttackLib.io import read_image
     from AdvSegAttackLib.preprocess import to_model_space
     from AdvSegAttackLib.segment import predict_labels
 
     torch.set_num_threads(threads)
-    card, network = load_model(model)
+    if preset:
+        torch.manual_seed(0)
+        card = PRESETS[preset]()
+        network = card.build_network().eval()
+    else:
+        card, network = load_model(model)
     space = to_model_space(read_image(image_path), card)
     target = predict_labels(network, space.tensor, card)
     return card, network, space, target
 
 
-def step_ratios(model: str, steps: int, threads: int) -> list[tuple]:
+def step_ratios(card, network, space, target, steps: int) -> list[tuple]:
+    """Per case: (label, median s/step, median floor s, median step/floor ratio, target)."""
     from AdvSegAttackLib.attacks import make_attack
     from AdvSegAttackLib.attacks.objective import SegmentationObjective
 
-    card, network, space, target = setup(model, CT, threads)
     objective = SegmentationObjective(network, target, card.roi_size, card.overlap, 4)
+    bare_pass(network, objective, space.tensor)  # warm-up
     rows = []
     for name, params in CASES:
-        floor = bare_pass(network, objective, space.tensor)
-        stamps: list[float] = []
+        step_times: list[float] = []
+        floors: list[float] = []
+        clock = [time.perf_counter()]
+
+        def after_step(step, total, loss, step_times=step_times, floors=floors, clock=clock):
+            step_times.append(time.perf_counter() - clock[0])
+            floors.append(bare_pass(network, objective, space.tensor))
+            clock[0] = time.perf_counter()
+
         attack = make_attack(name, **{**params, "steps": steps})
         attack.run(
             network,
@@ -81,20 +99,19 @@ def step_ratios(model: str, steps: int, threads: int) -> list[tuple]:
             roi_size=card.roi_size,
             overlap=card.overlap,
             sw_batch_size=4,
-            progress=lambda step, total, loss, stamps=stamps: stamps.append(time.perf_counter()),
+            progress=after_step,
         )
-        floor = min(floor, bare_pass(network, objective, space.tensor))
-        per_step = statistics.median(b - a for a, b in zip(stamps, stamps[1:], strict=False))
+        pairs = list(zip(step_times[1:], floors[1:], strict=True))
+        ratio = statistics.median(step / floor for step, floor in pairs)
+        per_step = statistics.median(step for step, _ in pairs)
+        floor = statistics.median(floor for _, floor in pairs)
         label = name + (
             f" {params['block_size']}³" if "block_size" in params and name in ("saa", "vafa") else ""
         )
         label += f" {params['block_size']}²" if name in ("saa-2d", "vafa-2d") else ""
-        rows.append((label, per_step, floor, per_step / floor, TARGETS[name]))
-        print(
-            f"{label}: {per_step:.2f} s/step, floor {floor:.2f} s, ratio {per_step / floor:.3f}",
-            file=sys.stderr,
-        )
-    return rows, objective.n_windows, tuple(space.tensor.shape[-3:])
+        rows.append((label, per_step, floor, ratio, TARGETS[name]))
+        print(f"{label}: {per_step:.2f} s/step, floor {floor:.2f} s, ratio {ratio:.3f}", file=sys.stderr)
+    return rows, objective.n_windows
 
 
 def peak_memory(model: str, image_path: str, steps: int, threads: int, queue) -> None:
@@ -109,18 +126,27 @@ def peak_memory(model: str, image_path: str, steps: int, threads: int, queue) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="abdomen-unet")
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--model", default="abdomen-unet", help="model card or bundled name")
+    parser.add_argument("--preset", help="time a MONAI BTCV architecture preset at random weights instead")
+    parser.add_argument("--image", type=Path, default=CT, help="CT volume (default example_ct)")
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     args = parser.parse_args()
-    if not CT.is_file():
-        print(f"{CT} not found: this benchmark needs ../shared", file=sys.stderr)
+    if args.steps < 3:
+        parser.error("--steps must be at least 3 (step 1 holds the set-up and is not counted)")
+    if not args.image.is_file():
+        print(f"{args.image} not found: this benchmark needs ../shared", file=sys.stderr)
         return 1
 
-    rows, windows, shape = step_ratios(args.model, args.steps, args.threads)
+    card, network, space, target = setup(args.model, args.image, args.threads, args.preset)
+    rows, windows = step_ratios(card, network, space, target, args.steps)
+    shape = "x".join(map(str, space.tensor.shape[-3:]))
+    model = f"{args.preset} (random weights)" if args.preset else args.model
+    roi = "x".join(map(str, card.roi_size))
     print(
-        f"\nmodel {args.model} on example_ct ({'x'.join(map(str, shape))} model voxels, {windows} windows), {args.threads} thread(s)\n"
+        f"\nmodel {model} on {args.image.name} ({shape} model voxels, {windows} windows of {roi}), "
+        f"{args.threads} thread(s), median over steps 2..{args.steps}\n"
     )
     print("| attack | s/step | bare fwd+bwd s | ratio | target |")
     print("|---|---|---|---|---|")

@@ -69,14 +69,14 @@ def window_slices(
     return list(slices), tuple(pads)
 
 
-CHUNK_ELEMENTS = 1 << 16  # logits elements per chunk (256 KB): the loss runs in cache, chunk by chunk
+CHUNK_ELEMENTS = 1 << 18  # logits elements per chunk (1 MiB): the loss runs in L2 cache, chunk by chunk
 
 
 class _DiceCE(torch.autograd.Function):
     """Per-window DiceCE with a closed-form backward, evaluated in cache-sized chunks of voxels.
 
-    Forward keeps only per-voxel log-sum-exp and per-class sums; backward recomputes the softmax chunk by
-    chunk and writes the logits' gradient once (about 3 passes over the logits instead of ~15).
+    Forward keeps the softmax probabilities and per-class sums; backward writes the logits' gradient once,
+    chunk by chunk (about 3 passes over the logits instead of ~15 through autograd, and no second exp).
     """
 
     @staticmethod
@@ -89,46 +89,44 @@ class _DiceCE(torch.autograd.Function):
         ground = logits.new_zeros(n, n_classes)
         squares = logits.new_zeros(n, n_classes)
         ce = logits.new_zeros(n)
-        lse = logits.new_empty(n, 1, voxels)
+        all_probs = torch.empty_like(logits)
         for s in range(0, voxels, step):
             z = logits[:, :, s : s + step]
             t = target[:, :, s : s + step]
             top = z.amax(dim=1, keepdim=True)
-            probs = (z - top).exp_()
+            probs = torch.sub(z, top, out=all_probs[:, :, s : s + step]).exp_()
             total = probs.sum(dim=1, keepdim=True)
             probs.div_(total)
-            chunk_lse = torch.add(total.log_(), top, out=lse[:, :, s : s + step])
-            ce += ((chunk_lse - z.gather(1, t)) * ce_weights[:, :, s : s + step]).sum(dim=(1, 2))
+            log_sum_exp = total.log_().add_(top)
+            ce += ((log_sum_exp - z.gather(1, t)) * ce_weights[:, :, s : s + step]).sum(dim=(1, 2))
             flat_t = t.reshape(n, -1)
             intersection.scatter_add_(1, flat_t, probs.gather(1, t).reshape(n, -1))
             ground.scatter_add_(1, flat_t, probs.new_ones(()).expand(flat_t.shape))
-            squares += probs.mul_(probs).sum(dim=2)
+            squares += torch.linalg.vecdot(probs, probs, dim=2)
         denominator = ground + squares + SMOOTH_DR
         dice = ((1.0 - 2.0 * intersection / denominator) * channel_weights).sum(dim=1)
         ctx.step = step
-        ctx.save_for_backward(logits, target, lse, intersection, denominator, channel_weights, ce_weights)
+        ctx.save_for_backward(all_probs, target, intersection, denominator, channel_weights, ce_weights)
         return dice + ce
 
     @staticmethod
     def backward(ctx, grad):
-        logits, target, lse, intersection, denominator, channel_weights, ce_weights = ctx.saved_tensors
-        n, n_classes, voxels = logits.shape
+        all_probs, target, intersection, denominator, channel_weights, ce_weights = ctx.saved_tensors
+        voxels = all_probs.shape[-1]
         g = grad.view(-1, 1)
         # d loss / d p_c(v) = a_c·p_c(v) + b_c·[c = target(v)];  d loss / d z via the softmax Jacobian, plus CE.
         a = (4.0 * intersection / denominator**2 * channel_weights * g).unsqueeze(-1)  # [n, C, 1]
         b = -2.0 / denominator * channel_weights * g  # [n, C]
-        grad_logits = torch.empty_like(logits)
+        grad_logits = torch.empty_like(all_probs)
         for s in range(0, voxels, ctx.step):
-            z = logits[:, :, s : s + ctx.step]
             t = target[:, :, s : s + ctx.step]
-            probs = (z - lse[:, :, s : s + ctx.step]).exp_()
+            probs = all_probs[:, :, s : s + ctx.step]
             p_target = probs.gather(1, t)
             b_target = b.gather(1, t.squeeze(1)).unsqueeze(1)
             w = ce_weights[:, :, s : s + ctx.step] * grad.view(-1, 1, 1)
             a_probs = a * probs
-            r = (a_probs * probs).sum(dim=1, keepdim=True) + b_target * p_target
-            out = grad_logits[:, :, s : s + ctx.step]
-            torch.mul(a_probs.add_(w - r), probs, out=out)
+            r = torch.linalg.vecdot(a_probs, probs, dim=1).unsqueeze(1) + b_target * p_target
+            out = torch.mul(a_probs.add_(w - r), probs, out=grad_logits[:, :, s : s + ctx.step])
             out.scatter_add_(1, t, b_target * p_target - w)
         return grad_logits, None, None, None
 
