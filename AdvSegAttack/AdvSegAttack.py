@@ -2,16 +2,22 @@
 
 The attack runs in a child process (``PythonSlicer -m AdvSegAttackLib.cli attack ... --progress jsonl``),
 so the application stays responsive and Cancel kills it; the results are loaded on the main thread.
+Export runs the engine's ``export`` the same way. The "Reader study" section is the blinded reader mode:
+one case at a time under its neutral ID (engine: `AdvSegAttackLib.reader_session`; scene:
+`AdvSegAttackSceneLib.reader`), with the attack panels hidden.
 Nothing heavy happens at import: torch, MONAI and the engine are only needed by the child process, and
 missing packages are installed (with the user's consent) on the first Apply.
 """
 
 import enum
+import glob
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
+import time
 from typing import Annotated, Union
 
 import qt
@@ -19,6 +25,7 @@ import slicer
 import vtk
 from AdvSegAttackSceneLib import engine as advEngine
 from AdvSegAttackSceneLib import progress as advProgress
+from AdvSegAttackSceneLib import reader as advReader
 from AdvSegAttackSceneLib import scene as advScene
 from slicer import (
     vtkMRMLLabelMapVolumeNode,
@@ -82,6 +89,7 @@ class AttackType(enum.Enum):
     BIM = "bim"
     FGSM = "fgsm"
     GN = "gn"
+    TEXTURE = "texture"
 
     def label(self):
         return advEngine.ATTACKS[self.value].label
@@ -160,6 +168,12 @@ class AdvSegAttackParameterNode:
     stepSize: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["stepSize"]
     alpha: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["alpha"]
     band: Annotated[str, Choice(list(advEngine.BANDS))] = _DEFAULT["band"]
+    noiseMu: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseMu"]
+    noiseSigma: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseSigma"]
+    blend: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["blend"]
+    featherMm: Annotated[float, WithinRange(0.0, 50.0)] = _DEFAULT["featherMm"]
+    textureSearch: bool = _DEFAULT["textureSearch"]
+    ssimFloor: Annotated[float, WithinRange(0.01, 1.0)] = _DEFAULT["ssimFloor"]
     region: RegionChoice = RegionChoice.WHOLE
     dilationMm: Annotated[float, WithinRange(0.0, 200.0)] = advEngine.DEFAULT_DILATION_MM
     targeted: bool = False
@@ -204,9 +218,32 @@ PARAMETER_WIDGETS = {
     "stepSize": ("stepSizeLabel", "stepSizeSpinBox"),
     "alpha": ("alphaLabel", "alphaSpinBox"),
     "band": ("bandLabel", "bandComboBox"),
+    "noiseMu": ("noiseMuLabel", "noiseMuSpinBox"),
+    "noiseSigma": ("noiseSigmaLabel", "noiseSigmaSpinBox"),
+    "blend": ("blendLabel", "blendSpinBox"),
+    "featherMm": ("featherMmLabel", "featherMmSpinBox"),
+    "textureSearch": ("textureSearchLabel", "textureSearchCheckBox"),
+    "ssimFloor": ("ssimFloorLabel", "ssimFloorSpinBox"),
 }
 
 DEVICE_SETTINGS_KEY = "AdvSegAttack/device"
+READER_NAME_SETTINGS_KEY = "AdvSegAttack/readerName"
+READER_SESSION_SETTINGS_KEY = "AdvSegAttack/readerSession"
+
+# Panels hidden in reader mode: they could show attack results, metrics or the names of attacked volumes.
+READER_HIDDEN_PANELS = (
+    "inputsCollapsibleButton",
+    "attackCollapsibleButton",
+    "applyButton",
+    "resultsCollapsibleButton",
+    "logCollapsibleButton",
+)
+# Engine export formats -> check box in the .ui.
+EXPORT_FORMAT_WIDGETS = {
+    "nifti": "exportNiftiCheckBox",
+    "nrrd": "exportNrrdCheckBox",
+    "dicom": "exportDicomCheckBox",
+}
 
 #
 # AdvSegAttackWidget
@@ -237,6 +274,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.logCallback = self._appendLog
         self.logic.progressCallback = self._onProgress
         self.logic.finishedCallback = self._onFinished
+        self.logic.exportFinishedCallback = self._onExportFinished
 
         for name, (labelName, widgetName) in PARAMETER_WIDGETS.items():
             toolTip = advEngine.PARAMETERS[name].toolTip()
@@ -258,6 +296,25 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.differenceButton.connect("toggled(bool)", self.onDifferenceToggled)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.exportDicomCheckBox.connect("toggled(bool)", self.onExportDicomToggled)
+        self.ui.exportPhiComboBox.addItem(_("Remove (de-identified bundle)"), "remove")
+        self.ui.exportPhiComboBox.addItem(_("Keep"), "keep")
+        self.onExportDicomToggled(self.ui.exportDicomCheckBox.checked)
+
+        self.ui.readerNameLineEdit.text = slicer.util.settingsValue(READER_NAME_SETTINGS_KEY, "")
+        self.ui.readerSessionPathLineEdit.currentPath = slicer.util.settingsValue(
+            READER_SESSION_SETTINGS_KEY, ""
+        )
+        self.ui.readerConfidenceComboBox.addItem(_("(choose)"), 0)
+        for value, text in ((1, _("1 (guessing)")), (2, "2"), (3, "3"), (4, "4"), (5, _("5 (certain)"))):
+            self.ui.readerConfidenceComboBox.addItem(text, value)
+        self.ui.readerStartButton.connect("clicked(bool)", self.onReaderStartButton)
+        self.ui.readerStopButton.connect("clicked(bool)", self.onReaderStopButton)
+        self.ui.readerNextButton.connect("clicked(bool)", self.onReaderNextButton)
+        self.ui.readerRealRadioButton.connect("toggled(bool)", self.onReaderVerdictToggled)
+        self.ui.readerManipulatedRadioButton.connect("toggled(bool)", self.onReaderVerdictToggled)
+        self.ui.readerConfidenceComboBox.connect("currentIndexChanged(int)", self.onReaderConfidenceChanged)
+        self._setReaderMode(False)
 
         self.initializeParameterNode()
 
@@ -265,7 +322,10 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes and the module widget is destroyed."""
         if self.logic:
             self.logic.logCallback = self.logic.progressCallback = self.logic.finishedCallback = None
+            self.logic.exportFinishedCallback = None
             self.logic.cancel()
+            self.logic.cancelExport()
+            self.logic.stopReaderSession()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -283,8 +343,15 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUI)
 
     def onSceneStartClose(self, caller, event) -> None:
-        """Called just before the scene is closed: stop a run and forget the parameter node."""
+        """Called just before the scene is closed: stop a run and forget the parameter node.
+
+        Closing the scene while reading ends the reader mode (the answers given so far are saved).
+        """
         self.logic.cancel()
+        self.logic.cancelExport()
+        if self.logic.isReading():
+            self.logic.stopReaderSession()
+            self._setReaderMode(False)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -298,10 +365,14 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         if self.logic:
             self.logic.cancel()
+        if self.logic:
+            self.logic.cancelExport()
+            self.logic.stopReaderSession()
         for name in (
             "AdvSegAttackSceneLib.progress",
             "AdvSegAttackSceneLib.engine",
             "AdvSegAttackSceneLib.scene",
+            "AdvSegAttackSceneLib.reader",
         ):
             if name in sys.modules:
                 importlib.reload(sys.modules[name])
@@ -360,9 +431,13 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.dilationSpinBox.visible = regional
 
         running = self.logic.isRunning()
+        exporting = self.logic.isExporting()
         self.ui.inputsCollapsibleButton.enabled = not running
         self.ui.attackCollapsibleButton.enabled = not running
-        if running:
+        if exporting:
+            self.ui.applyButton.enabled = False
+            self.ui.applyButton.toolTip = _("An export is running.")
+        elif running:
             self.ui.applyButton.text = _("Cancel")
             self.ui.applyButton.toolTip = _("Stop the attack; the scene is left as it was.")
             self.ui.applyButton.enabled = True
@@ -375,7 +450,9 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         hasResults = bool(node.adversarialVolume and node.inputVolume)
         self.ui.compareButton.enabled = hasResults and not running
         self.ui.differenceButton.enabled = hasResults and not running
-        self.ui.exportButton.enabled = bool(node.adversarialVolume) and not running
+        self.ui.exportButton.enabled = (bool(node.adversarialVolume) and not running) or exporting
+        self.ui.exportButton.text = _("Cancel export") if exporting else _("Export case…")
+        self.ui.exportOptionsWidget.enabled = not exporting
         self.ui.metricsTableView.setMRMLTableNode(node.metricsTable)
         summary = node.metricsTable.GetAttribute(advScene.SUMMARY_ATTRIBUTE) if node.metricsTable else None
         self.ui.summaryLabel.text = summary or ""
@@ -527,16 +604,190 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to show the difference."), waitCursor=True):
             self.logic.showCompare(self._parameterNode)
 
+    def onExportDicomToggled(self, checked) -> None:
+        """The DICOM source folder is only asked for with the DICOM format."""
+        self.ui.exportDicomSourceLabel.enabled = bool(checked)
+        self.ui.exportDicomSourcePathLineEdit.enabled = bool(checked)
+
     def onExportButton(self) -> None:
-        """Copy the case files to a folder the user picks."""
-        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Export case to folder"))
+        """Write a case bundle with the engine's export (formats and PHI from the panel), or cancel it."""
+        if self.logic.isExporting():
+            self.logic.cancelExport()
+            return
+        self._bestFraction = 0.0
+        formats = [name for name, widget in EXPORT_FORMAT_WIDGETS.items() if getattr(self.ui, widget).checked]
+        combo = self.ui.exportPhiComboBox
+        phi = combo.itemData(combo.currentIndex) or "remove"
+        dicomSource = self.ui.exportDicomSourcePathLineEdit.currentPath.strip() if "dicom" in formats else ""
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(),
+            _("Export case bundle to folder (an empty folder, or a sub-folder is made)"),
+        )
         if not folder:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to export the case."), waitCursor=True):
-            written = self.logic.exportCase(self._parameterNode, folder)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to export the case."), waitCursor=True):
+                try:
+                    self.ui.progressBar.value = 0
+                    self.ui.progressBar.setFormat(_("Exporting…"))
+                    self.ui.progressBar.visible = True
+                    self.logic.exportCase(
+                        self._parameterNode,
+                        folder,
+                        formats=formats,
+                        dicomSource=dicomSource or None,
+                        phi=phi,
+                        waitForCompletion=False,
+                    )
+                except ValueError as error:  # bad input: one sentence, no traceback
+                    self.ui.progressBar.visible = False
+                    slicer.util.errorDisplay(str(error), windowTitle=_("AdvSegAttack"))
+        except Exception:  # shown (with details) by tryWithErrorDisplay
+            self.ui.progressBar.visible = False
+            logging.exception("AdvSegAttack: export")
+        finally:
+            self._updateGUI()
+
+    def _onExportFinished(self, result) -> None:
+        self.ui.progressBar.visible = False
+        if result.cancelled:
+            slicer.util.showStatusMessage(_("Export cancelled; nothing was written."), 5000)
+        elif not result.success:
+            slicer.util.errorDisplay(result.message, windowTitle=_("AdvSegAttack"))
+        else:
             slicer.util.showStatusMessage(
-                _("Exported {count} files to {folder}.").format(count=len(written), folder=folder), 5000
+                _("Exported {count} files to {folder}.").format(
+                    count=len(result.files), folder=result.bundle
+                ),
+                8000,
             )
+        self._updateGUI()
+
+    # -- Reader study ------------------------------------------------------------------------------
+
+    def _setReaderMode(self, reading: bool) -> None:
+        """Hide the attack panels while reading; only the reader section stays."""
+        for name in READER_HIDDEN_PANELS:
+            getattr(self.ui, name).visible = not reading
+        self.ui.readerNameLineEdit.enabled = not reading
+        self.ui.readerSessionPathLineEdit.enabled = not reading
+        self.ui.readerStartButton.visible = not reading
+        self.ui.readerStopButton.visible = reading
+        self.ui.readerAnswerWidget.visible = reading
+        if reading:
+            self.ui.readerCollapsibleButton.collapsed = False
+        else:
+            self.ui.readerStatusLabel.text = ""
+            self._updateGUI()
+
+    def _readerAction(self, action):
+        """Run a reader-mode action; a bad input or altered session is shown as its one sentence.
+
+        :return: (True, result) or (False, None) after showing the error.
+        """
+        try:
+            return True, action()
+        except ValueError as error:
+            slicer.util.errorDisplay(str(error), windowTitle=_("Reader study"))
+        except Exception as error:
+            logging.exception("AdvSegAttack: reader mode")
+            slicer.util.errorDisplay(
+                _("The reader mode failed: {error}").format(error=error), windowTitle=_("Reader study")
+            )
+        return False, None
+
+    def onReaderStartButton(self) -> None:
+        """Open the session for this reader and show the first unanswered case (after closing the scene)."""
+        name = self.ui.readerNameLineEdit.text.strip()
+        folder = self.ui.readerSessionPathLineEdit.currentPath.strip()
+        if self.logic.sceneHasData() and not slicer.util.confirmOkCancelDisplay(
+            _(
+                "The reader mode closes the current scene (unsaved changes are lost), so that nothing in it "
+                "can give a case away. Continue?"
+            ),
+            windowTitle=_("Reader study"),
+        ):
+            return
+        ok, caseId = self._readerAction(lambda: self.logic.startReaderSession(folder, name))
+        if not ok:
+            return
+        settings = qt.QSettings()
+        settings.setValue(READER_NAME_SETTINGS_KEY, name)
+        settings.setValue(READER_SESSION_SETTINGS_KEY, folder)
+        self.ui.readerOrganComboBox.clear()
+        self.ui.readerOrganComboBox.addItem(_("(not given)"), "")
+        for organ in self.logic.readerOrganChoices():
+            self.ui.readerOrganComboBox.addItem(organ, organ)
+        self._setReaderMode(True)
+        self._showReaderCase(caseId)
+
+    def onReaderStopButton(self) -> None:
+        """Leave the reader mode (answers are already saved; Start/Resume continues later)."""
+        self.logic.stopReaderSession()
+        self._setReaderMode(False)
+
+    def _showReaderCase(self, caseId) -> None:
+        answered, total = self.logic.readerProgress()
+        self._resetReaderAnswer()
+        problems = self.logic.readerProblems()
+        status = " ".join(problems)
+        if caseId is None:
+            self.ui.readerCounterLabel.text = _("All {total} cases answered.").format(total=total)
+            self.ui.readerAnswerFieldsWidget.enabled = False
+            status = _("Thank you. Your answers are saved in the session folder; leave the reader mode.")
+        else:
+            self.ui.readerCounterLabel.text = _("Case {number} of {total}: {caseId}").format(
+                number=answered + 1, total=total, caseId=caseId
+            )
+            self.ui.readerAnswerFieldsWidget.enabled = True
+        self.ui.readerStatusLabel.text = status
+        self._updateReaderNextButton()
+
+    def _resetReaderAnswer(self) -> None:
+        for button in (self.ui.readerRealRadioButton, self.ui.readerManipulatedRadioButton):
+            # An auto-exclusive radio button cannot be unchecked directly.
+            button.autoExclusive = False
+            button.checked = False
+            button.autoExclusive = True
+        self.ui.readerConfidenceComboBox.currentIndex = 0
+        self.ui.readerOrganComboBox.currentIndex = 0
+        self.ui.readerOrganComboBox.enabled = False
+        self.ui.readerCommentLineEdit.text = ""
+
+    def onReaderVerdictToggled(self, checked) -> None:
+        """An organ can only be named for "manipulated"."""
+        manipulated = self.ui.readerManipulatedRadioButton.checked
+        self.ui.readerOrganComboBox.enabled = manipulated
+        if not manipulated:
+            self.ui.readerOrganComboBox.currentIndex = 0
+        self._updateReaderNextButton()
+
+    def onReaderConfidenceChanged(self, index) -> None:
+        self._updateReaderNextButton()
+
+    def _updateReaderNextButton(self) -> None:
+        """Next is enabled once a verdict and a confidence are given."""
+        answered = self.ui.readerRealRadioButton.checked or self.ui.readerManipulatedRadioButton.checked
+        confident = self.ui.readerConfidenceComboBox.currentIndex > 0
+        self.ui.readerNextButton.enabled = bool(self.logic.readerCaseId() and answered and confident)
+
+    def onReaderNextButton(self) -> None:
+        """Save the answer (on disk before anything else happens), then show the next case."""
+        combo = self.ui.readerConfidenceComboBox
+        organCombo = self.ui.readerOrganComboBox
+        verdict = "manipulated" if self.ui.readerManipulatedRadioButton.checked else "real"
+        ok, caseId = self._readerAction(
+            lambda: self.logic.answerReaderCase(
+                verdict,
+                int(combo.itemData(combo.currentIndex)),
+                comment=self.ui.readerCommentLineEdit.text,
+                organ=organCombo.itemData(organCombo.currentIndex) or None,
+            )
+        )
+        if ok:
+            self._showReaderCase(caseId)
+        else:  # nothing saved (the case stays), or saved but the next case could not be shown
+            self._updateReaderNextButton()
 
 
 #
@@ -552,6 +803,33 @@ class AttackResult:
         self.cancelled = cancelled
         self.message = message
         self.loaded = loaded
+
+
+class ExportResult:
+    """How an export ended: ``success`` with the ``bundle`` folder and its ``files``, ``cancelled``, or
+    failed with ``message``."""
+
+    def __init__(self, success=False, cancelled=False, message="", bundle="", files=None):
+        self.success = success
+        self.cancelled = cancelled
+        self.message = message
+        self.bundle = bundle
+        self.files = list(files or [])
+
+
+class _ExportRun:
+    """State of the child process of one export."""
+
+    def __init__(self, bundle):
+        self.bundle = bundle
+        self.stdout = advProgress.ProgressLineBuffer()
+        self.stderrTail = []
+        self.errorMessage = ""
+        self.cancelled = False
+        self.finished = False
+        self.startError = ""
+        self.process = None
+        self.result = None
 
 
 class _Run:
@@ -587,7 +865,13 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         self.logCallback = None
         self.progressCallback = None
         self.finishedCallback = None
+        self.exportFinishedCallback = None
         self._run = None
+        self._exportRun = None
+        self._readerSession = None
+        self._readerCase = None
+        self._readerShownAt = 0.0
+        self._annotationsBefore = None
 
     def getParameterNode(self):
         return AdvSegAttackParameterNode(super().getParameterNode())
@@ -640,6 +924,8 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             return str(error)
         if parameterNode.region != RegionChoice.WHOLE and not parameterNode.organ:
             return _("The organ and bounding-box regions need an organ.")
+        if parameterNode.attack == AttackType.TEXTURE and not parameterNode.organ:
+            return _("The texture attack needs an organ.")
         return None
 
     @staticmethod
@@ -805,16 +1091,8 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         run = _Run(workDir, inputVolume, attack, labelNames, labelColors)
         self._run = run
         program = advEngine.pythonSlicerExecutable()
-        environment = advEngine.childEnvironment(self.engineRoot(), base={})
-        process = qt.QProcess()
+        process = self._engineProcess()
         run.process = process
-        process.setProcessChannelMode(qt.QProcess.SeparateChannels)
-        processEnvironment = qt.QProcessEnvironment.systemEnvironment()
-        pythonPath = [environment["PYTHONPATH"], processEnvironment.value("PYTHONPATH")]
-        processEnvironment.insert("PYTHONPATH", os.pathsep.join(p for p in pythonPath if p))
-        processEnvironment.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(processEnvironment)
-        process.setWorkingDirectory(str(self.engineRoot()))  # `-m` also finds the engine from here
         process.readyReadStandardOutput.connect(lambda: self._onStdout(run))
         process.readyReadStandardError.connect(lambda: self._onStderr(run))
         process.finished.connect(lambda *args: self._onFinished(run))
@@ -826,6 +1104,19 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         process.waitForFinished(-1)
         self._onFinished(run)
         return run.result
+
+    def _engineProcess(self):
+        """A QProcess set up to run the engine: PYTHONPATH starts with the engine root, unbuffered output."""
+        environment = advEngine.childEnvironment(self.engineRoot(), base={})
+        process = qt.QProcess()
+        process.setProcessChannelMode(qt.QProcess.SeparateChannels)
+        processEnvironment = qt.QProcessEnvironment.systemEnvironment()
+        pythonPath = [environment["PYTHONPATH"], processEnvironment.value("PYTHONPATH")]
+        processEnvironment.insert("PYTHONPATH", os.pathsep.join(p for p in pythonPath if p))
+        processEnvironment.insert("PYTHONUNBUFFERED", "1")
+        process.setProcessEnvironment(processEnvironment)
+        process.setWorkingDirectory(str(self.engineRoot()))  # `-m` also finds the engine from here
+        return process
 
     def _onStdout(self, run) -> None:
         data = bytes(run.process.readAllStandardOutput().data())
@@ -997,30 +1288,344 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             if sliceWidget:
                 sliceWidget.sliceLogic().FitSliceToAll()
 
-    def exportCase(self, parameterNode, folder):
-        """Copy the case files of the current result to `folder` (the same files the CLI writes).
+    # -- Export --------------------------------------------------------------------------------------
 
-        If the temporary case folder is gone (for example, the scene was saved and reopened), the volume
-        and the predictions are written from the scene instead.
+    @staticmethod
+    def bundleFolder(folder, caseName) -> str:
+        """The bundle folder for an export to `folder`: `folder` itself if it is new or empty, else a new
+        sub-folder ``<caseName>-bundle`` (``-2``, ``-3``, … if taken)."""
+        if not os.path.exists(folder) or (os.path.isdir(folder) and not os.listdir(folder)):
+            return folder
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", caseName).strip("._") or "case"
+        candidate, number = os.path.join(folder, f"{safe}-bundle"), 2
+        while os.path.exists(candidate):
+            candidate, number = os.path.join(folder, f"{safe}-bundle-{number}"), number + 1
+        return candidate
+
+    @staticmethod
+    def exportArguments(caseFolder, bundle, formats=("nifti",), dicomSource=None, phi="remove") -> list:
+        """Arguments after ``PythonSlicer`` for the engine's export (a list, never a shell string)."""
+        arguments = ["-m", advEngine.ENGINE_CLI_MODULE, "export", str(caseFolder), "--out", str(bundle)]
+        arguments += ["--format", *formats, "--phi", phi]
+        if dicomSource:
+            arguments += ["--dicom-source", str(dicomSource)]
+        return arguments + ["--progress", "jsonl"]
+
+    @staticmethod
+    def dicomSourceFolder(volumeNode):
+        """The folder of the DICOM files a volume was loaded from (Slicer's DICOM database), or None."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split() if volumeNode else []
+        database = getattr(slicer, "dicomDatabase", None)
+        if not uids or database is None or not database.isOpen:
+            return None
+        folders = {os.path.dirname(database.fileForInstance(uid) or "") for uid in uids}
+        return folders.pop() if len(folders) == 1 and "" not in folders else None
+
+    def isExporting(self) -> bool:
+        return self._exportRun is not None and not self._exportRun.finished
+
+    def exportCase(
+        self,
+        parameterNode,
+        folder,
+        formats=("nifti",),
+        dicomSource=None,
+        phi="remove",
+        waitForCompletion=True,
+    ):
+        """Export the current result as a case bundle with the engine's ``export`` (in a child process).
+
+        :param folder: an empty or new folder becomes the bundle; otherwise a new sub-folder is made in it
+          (`bundleFolder`).
+        :param formats: any of "nifti", "nrrd", "dicom" (the attacked CT as a DICOM series made from the
+          source series).
+        :param dicomSource: the DICOM series the input was loaded from; by default the folder of the input
+          volume's files in Slicer's DICOM database, if any.
+        :param phi: "remove" (de-identified bundle) or "keep".
+        :param waitForCompletion: block until done and return the `ExportResult`; otherwise return None and
+          report through ``exportFinishedCallback``.
+
+        If the case folder of the result is gone (the scene was saved and reopened), the volume and the
+        predictions are written from the scene instead (NIfTI/.seg.nrrd, no metrics or provenance).
         """
+        if self.isExporting():
+            raise ValueError(_("An export is already running; cancel it first."))
         adversarial = parameterNode.adversarialVolume
         if not adversarial:
             raise ValueError(_("There is no result to export; run an attack first."))
         caseFolder = adversarial.GetAttribute(advScene.CASE_FOLDER_ATTRIBUTE) or ""
-        if caseFolder and os.path.isdir(caseFolder):
-            return advScene.exportCaseFolder(caseFolder, folder)
-        written = [advScene.writeVolumeNode(adversarial, os.path.join(folder, "adversarial.nii.gz"))]
+        bundle = self.bundleFolder(folder, adversarial.GetName())
+        if not (caseFolder and os.path.isdir(caseFolder)):
+            result = ExportResult(
+                success=True, bundle=bundle, files=self._writeFromScene(parameterNode, bundle)
+            )
+            self._log(
+                f"The case folder {caseFolder!r} no longer exists; wrote the volume and predictions from the "
+                "scene (metrics.json and provenance.json are not available)."
+            )
+            if self.exportFinishedCallback:
+                self.exportFinishedCallback(result)
+            return result if waitForCompletion else None
+        if "dicom" in formats and not dicomSource:
+            dicomSource = self.dicomSourceFolder(parameterNode.inputVolume)
+        self.ensureEngineImportable()
+        arguments = self.exportArguments(caseFolder, bundle, formats, dicomSource, phi)
+        run = _ExportRun(bundle)
+        self._exportRun = run
+        program = advEngine.pythonSlicerExecutable()
+        process = self._engineProcess()
+        run.process = process
+        process.readyReadStandardOutput.connect(lambda: self._onExportStdout(run))
+        process.readyReadStandardError.connect(lambda: self._onExportStderr(run))
+        process.finished.connect(lambda *args: self._onExportFinished(run))
+        process.errorOccurred.connect(lambda error: self._onExportProcessError(run, error))
+        self._log(" ".join([program, *arguments]))
+        process.start(program, arguments)
+        if not waitForCompletion:
+            return None
+        process.waitForFinished(-1)
+        self._onExportFinished(run)
+        return run.result
+
+    def _writeFromScene(self, parameterNode, folder) -> list:
+        written = [
+            advScene.writeVolumeNode(
+                parameterNode.adversarialVolume, os.path.join(folder, "adversarial.nii.gz")
+            )
+        ]
         for node, name in (
             (parameterNode.cleanSegmentation, "pred_clean.seg.nrrd"),
             (parameterNode.attackedSegmentation, "pred_adv.seg.nrrd"),
         ):
             if node:
                 written.append(advScene.writeSegmentationNode(node, os.path.join(folder, name)))
-        self._log(
-            f"The case folder {caseFolder!r} no longer exists; wrote the volume and predictions from the scene "
-            "(metrics.json and provenance.json are not available)."
-        )
         return written
+
+    def _onExportStdout(self, run) -> None:
+        data = bytes(run.process.readAllStandardOutput().data())
+        for event in run.stdout.feed(data):
+            self._handleExportEvent(run, event)
+
+    def _handleExportEvent(self, run, event) -> None:
+        if event.kind == advProgress.PROGRESS:
+            if self.progressCallback:
+                self.progressCallback(event.stageFraction, _("Exporting"))
+        elif event.kind == advProgress.ERROR:
+            run.errorMessage = event.message
+            self._log(f"Error: {event.message}")
+        elif event.kind == advProgress.LOG:
+            self._log(event.message)
+
+    def _onExportStderr(self, run) -> None:
+        text = bytes(run.process.readAllStandardError().data()).decode("utf-8", errors="replace")
+        for line in text.splitlines():
+            if line.strip():
+                run.stderrTail = (run.stderrTail + [line])[-50:]
+                self._log(line)
+
+    def _onExportProcessError(self, run, error) -> None:
+        if error == qt.QProcess.FailedToStart:
+            run.startError = _("Could not start {program}; is this a complete Slicer installation?").format(
+                program=advEngine.pythonSlicerExecutable()
+            )
+            self._onExportFinished(run)
+
+    def _onExportFinished(self, run) -> None:
+        if run.finished:
+            return
+        run.finished = True
+        if run.process is not None and not run.startError:
+            self._onExportStdout(run)
+            self._onExportStderr(run)
+        for event in run.stdout.flush():
+            self._handleExportEvent(run, event)
+        exitCode = run.process.exitCode() if run.process is not None else -1
+        crashed = run.process is not None and run.process.exitStatus() == qt.QProcess.CrashExit
+        if run.cancelled:
+            # A killed export leaves its hidden staging folder beside the bundle; nothing else.
+            parent, name = os.path.split(os.path.normpath(run.bundle))
+            for staging in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.export-*")):
+                shutil.rmtree(staging, ignore_errors=True)
+            result = ExportResult(cancelled=True, message=_("Cancelled."))
+        elif run.startError:
+            result = ExportResult(message=run.startError)
+        elif run.errorMessage:
+            result = ExportResult(message=run.errorMessage)
+        elif crashed or exitCode != 0 or not os.path.isdir(run.bundle):
+            message = _(
+                "The export process stopped with exit status {code}; see the log for details."
+            ).format(code=exitCode)
+            if run.stderrTail:
+                message += " " + _("Last message: {line}").format(line=run.stderrTail[-1].strip())
+            result = ExportResult(message=message)
+        else:
+            files = sorted(
+                os.path.relpath(os.path.join(root, name), run.bundle)
+                for root, _dirs, names in os.walk(run.bundle)
+                for name in names
+            )
+            result = ExportResult(success=True, bundle=run.bundle, files=files)
+        run.result = result
+        if self.exportFinishedCallback:
+            self.exportFinishedCallback(result)
+
+    def cancelExport(self) -> None:
+        """Kill the running export; its staging folder is removed and no bundle is left."""
+        run = self._exportRun
+        if run is None or run.finished:
+            return
+        run.cancelled = True
+        process = run.process
+        if process is not None and process.state() != qt.QProcess.NotRunning:
+            self._killChildren(process.processId())
+            process.kill()
+            process.waitForFinished(5000)
+        self._onExportFinished(run)
+
+    # -- Reader study ----------------------------------------------------------------------------------
+
+    def sceneHasData(self) -> bool:
+        """True if the scene holds any data node (volume, segmentation, table, markup, …)."""
+        return advReader.sceneHasUserData(slicer.mrmlScene)
+
+    def isReading(self) -> bool:
+        return self._readerSession is not None
+
+    def readerCaseId(self):
+        """Neutral ID of the case on screen, or None."""
+        return self._readerCase.caseId if self._readerCase is not None else None
+
+    def readerProgress(self):
+        """(answered, total) cases of the open reader session."""
+        session = self._readerSession
+        return session.progress if session is not None else (0, 0)
+
+    def readerProblems(self) -> list:
+        """Damaged lines found in the reader's ratings file when the session was opened (ignored)."""
+        return list(self._readerSession.problems) if self._readerSession is not None else []
+
+    def readerOrganChoices(self) -> list:
+        self.ensureEngineImportable()
+        from AdvSegAttackLib.reader_session import ORGAN_CHOICES
+
+        return list(ORGAN_CHOICES)
+
+    def startReaderSession(self, sessionDir, reader, clearScene=True):
+        """Open a blinded session for `reader` and show the first unanswered case (resume).
+
+        The session is checked first (an altered session, unknown reader or wrong folder raises and leaves
+        the scene alone); then the scene is cleared, so nothing from before can give a case away, the
+        layout becomes the four-up view and the slice-view corner annotations are switched off.
+
+        :return: the neutral ID of the case shown, or None if the reader has answered every case.
+        :raises ValueError: one sentence for a bad folder, reader or altered session.
+        """
+        self.ensureEngineImportable()
+        from AdvSegAttackLib.errors import InputError
+        from AdvSegAttackLib.reader_session import ReaderSession
+
+        self.stopReaderSession()
+        if not str(sessionDir).strip():
+            raise ValueError(_("Choose the session folder the coordinator gave you."))
+        if not str(reader).strip():
+            raise ValueError(_("Enter your reader name (for example reader1)."))
+        try:
+            session = ReaderSession.open(sessionDir, reader)
+        except InputError as error:
+            raise ValueError(str(error)) from None
+        if clearScene:
+            slicer.mrmlScene.Clear(0)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+        self._annotationsBefore = self._setSliceAnnotations(False)
+        self._readerSession = session
+        try:
+            return self.showNextReaderCase()
+        except Exception:
+            self.stopReaderSession()
+            raise
+
+    def showNextReaderCase(self):
+        """Remove the case on screen and show the first unanswered one; None when all are answered."""
+        from AdvSegAttackLib.errors import InputError
+
+        advReader.unloadReaderCase(slicer.mrmlScene, self._readerCase)
+        self._readerCase = None
+        caseId = self._readerSession.current()
+        if caseId is None:
+            return None
+        try:
+            path = self._readerSession.image_path(caseId)
+        except InputError as error:
+            raise ValueError(str(error)) from None
+        self._readerCase = advReader.loadReaderCase(slicer.mrmlScene, path, caseId)
+        advReader.showReaderCase(slicer.mrmlScene, self._readerCase)
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            for viewName in layoutManager.sliceViewNames():
+                layoutManager.sliceWidget(viewName).sliceLogic().FitSliceToAll()
+        self._readerShownAt = time.monotonic()
+        return caseId
+
+    def answerReaderCase(self, verdict, confidence, comment="", organ=None):
+        """Save the answer to the case on screen (flushed to disk), then show the next case.
+
+        Time on case is measured from when the case was shown to this call, in seconds.
+
+        :param verdict: "real" or "manipulated".
+        :param confidence: 1 (guessing) to 5 (certain).
+        :param organ: for "manipulated" only, optional.
+        :return: the neutral ID of the next case, or None when every case is answered.
+        :raises ValueError: one sentence for an invalid answer (nothing is saved then).
+        """
+        from AdvSegAttackLib.errors import InputError
+
+        if self._readerSession is None or self._readerCase is None:
+            raise ValueError(_("No case is shown; start or resume the reader session first."))
+        seconds = round(time.monotonic() - self._readerShownAt, 3)
+        try:
+            self._readerSession.answer(
+                self._readerCase.caseId,
+                verdict,
+                confidence,
+                comment=comment,
+                organ=organ,
+                seconds_on_case=seconds,
+            )
+        except InputError as error:
+            raise ValueError(str(error)) from None
+        return self.showNextReaderCase()
+
+    def stopReaderSession(self) -> None:
+        """Leave the reader mode: remove the case on screen and restore the slice annotations."""
+        if self._readerCase is not None and not slicer.mrmlScene.IsClosing():  # a closing scene removes it
+            advReader.unloadReaderCase(slicer.mrmlScene, self._readerCase)
+        self._readerCase = None
+        self._readerSession = None
+        if self._annotationsBefore is not None:
+            self._setSliceAnnotations(self._annotationsBefore)
+            self._annotationsBefore = None
+
+    @staticmethod
+    def _setSliceAnnotations(enabled):
+        """Switch the slice views' corner annotations on or off; returns the previous state (None if this
+        Slicer has neither the corner-text logic of Slicer ≥ 5.9 nor the DataProbe annotations before it)."""
+        applicationLogic = slicer.app.applicationLogic()
+        cornerText = getattr(applicationLogic, "GetCornerTextLogic", None)
+        cornerText = cornerText() if cornerText else None
+        if cornerText is not None:
+            before = bool(cornerText.GetSliceViewAnnotationsEnabled())
+            cornerText.SetSliceViewAnnotationsEnabled(bool(enabled))
+            return before
+        dataProbe = getattr(slicer.modules, "DataProbeInstance", None)
+        annotations = getattr(getattr(dataProbe, "infoWidget", None), "sliceAnnotations", None)
+        if annotations is None:
+            return None
+        before = bool(annotations.sliceViewAnnotationsEnabled)
+        annotations.sliceViewAnnotationsEnabled = bool(enabled)
+        annotations.updateSliceViewFromGUI()
+        return before
 
 
 #
@@ -1043,6 +1648,8 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         self.test_ParameterNodeAndCommandLine()
         self.setUp()
         self.test_LoadCaseFolder()
+        self.setUp()
+        self.test_ReaderMode()
         self.setUp()
         self.test_AttackPhantom()
 
@@ -1151,11 +1758,131 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
                 self.assertEqual(
                     slicer.app.layoutManager().layout, advScene.COMPARE_WITH_DIFFERENCE_LAYOUT_ID
                 )
-            exportDir = os.path.join(caseDir, "export")
-            written = logic.exportCase(node, exportDir)
-            self.assertEqual(len(written), 7)
+            if self._engineCommandLineWorks(logic):
+                exportDir = caseDir + "-export"  # never inside the case folder: the engine refuses that
+                result = logic.exportCase(node, exportDir, formats=("nifti", "nrrd"))
+                self.assertTrue(result.success, result.message)
+                self.assertEqual(result.bundle, exportDir)
+                for name in ("adversarial.nii.gz", "adversarial.nrrd", "pred_adv.seg.nrrd", "manifest.json"):
+                    self.assertIn(name, result.files)
+                again = logic.exportCase(node, exportDir)  # never into a folder with files
+                self.assertTrue(again.success, again.message)
+                self.assertNotEqual(again.bundle, exportDir)
+            else:
+                self.delayDisplay("Skipping the export: the engine's command line needs torch")
         finally:
             shutil.rmtree(caseDir, ignore_errors=True)
+            shutil.rmtree(caseDir + "-export", ignore_errors=True)
+        self.delayDisplay("Test passed")
+
+    @staticmethod
+    def _engineCommandLineWorks(logic):
+        """The engine's command line (attack, export) needs torch and the packages of requirements.txt."""
+        import importlib.util
+
+        logic.ensureEngineImportable()
+        missing = advEngine.missingRequirements(advEngine.readRequirements(logic.requirementsPath()))
+        return importlib.util.find_spec("torch") is not None and not missing
+
+    def test_ReaderMode(self):
+        """Blinded reader mode on a session built with the engine: two answers, leave, reopen, resume.
+
+        Needs no torch: the session engine and the scene code use SimpleITK and numpy only.
+        """
+        import json
+
+        import numpy as np
+        import SimpleITK as sitk
+
+        self.delayDisplay("Reader mode")
+        logic = AdvSegAttackLogic()
+        logic.ensureEngineImportable()
+        from AdvSegAttackLib.io import sha256_file
+        from AdvSegAttackLib.session import build_session, load_key, ratings_path
+
+        root = tempfile.mkdtemp(prefix="AdvSegAttackReader-", dir=slicer.app.temporaryPath)
+        try:
+            cases = []
+            for index in range(2):
+                voxels = np.random.default_rng(index).integers(-100, 200, (6, 16, 16)).astype(np.int16)
+                image = sitk.GetImageFromArray(voxels)
+                source = os.path.join(root, f"clean_source_{index}.nii.gz")
+                sitk.WriteImage(image, source)
+                folder = os.path.join(root, f"adv_case_{index}")
+                os.mkdir(folder)
+                attacked = sitk.GetImageFromArray(voxels + np.int16(3))
+                attacked.CopyInformation(image)
+                sitk.WriteImage(attacked, os.path.join(folder, "adversarial.nii.gz"))
+                for name in (
+                    "pred_clean.nii.gz",
+                    "pred_clean.seg.nrrd",
+                    "pred_adv.nii.gz",
+                    "pred_adv.seg.nrrd",
+                ):
+                    open(os.path.join(folder, name), "wb").close()
+                with open(os.path.join(folder, "metrics.json"), "w") as file:
+                    json.dump({}, file)
+                with open(os.path.join(folder, "provenance.json"), "w") as file:
+                    provenance = {
+                        "input": {"path": source, "sha256": sha256_file(source)},
+                        "attack": {"name": "saa"},
+                    }
+                    json.dump(provenance, file)
+                cases.append(folder)
+            sessionDir = os.path.join(root, "study")
+            build_session(cases, readers=1, seed=3, out=sessionDir)
+
+            with self.assertRaises(ValueError):
+                logic.startReaderSession(sessionDir, "nobody")
+            first = logic.startReaderSession(sessionDir, "reader1")
+            self.assertEqual(logic.readerProgress(), (0, 4))
+            self.assertEqual(
+                [v.GetName() for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")], [first]
+            )
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 0)
+            display = slicer.mrmlScene.GetFirstNodeByName(first).GetDisplayNode()
+            self.assertEqual(
+                (display.GetWindow(), display.GetLevel()),
+                (advReader.ABDOMEN_WINDOW_HU, advReader.ABDOMEN_LEVEL_HU),
+            )
+            with self.assertRaises(ValueError):
+                logic.answerReaderCase("real", 3, organ="liver")  # an organ only for "manipulated"
+            second = logic.answerReaderCase("manipulated", 4, comment="edges", organ="liver")
+            third = logic.answerReaderCase("real", 2)
+            self.assertEqual(logic.readerProgress(), (2, 4))
+            self.assertEqual(
+                [v.GetName() for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")], [third]
+            )
+            key = load_key(sessionDir)
+            forbidden = [root, "adv_case", "clean_source", "manipulated"]
+            forbidden += [item["patient"] for item in key["items"].values()]
+
+            def isThisModulesParameterNode(node):
+                return (
+                    node.IsA("vtkMRMLScriptedModuleNode")
+                    and node.GetAttribute("ModuleName") == "AdvSegAttack"
+                )
+
+            text = advReader.sceneText(slicer.mrmlScene, skip=isThisModulesParameterNode)
+            self.assertIn(third, text)
+            for token in forbidden:
+                self.assertNotIn(token.lower(), text.lower())
+            logic.stopReaderSession()
+            self.assertIsNone(slicer.mrmlScene.GetFirstNodeByName(third))
+
+            reopened = AdvSegAttackLogic()  # as after restarting Slicer
+            self.assertEqual(reopened.startReaderSession(sessionDir, "reader1"), third)
+            self.assertEqual(reopened.readerProgress(), (2, 4))
+            reopened.stopReaderSession()
+            with open(ratings_path(sessionDir, "reader1")) as file:
+                saved = [json.loads(line) for line in file]
+            self.assertEqual([r["case_id"] for r in saved], [first, second])
+            self.assertEqual(
+                (saved[0]["answer"], saved[0]["organ"], saved[1]["confidence"]), ("manipulated", "liver", 2)
+            )
+            self.assertTrue(all(r["seconds"] >= 0 for r in saved))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
         self.delayDisplay("Test passed")
 
     def test_AttackPhantom(self):

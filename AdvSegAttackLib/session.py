@@ -2,7 +2,8 @@
 
 A session folder holds what readers load and, apart from it, the key::
 
-    SESSION/cases/<ID>.nii.gz              every volume, written freshly with identical header fields
+    SESSION/cases/<ID>.nii                 every volume, written freshly with identical header fields,
+                                           uncompressed: the two versions of a patient have the same size
     SESSION/readers/<reader>/order.json    that reader's shuffled list of case IDs
     SESSION/readers/<reader>/ratings.jsonl that reader's answers, one JSON object per line (appended)
     SESSION/key/key.json                   which ID is what (real/manipulated, attack, organ, patient)
@@ -35,6 +36,7 @@ from .errors import InputError
 from .io import read_image, sha256_file, write_json_atomic
 
 CASES = "cases"
+CASE_SUFFIX = ".nii"  # uncompressed: a compressed size would differ between real and manipulated
 READERS = "readers"
 KEY = "key"
 KEY_FILE = "key/key.json"
@@ -184,7 +186,7 @@ def _write_neutral(source: Path, path: Path, pixel_type: int) -> None:
     fresh.SetDirection(image.GetDirection())
     writer = sitk.ImageFileWriter()
     writer.SetFileName(str(path))
-    writer.SetUseCompression(True)
+    writer.SetUseCompression(False)
     writer.KeepOriginalImageUIDOff()
     writer.Execute(fresh)
 
@@ -223,7 +225,7 @@ def build_session(
         pixel_type = _common_pixel_type(items)
         (building / CASES).mkdir()
         for case_id in sorted(by_id):
-            _write_neutral(by_id[case_id].source, building / CASES / f"{case_id}.nii.gz", pixel_type)
+            _write_neutral(by_id[case_id].source, building / CASES / f"{case_id}{CASE_SUFFIX}", pixel_type)
         for name, order in zip(names, orders, strict=True):
             write_json_atomic(building / READERS / name / ORDER, {"reader": name, "cases": order})
         key = {

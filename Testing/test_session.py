@@ -95,13 +95,15 @@ def test_layout_key_apart_and_neutral_volumes(session):
     assert sorted(t["truth"] for t in items.values()).count("real") == 4
     assert {p.name for p in session.iterdir()} == {"cases", "readers", "key", "manifest.json"}
     assert not list((session / "readers").rglob("key*")) and not list((session / "cases").rglob("*.json"))
-    assert sorted(p.name for p in (session / "cases").iterdir()) == sorted(f"{i}.nii.gz" for i in items)
+    assert sorted(p.name for p in (session / "cases").iterdir()) == sorted(f"{i}.nii" for i in items)
     headers = set()
     for case_id in items:
-        image = sitk.ReadImage(str(session / "cases" / f"{case_id}.nii.gz"))
+        image = sitk.ReadImage(str(session / "cases" / f"{case_id}.nii"))
         assert "descrip" not in image.GetMetaDataKeys() or image.GetMetaData("descrip").strip() == ""
         headers.add((image.GetPixelID(), image.GetSize(), image.GetSpacing(), image.GetOrigin()))
     assert len(headers) == 1
+    sizes = {(session / "cases" / f"{case_id}.nii").stat().st_size for case_id in items}
+    assert len(sizes) == 1, "file sizes must not tell real from manipulated"
     for name in key["readers"]:
         assert sorted(load_order(session, name)) == sorted(items)
     # IDs are random, not ordered by kind
@@ -121,7 +123,7 @@ def test_same_seed_same_session_other_seed_other_order(cases, session, tmp_path)
     for name in first["readers"]:
         assert load_order(session, name) == load_order(tmp_path / "again", name)
     for case_id in first["items"]:
-        relative = f"cases/{case_id}.nii.gz"
+        relative = f"cases/{case_id}.nii"
         assert sha256_file(session / relative) == sha256_file(tmp_path / "again" / relative)
     assert sorted(load_key(tmp_path / "other")["items"]) != sorted(first["items"])
 
@@ -172,11 +174,11 @@ def test_manifest_detects_changes(cases, tmp_path):
     assert verify_session(out) == []
     append_rating(out, "reader1", load_order(out, "reader1")[0], "real", 3, 4.0)
     assert verify_session(out) == []  # ratings are not part of the built session
-    victim = out / "cases" / f"{sorted(key['items'])[0]}.nii.gz"
+    victim = out / "cases" / f"{sorted(key['items'])[0]}.nii"
     victim.write_bytes(victim.read_bytes() + b"\0")
     order = out / "readers" / "reader2" / "order.json"
     order.write_text(order.read_text().replace('"reader2"', '"readerX"'))
-    (out / "cases" / "EXTRA.nii.gz").write_bytes(b"x")
+    (out / "cases" / "EXTRA.nii").write_bytes(b"x")
     problems = verify_session(out)
     assert len(problems) == 3
     assert any("modified" in p and victim.name in p for p in problems)

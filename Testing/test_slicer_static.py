@@ -10,6 +10,7 @@ import ast
 import json
 import re
 import struct
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -502,3 +503,169 @@ def test_requirements_leave_torch_and_simpleitk_to_slicer():
     assert names, "requirements.txt lists the engine's packages"
     assert not names & {"torch", "simpleitk", "numpy"}
     assert not any("==" in line for line in lines), "lower bounds only, no exact pins"
+
+
+# ------------------------------------------------------------------------------------------------
+# Signal connections, reader mode and export widgets
+
+# Signals the widget connects to, by widget class (Qt/CTK signatures as PythonQt's connect() takes them).
+KNOWN_SIGNALS = {
+    "QPushButton": {"clicked(bool)", "clicked()", "toggled(bool)"},
+    "QRadioButton": {"clicked(bool)", "toggled(bool)"},
+    "QCheckBox": {"clicked(bool)", "toggled(bool)", "stateChanged(int)"},
+    "QComboBox": {"activated(int)", "currentIndexChanged(int)", "currentTextChanged(QString)"},
+    "QLineEdit": {"textChanged(QString)", "editingFinished()", "returnPressed()"},
+    "ctkPathLineEdit": {"currentPathChanged(QString)"},
+}
+
+
+def widgetConnections() -> list[tuple[str, str, str]]:
+    """(widget name, signal, widget method) of every ``self.ui.<name>.connect("<signal>", self.<method>)``."""
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    return re.findall(r'self\.ui\.(\w+)\.connect\(\s*"([^"]+)"\s*,\s*self\.(\w+)\s*\)', source)
+
+
+def widgetMethods() -> set[str]:
+    widget = classes(moduleTree())[f"{MODULE_NAME}Widget"]
+    return {node.name for node in widget.body if isinstance(node, ast.FunctionDef)}
+
+
+def logicStaticMethod(name: str, namespace: dict):
+    """A static method of the Logic class, compiled from the module's source (the module itself needs Qt)."""
+    logic = classes(moduleTree())[f"{MODULE_NAME}Logic"]
+    function = next(n for n in logic.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    function.decorator_list = []
+    code = compile(ast.Module(body=[function], type_ignores=[]), str(MODULE_FILE), "exec")
+    exec(code, namespace)
+    return namespace[name]
+
+
+def test_every_connected_slot_exists_and_the_signal_fits_the_widget():
+    connections = widgetConnections()
+    widgets, methods = uiWidgets(), widgetMethods()
+    assert len(connections) >= 15
+    for widgetName, signal, method in connections:
+        assert widgetName in widgets, f"{widgetName} is not in the .ui"
+        assert method in methods, f"{widgetName}.{signal} is connected to the missing method {method}"
+        known = KNOWN_SIGNALS.get(widgets[widgetName])
+        assert known is not None and signal in known, f"{widgets[widgetName]} {widgetName} has no {signal}"
+    connected = {(w, m) for w, _, m in connections}
+    for pair in (
+        ("readerStartButton", "onReaderStartButton"),
+        ("readerNextButton", "onReaderNextButton"),
+        ("readerStopButton", "onReaderStopButton"),
+        ("readerManipulatedRadioButton", "onReaderVerdictToggled"),
+        ("readerConfidenceComboBox", "onReaderConfidenceChanged"),
+        ("exportButton", "onExportButton"),
+        ("exportDicomCheckBox", "onExportDicomToggled"),
+    ):
+        assert pair in connected, pair
+
+
+def test_reader_section_widgets():
+    widgets = uiWidgets()
+    expected = {
+        "readerCollapsibleButton": "ctkCollapsibleButton",
+        "readerNameLineEdit": "QLineEdit",
+        "readerSessionPathLineEdit": "ctkPathLineEdit",
+        "readerStartButton": "QPushButton",
+        "readerStopButton": "QPushButton",
+        "readerCounterLabel": "QLabel",
+        "readerRealRadioButton": "QRadioButton",
+        "readerManipulatedRadioButton": "QRadioButton",
+        "readerConfidenceComboBox": "QComboBox",
+        "readerOrganComboBox": "QComboBox",
+        "readerCommentLineEdit": "QLineEdit",
+        "readerNextButton": "QPushButton",
+        "readerStatusLabel": "QLabel",
+    }
+    for name, widgetClass in expected.items():
+        assert widgets.get(name) == widgetClass, name
+    root = uiRoot()
+    reader = root.find(".//widget[@name='readerCollapsibleButton']")
+    assert {p.get("name"): p.findtext("bool") for p in reader.findall("property")}.get("collapsed") == "true"
+    # The two verdicts are auto-exclusive only if they share a parent widget, and nothing else is in it.
+    verdict = root.find(".//widget[@name='readerVerdictWidget']")
+    assert sorted(w.get("name") for w in verdict.iter("widget") if w is not verdict) == [
+        "readerManipulatedRadioButton",
+        "readerRealRadioButton",
+    ]
+    nextButton = root.find(".//widget[@name='readerNextButton']")
+    assert {p.get("name"): p.findtext("bool") for p in nextButton.findall("property")}.get(
+        "enabled"
+    ) == "false"
+    # The answer fields are inside the widget that is disabled when every case is answered.
+    fields = {w.get("name") for w in root.find(".//widget[@name='readerAnswerFieldsWidget']").iter("widget")}
+    assert {
+        "readerVerdictWidget",
+        "readerConfidenceComboBox",
+        "readerOrganComboBox",
+        "readerNextButton",
+    } <= fields
+    # No reader widget is bound to the scene's parameter node (the scene is closed when reading starts).
+    assert not any(name.startswith("reader") for name, _ in uiParameterBindings().values())
+
+
+def test_reader_mode_hides_the_attack_panels():
+    tree = moduleTree()
+    hidden = moduleConstant(tree, "READER_HIDDEN_PANELS")
+    widgets = uiWidgets()
+    assert set(hidden) <= set(widgets)
+    assert {"resultsCollapsibleButton", "inputsCollapsibleButton", "attackCollapsibleButton"} <= set(hidden)
+    root = uiRoot()
+    reader = root.find(".//widget[@name='readerCollapsibleButton']")
+    inside = {w.get("name") for w in reader.iter("widget")}
+    assert not set(hidden) & inside, "a hidden panel would hide the reader section"
+
+
+def test_export_widgets_match_the_engine_export():
+    from AdvSegAttackLib.export import EXPORT_FORMATS, PHI_OPTIONS
+
+    tree = moduleTree()
+    formatWidgets = moduleConstant(tree, "EXPORT_FORMAT_WIDGETS")
+    assert set(formatWidgets) == set(EXPORT_FORMATS)
+    widgets = uiWidgets()
+    for widgetName in formatWidgets.values():
+        assert widgets[widgetName] == "QCheckBox"
+    assert widgets["exportPhiComboBox"] == "QComboBox"
+    assert widgets["exportDicomSourcePathLineEdit"] == "ctkPathLineEdit"
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    phiItems = re.findall(r'exportPhiComboBox\.addItem\(_\("[^"]*"\), "(\w+)"\)', source)
+    assert sorted(phiItems) == sorted(PHI_OPTIONS)
+
+
+def test_export_command_line_is_accepted_by_the_engine(tmp_path):
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        from AdvSegAttackSceneLib import engine
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+    from AdvSegAttackLib.cli import build_parser
+    from AdvSegAttackLib.export import cmd_export
+
+    exportArguments = logicStaticMethod("exportArguments", {"advEngine": engine})
+    case, bundle = tmp_path / "my case", tmp_path / "out dir"
+    arguments = exportArguments(case, bundle, ("nifti", "dicom"), tmp_path / "dicom src", "keep")
+    assert arguments[:2] == ["-m", engine.ENGINE_CLI_MODULE]
+    parsed = build_parser().parse_args(arguments[2:])
+    assert parsed.func is cmd_export and parsed.progress == "jsonl"
+    assert (parsed.case_dir, parsed.out) == (str(case), str(bundle))
+    assert parsed.format == ["nifti", "dicom"] and parsed.phi == "keep"
+    assert parsed.dicom_source == str(tmp_path / "dicom src")
+    plain = build_parser().parse_args(exportArguments(case, bundle)[2:])
+    assert (plain.format, plain.phi, plain.dicom_source) == (["nifti"], "remove", None)
+
+
+def test_bundle_folder_never_reuses_a_folder_with_files(tmp_path):
+    import os
+
+    bundleFolder = logicStaticMethod("bundleFolder", {"os": os, "re": re})
+    assert bundleFolder(str(tmp_path / "new"), "CT 1 adversarial (saa)") == str(tmp_path / "new")
+    (tmp_path / "empty").mkdir()
+    assert bundleFolder(str(tmp_path / "empty"), "x") == str(tmp_path / "empty")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a.txt").write_text("a")
+    first = bundleFolder(str(tmp_path / "full"), "CT 1 adversarial (saa)")
+    assert first == str(tmp_path / "full" / "CT_1_adversarial_saa-bundle")
+    Path(first).mkdir()
+    assert bundleFolder(str(tmp_path / "full"), "CT 1 adversarial (saa)").endswith("-bundle-2")

@@ -1,0 +1,383 @@
+"""`advseg export`: a case bundle with the attacked CT as NIfTI/NRRD and as a DICOM series made from the source
+series (same voxels and geometry on re-reading, new UIDs, PHI removed or kept), a manifest of SHA-256s, and
+never a write over or into a source.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from conftest import save_tiny_model
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+
+from AdvSegAttackLib.cli import main
+from AdvSegAttackLib.errors import InputError
+from AdvSegAttackLib.export import (
+    DICOM_FOLDER,
+    EXPORT_FORMATS,
+    PHI_EMPTY,
+    PHI_REMOVE,
+    encode_pixels,
+    export_case,
+)
+from AdvSegAttackLib.io import read_image, sha256_file, write_image
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+PHI = {
+    "PatientName": "DOE^JANE",
+    "PatientID": "MRN-0042",
+    "PatientBirthDate": "19610704",
+    "PatientSex": "F",
+    "PatientAge": "062Y",
+    "InstitutionName": "St Example Hospital",
+    "ReferringPhysicianName": "HOUSE^GREGORY",
+    "OperatorsName": "TECH^TOM",
+    "AccessionNumber": "ACC-7781",
+    "StudyID": "S42",
+    "StudyDate": "20240102",
+    "StudyTime": "101500",
+    "SeriesDate": "20240102",
+    "AcquisitionDate": "20240102",
+    "StudyDescription": "CT ABDOMEN for Jane Doe",
+    "StationName": "CTROOM1",
+}
+PHI_TEXTS = [b"DOE", b"Doe", b"MRN-0042", b"19610704", b"Example Hospital", b"HOUSE", b"ACC-7781", b"TECH"]
+PRIVATE_NOTE = "private note on DOE"
+
+
+def oblique_crop(real_ct_small: Path) -> sitk.Image:
+    """A 80x70x12 crop of the real CT (int16 HU) turned onto an oblique grid with a non-trivial origin."""
+    image = read_image(real_ct_small)[20:100, 15:85, 4:16]
+    a, b = np.deg2rad(11.0), np.deg2rad(-6.0)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    image.SetDirection((rz @ rx @ np.array(image.GetDirection()).reshape(3, 3)).flatten().tolist())
+    image.SetOrigin((123.456789, -45.678912, -789.012345))
+    image.SetSpacing((3.0, 2.75, 3.5))
+    return image
+
+
+def write_ct_series(image: sitk.Image, folder: Path, implicit_vr: bool = False) -> Path:
+    """A CT series as a scanner writes it: uint16 stored = HU + 2048, PHI, a private tag, shuffled file names."""
+    folder.mkdir(parents=True)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    voxels = sitk.GetArrayFromImage(image)
+    for k in range(image.GetDepth()):
+        ds = pydicom.Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
+        ds.Modality, ds.ImageType = "CT", ["ORIGINAL", "PRIMARY", "AXIAL"]
+        for keyword, value in PHI.items():
+            setattr(ds, keyword, value)
+        request = pydicom.Dataset()
+        request.RequestedProcedureID = "RP-DOE"
+        ds.RequestAttributesSequence = [request]
+        ds.add_new(0x00090010, "LO", "ACME PRIVATE")
+        ds.add_new(0x00091001, "LO", PRIVATE_NOTE)
+        ds.SeriesNumber, ds.InstanceNumber = 3, k + 1
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k))]
+        ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*direction[:, 0], *direction[:, 1])]
+        ds.PixelSpacing = [f"{image.GetSpacing()[1]:.6f}", f"{image.GetSpacing()[0]:.6f}"]
+        ds.SliceThickness = f"{image.GetSpacing()[2]:.6f}"
+        ds.Rows, ds.Columns = image.GetSize()[1], image.GetSize()[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = "1", "-2048", "HU"
+        ds.SmallestImagePixelValue = 0
+        ds.BurnedInAnnotation = "NO"
+        ds.PixelData = (voxels[k].astype(np.int32) + 2048).astype("<u2").tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
+            CT_IMAGE_STORAGE,
+            ds.SOPInstanceUID,
+        )
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
+        name = hashlib.sha256(ds.SOPInstanceUID.encode()).hexdigest()[:10]  # file order != slice order
+        pydicom.dcmwrite(folder / f"{name}.dcm", ds, enforce_file_format=True)
+    return folder
+
+
+def attack(image: str | Path, model: Path, out: Path) -> Path:
+    code = main(
+        ["attack", "--image", str(image), "--model", str(model), "--attack", "pgd", "--steps", "1",
+         "--eps", "8", "--out", str(out), "--device", "cpu", "--progress", "jsonl"]
+    )  # fmt: skip
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def made(real_ct_small, tmp_path_factory) -> dict[str, Path]:
+    """A DICOM series (in a folder named after the patient), its case, and a NIfTI-source case of the same CT."""
+    root = tmp_path_factory.mktemp("export")
+    model = save_tiny_model(root / "model", spacing_mm=6.0, roi=16)
+    crop = oblique_crop(real_ct_small)
+    series = write_ct_series(crop, root / "DOE_JANE_CT")
+    nifti = write_image(crop, root / "crop.nii.gz")
+    return {
+        "series": series,
+        "case": attack(series, model, root / "case"),
+        "nifti": nifti,
+        "nifti_case": attack(nifti, model, root / "nifti_case"),
+        "model": model,
+        "root": root,
+    }
+
+
+def tree_hashes(folder: Path) -> dict[str, str]:
+    return {
+        p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def dicom_files(bundle: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted((bundle / DICOM_FOLDER).iterdir())]
+
+
+def test_all_formats_round_trip_voxels_geometry_uids_and_remove_phi(made, tmp_path, capsys):
+    before = {"series": tree_hashes(made["series"]), "case": tree_hashes(made["case"])}
+    bundle = tmp_path / "bundle"
+    code = main(["export", str(made["case"]), "--out", str(bundle), "--format", *EXPORT_FORMATS])
+    assert code == 0, capsys.readouterr().err
+    assert {"series": tree_hashes(made["series"]), "case": tree_hashes(made["case"])} == before
+
+    adversarial = read_image(made["case"] / "adversarial.nii.gz")
+    source = read_image(made["series"])
+    again = read_image(bundle / DICOM_FOLDER)
+    assert again.GetSize() == adversarial.GetSize()
+    for getter in ("GetOrigin", "GetSpacing", "GetDirection"):
+        np.testing.assert_allclose(
+            getattr(again, getter)(), getattr(adversarial, getter)(), atol=1e-4, rtol=0
+        )
+    voxels = sitk.GetArrayFromImage(again)
+    np.testing.assert_array_equal(voxels, sitk.GetArrayFromImage(adversarial))
+    changed = voxels != sitk.GetArrayFromImage(source)
+    assert 0.1 < changed.mean() < 1.0  # the series holds the attacked voxels, not the source's
+
+    for volume in ("adversarial", "pred_clean", "pred_adv"):
+        nifti, nrrd = read_image(bundle / f"{volume}.nii.gz"), read_image(bundle / f"{volume}.nrrd")
+        assert nrrd.GetPixelID() == nifti.GetPixelID()
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(nrrd), sitk.GetArrayFromImage(nifti))
+        np.testing.assert_allclose(nrrd.GetOrigin(), nifti.GetOrigin(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(nrrd.GetDirection(), nifti.GetDirection(), atol=1e-6, rtol=0)
+        assert (bundle / f"{volume}.seg.nrrd").is_file() or volume == "adversarial"
+    assert read_image(bundle / "adversarial.nrrd").GetPixelID() == adversarial.GetPixelID() == sitk.sitkInt16
+
+    sources = [pydicom.dcmread(p) for p in sorted(made["series"].iterdir())]
+    exported = dicom_files(bundle)
+    assert len(exported) == len(sources) == adversarial.GetDepth()
+    assert {str(d.StudyInstanceUID) for d in exported} != {str(d.StudyInstanceUID) for d in sources}
+    assert len({str(d.SeriesInstanceUID) for d in exported}) == 1
+    assert str(exported[0].SeriesInstanceUID) != str(sources[0].SeriesInstanceUID)
+    new_sops = {str(d.SOPInstanceUID) for d in exported}
+    assert len(new_sops) == len(exported) and not new_sops & {str(d.SOPInstanceUID) for d in sources}
+    assert len({str(d.FrameOfReferenceUID) for d in exported}) == 1
+    assert exported[0].FrameOfReferenceUID != sources[0].FrameOfReferenceUID
+    for ds in exported:
+        assert list(ds.ImageType)[:3] == ["DERIVED", "SECONDARY", "AXIAL"]
+        assert ds.SeriesDescription.startswith("AdvSegAttack pgd eps=8 alpha=0.01 steps=1")
+        assert len(ds.SeriesDescription) <= 64
+        assert "pgd" in ds.DerivationDescription and "steps=1" in ds.DerivationDescription
+        assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+        # PHI removed per the basic profile actions
+        assert ds.PatientName == "ANONYMIZED" and ds.PatientID.startswith("ADVSEG-")
+        for keyword in (
+            "PatientBirthDate",
+            "PatientSex",
+            "ReferringPhysicianName",
+            "AccessionNumber",
+            "StudyDate",
+        ):
+            assert ds.data_element(keyword).value in ("", None)
+        for keyword in ("InstitutionName", "OperatorsName", "PatientAge", "SeriesDate", "StationName"):
+            assert keyword not in ds
+        assert "RequestAttributesSequence" not in ds and "SmallestImagePixelValue" not in ds
+        assert not any(element.tag.is_private for element in ds)
+        assert ds.PatientIdentityRemoved == "YES" and "AdvSegAttack" in ds.DeidentificationMethod[0]
+    # No patient text anywhere in the bundle (the input folder is named after the patient).
+    for path in bundle.rglob("*"):
+        if path.is_file():
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            if path.suffix == ".nrrd":  # the text header; the payload is gzip-compressed voxels
+                data = data.split(b"\n\n")[0]
+            assert not [t for t in PHI_TEXTS if t in data], path
+    assert not (bundle / "preview.png").exists() and (made["case"] / "preview.png").exists()
+    provenance = json.loads((bundle / "provenance.json").read_text())
+    assert provenance["input"]["sha256"] == sha256_file(made["series"])
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    on_disk = tree_hashes(bundle)
+    assert on_disk.pop("manifest.json")
+    assert {name: entry["sha256"] for name, entry in manifest["files"].items()} == on_disk
+    assert manifest["dicom"]["exact"] and manifest["dicom"]["source_matches_provenance"]
+    assert manifest["dicom"]["stored_as"] == "int16" and manifest["dicom"]["rescale_intercept"] == 0.0
+    readme = (bundle / "README.txt").read_text()
+    assert "pgd" in readme and "steps = 1" in readme and "NOT FOR CLINICAL USE" in readme
+    assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
+    assert all(
+        p.stat().st_mode & 0o044 == 0o044 for p in bundle.rglob("*")
+    )  # readable by whom it is shared with
+
+
+def test_phi_keep_copies_patient_context_with_new_uids(made, tmp_path, capsys):
+    bundle = tmp_path / "kept"
+    args = ["export", str(made["case"]), "--out", str(bundle), "--format", "dicom", "--phi", "keep"]
+    assert main([*args, "--progress", "jsonl"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1] == {"event": "done", "out": str(bundle)}
+    steps = [e for e in events if e["event"] == "progress"]
+    assert steps[-1]["stage"] == "export" and steps[-1]["step"] == steps[-1]["total"] > 12
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    sources = {int(d.InstanceNumber): d for d in (pydicom.dcmread(p) for p in made["series"].iterdir())}
+    for ds in dicom_files(bundle):
+        source = sources[int(ds.InstanceNumber)]
+        for keyword, value in PHI.items():
+            if keyword not in ("StudyDescription",):
+                assert str(ds.data_element(keyword).value) == value, keyword
+        assert ds[0x00091001].value == PRIVATE_NOTE
+        assert ds.ImagePositionPatient == source.ImagePositionPatient
+        assert ds.FrameOfReferenceUID == source.FrameOfReferenceUID  # same patient space
+        assert ds.SOPInstanceUID != source.SOPInstanceUID and ds.StudyInstanceUID != source.StudyInstanceUID
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert "PatientIdentityRemoved" not in ds
+    assert (bundle / "preview.png").is_file() and not (bundle / "adversarial.nii.gz").exists()
+    assert manifest["phi"] == "keep" and set(manifest["files"]) >= {"pred_adv.seg.nrrd", "README.txt"}
+    provenance = json.loads((bundle / "provenance.json").read_text())
+    assert provenance["input"]["path"] == str(made["series"].resolve())
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(read_image(bundle / DICOM_FOLDER)),
+        sitk.GetArrayFromImage(read_image(made["case"] / "adversarial.nii.gz")),
+    )
+
+
+def error_of(capsys, *args: str) -> str:
+    assert main(["export", *args, "--progress", "jsonl"]) == 2
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert events[-1]["event"] == "error"
+    return events[-1]["message"]
+
+
+def test_refuses_sources_and_existing_bundles_leaving_nothing(made, tmp_path, capsys):
+    case, series = made["case"], made["series"]
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    before = {"series": tree_hashes(series), "case": tree_hashes(case), "existing": tree_hashes(existing)}
+    listing = {p: sorted(p.iterdir()) for p in (made["root"], tmp_path)}
+    refusals = {
+        str(case): "is the case folder",
+        str(case / "bundle"): "is inside the case folder",
+        str(series): "is the attack's input",
+        str(series / "bundle"): "is inside the attack's input",
+        str(made["root"]): "contains the case folder",
+        str(existing): "already exists and is not an empty folder",
+    }
+    for out, message in refusals.items():
+        assert message in error_of(capsys, str(case), "--out", out, "--format", "nifti", "dicom")
+    assert {
+        "series": tree_hashes(series),
+        "case": tree_hashes(case),
+        "existing": tree_hashes(existing),
+    } == before
+    assert {p: sorted(p.iterdir()) for p in (made["root"], tmp_path)} == listing
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_case(case, empty, ["nrrd"])  # an existing empty folder is fine
+    assert (empty / "adversarial.nrrd").is_file() and not (empty / "adversarial.nii.gz").exists()
+
+
+def test_dicom_format_needs_a_dicom_source(made, real_ct_small, tmp_path, capsys):
+    out = tmp_path / "bundle"
+    message = error_of(capsys, str(made["nifti_case"]), "--out", str(out), "--format", "dicom")
+    assert "was not a DICOM folder" in message and "--dicom-source" in message and not out.exists()
+    assert "only used with --format dicom" in error_of(
+        capsys, str(made["nifti_case"]), "--out", str(out), "--dicom-source", str(made["series"])
+    )
+    other_grid = write_ct_series(oblique_crop(real_ct_small)[:, :, :6], tmp_path / "other")
+    assert "is not on the attacked volume's grid" in error_of(
+        capsys,
+        str(made["nifti_case"]),
+        "--out",
+        str(out),
+        "--format",
+        "dicom",
+        "--dicom-source",
+        str(other_grid),
+    )
+    assert not out.exists()
+
+    # The series the NIfTI was written from fits its grid: exported with the attacked voxels.
+    manifest = export_case(made["nifti_case"], out, ["dicom", "nifti"], dicom_source=made["series"])
+    assert manifest["dicom"]["source_matches_provenance"] is False and manifest["dicom"]["exact"]
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(read_image(out / DICOM_FOLDER)),
+        sitk.GetArrayFromImage(read_image(made["nifti_case"] / "adversarial.nii.gz")),
+    )
+
+
+def test_recorded_dicom_source_that_changed_or_vanished_is_refused(made, tmp_path, capsys):
+    copy = shutil.copytree(made["series"], tmp_path / "copy")
+    case = tmp_path / "case"
+    shutil.copytree(made["case"], case)
+    provenance = json.loads((case / "provenance.json").read_text())
+    provenance["input"]["path"] = str(copy)  # as if the attack had read the copy (same bytes, same SHA-256)
+    (case / "provenance.json").write_text(json.dumps(provenance))
+    assert export_case(case, tmp_path / "ok", ["dicom"])["dicom"]["source_matches_provenance"]
+
+    first = sorted(copy.iterdir())[0]
+    ds = pydicom.dcmread(first)
+    ds.PatientComments = "edited later"
+    ds.save_as(first)
+    assert "changed since the attack" in error_of(
+        capsys, str(case), "--out", str(tmp_path / "b"), "--format", "dicom"
+    )
+    shutil.rmtree(copy)
+    assert "no longer exists" in error_of(
+        capsys, str(case), "--out", str(tmp_path / "b"), "--format", "dicom"
+    )
+    assert not (tmp_path / "b").exists()
+
+
+def test_implicit_vr_source_is_written_as_explicit_vr(real_ct_small, made, tmp_path):
+    implicit = write_ct_series(oblique_crop(real_ct_small), tmp_path / "implicit", implicit_vr=True)
+    bundle = tmp_path / "bundle"
+    export_case(made["case"], bundle, ["dicom"], dicom_source=implicit)
+    ds = dicom_files(bundle)[0]
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(read_image(bundle / DICOM_FOLDER)),
+        sitk.GetArrayFromImage(read_image(made["case"] / "adversarial.nii.gz")),
+    )
+
+
+def test_pixel_encoding_is_exact_for_integers_and_bounded_otherwise():
+    hu = np.array([[-1024, 0, 3071]], dtype=np.int16)
+    plain = encode_pixels(hu)
+    assert plain.signed and (plain.slope, plain.intercept, plain.max_error_hu) == (1.0, 0.0, 0.0)
+    wide = np.array([-40000.0, 20000.0])  # beyond int16, within 65536 values
+    encoded = encode_pixels(wide)
+    assert not encoded.signed and encoded.intercept == -40000.0
+    np.testing.assert_array_equal(encoded.stored * encoded.slope + encoded.intercept, wide)
+    fractional = np.array([-1000.25, 10.6, 200.0])
+    lattice = encode_pixels(fractional, source_slope=0.5, source_intercept=-1024.0)
+    assert lattice.slope == 0.5 and 0 < lattice.max_error_hu <= 0.25
+    np.testing.assert_allclose(lattice.stored * 0.5 - 1024.0, fractional, atol=0.25)
+    with pytest.raises(InputError, match="more than 16-bit DICOM can hold"):
+        encode_pixels(np.array([-1e6, 1e6, 0.5]))
+
+
+def test_phi_attribute_lists_name_real_dicom_attributes():
+    unknown = [k for k in (*PHI_EMPTY, *PHI_REMOVE) if tag_for_keyword(k) is None]
+    assert unknown == []
