@@ -1727,9 +1727,9 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
                 "mean_dice_adv": 0.4,
                 "perturbation": {"ssim_3d": 0.95, "linf_hu": 2.0},
             }
-            with open(os.path.join(caseDir, "metrics.json"), "w") as file:
+            with open(os.path.join(caseDir, "metrics.json"), "w", encoding="utf-8") as file:
                 json.dump(metrics, file)
-            with open(os.path.join(caseDir, "provenance.json"), "w") as file:
+            with open(os.path.join(caseDir, "provenance.json"), "w", encoding="utf-8") as file:
                 json.dump({"attack": {"name": "saa"}}, file)
             slicer.mrmlScene.Clear()
             source = slicer.util.addVolumeFromArray(clean, ijkToRAS, name="CT")
@@ -1820,9 +1820,9 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
                     "pred_adv.seg.nrrd",
                 ):
                     open(os.path.join(folder, name), "wb").close()
-                with open(os.path.join(folder, "metrics.json"), "w") as file:
+                with open(os.path.join(folder, "metrics.json"), "w", encoding="utf-8") as file:
                     json.dump({}, file)
-                with open(os.path.join(folder, "provenance.json"), "w") as file:
+                with open(os.path.join(folder, "provenance.json"), "w", encoding="utf-8") as file:
                     provenance = {
                         "input": {"path": source, "sha256": sha256_file(source)},
                         "attack": {"name": "saa"},
@@ -1874,7 +1874,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             self.assertEqual(reopened.startReaderSession(sessionDir, "reader1"), third)
             self.assertEqual(reopened.readerProgress(), (2, 4))
             reopened.stopReaderSession()
-            with open(ratings_path(sessionDir, "reader1")) as file:
+            with open(ratings_path(sessionDir, "reader1"), encoding="utf-8") as file:
                 saved = [json.loads(line) for line in file]
             self.assertEqual([r["case_id"] for r in saved], [first, second])
             self.assertEqual(

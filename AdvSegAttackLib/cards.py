@@ -187,7 +187,7 @@ def load_card(source: str | Path) -> ModelCard:
         known = ", ".join(bundled_models() + list(PRESETS))
         raise InputError(f"{source} is neither a model card file nor a known model name ({known}).")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise InputError(f"{path} is not a JSON model card ({error}).") from None
     if not isinstance(data, dict):

@@ -70,10 +70,10 @@ class CaseFolder:
         ]
 
     def load_metrics(self) -> dict:
-        return json.loads(self.metrics.read_text())
+        return json.loads(self.metrics.read_text(encoding="utf-8"))
 
     def load_provenance(self) -> dict:
-        return json.loads(self.provenance.read_text())
+        return json.loads(self.provenance.read_text(encoding="utf-8"))
 
 
 def read_case(root: str | Path) -> CaseFolder:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -224,10 +225,9 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
 
 
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
-    """Train a model card from labelled volumes and/or phantoms."""
-    from .cards import ModelCard, load_card, load_model
-    from .io import read_image, read_label, sha256_file
-    from .train import TrainConfig, TrainingCase, train
+    """Train a model card from labelled volumes and/or phantoms (adversarially; under torchrun with DDP)."""
+    from .adversarial_training import from_args
+    from .distributed import init_distributed, shutdown
 
     if len(args.image) != len(args.label):
         raise InputError(
@@ -235,7 +235,19 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
         )
     if len(args.val_image) != len(args.val_label):
         raise InputError("give one --val-label per --val-image.")
-    device = resolve_device(args.device)
+    adversarial = from_args(args)
+    distributed, device = init_distributed(resolve_device(args.device))
+    try:
+        return _train(args, reporter, adversarial, distributed, device)
+    finally:
+        shutdown(distributed)
+
+
+def _train(args: argparse.Namespace, reporter: Reporter, adversarial, distributed, device) -> dict:
+    from .cards import ModelCard, load_card, load_model, weights_path
+    from .io import read_image, read_label, sha256_file
+    from .train import TrainConfig, TrainingCase, train
+
     config = TrainConfig(
         steps=args.steps,
         crops_per_volume=args.crops_per_volume,
@@ -247,6 +259,15 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
     initial = None
     if args.init:
         card, initial = load_model(args.init, device=device)
+        weights = weights_path(card)
+        card.provenance = {  # the previous provenance describes the initial weights, not the new ones
+            "initialised_from": {
+                "model": args.init,
+                "name": card.name,
+                "weights_sha256": sha256_file(weights) if weights else None,
+                "provenance": card.provenance,
+            }
+        }
         card.name = args.name or card.name
     else:
         base = load_card(args.preset) if args.preset else None
@@ -293,9 +314,12 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
             "train", s, t, loss=loss, **({"validation_dice": dice} if dice is not None else {})
         ),
         command_line=command,
+        adversarial=adversarial,
+        distributed=distributed,
     )
     reporter.close()
-    print(f"wrote {card_path}", file=sys.stderr)
+    if distributed.is_main:
+        print(f"wrote {card_path}", file=sys.stderr)
     return {"card": str(card_path)}
 
 
@@ -545,6 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_segment)
 
+    from .adversarial_training import add_arguments as add_adversarial_training_arguments
+
     p = sub.add_parser("train", help="train a segmentation model card (DiceCE, random crops)")
     p.add_argument(
         "--out", required=True, help="output folder (card.json, model.safetensors, train_state.pt)"
@@ -576,6 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-every", type=_positive_int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--restart", action="store_true", help="ignore a train_state.pt in --out")
+    add_adversarial_training_arguments(p)
     common(p)
     p.set_defaults(func=cmd_train)
 
@@ -615,6 +642,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     common(p)
     p.set_defaults(func=cmd_demo)
+
+    from .texture.cli import add_parser as add_train_texture_ae_parser
+
+    add_train_texture_ae_parser(sub, common)
+
+    from .dataset_cli import add_parser as add_dataset_parsers
+
+    add_dataset_parsers(sub, common)
+
+    from .export import add_parser as add_export_parser
+
+    add_export_parser(sub, common)
     return parser
 
 
@@ -632,9 +671,11 @@ def main(argv: list[str] | None = None) -> int:
         reporter.error("cancelled.")
         return 130
     out = getattr(args, "out", None)
-    if isinstance(result, dict) and out:
+    # under torchrun (which sets RANK) only rank 0 announces the shared output folder
+    if isinstance(result, dict) and out and os.environ.get("RANK", "0") == "0":
         reporter.done(str(out))
-    return 0
+    # 1 when a dataset run finished with failed cases
+    return int(result.get("exit_status", 0)) if isinstance(result, dict) else 0
 
 
 if __name__ == "__main__":

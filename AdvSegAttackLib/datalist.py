@@ -66,7 +66,7 @@ def read_datalist(datalist: str | Path, data_dir: str | Path | None, split: str)
     if not datalist.is_file():
         raise InputError(f"--datalist {datalist} does not exist.")
     try:
-        content = json.loads(datalist.read_text())
+        content = json.loads(datalist.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InputError(f"--datalist {datalist} is not valid JSON ({error}).") from None
     if not isinstance(content, dict):

@@ -48,7 +48,7 @@ def _print_summary(summary, out_dir: Path, reporter_kind: str) -> None:
     from .dataset_run import AGGREGATE_MD
 
     if reporter_kind != "jsonl":
-        print((out_dir / AGGREGATE_MD).read_text())
+        print((out_dir / AGGREGATE_MD).read_text(encoding="utf-8"))
         print(
             f"{summary.total} cases: {len(summary.ok)} ok ({summary.ran} run now, {summary.skipped} already done),"
             f" {summary.failed_total} failed; output: {out_dir}"

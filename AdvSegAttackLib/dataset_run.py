@@ -153,7 +153,7 @@ def read_manifest_lines(out: Path) -> list[dict]:
     """Every complete line of every rank's manifest (a line cut short by a crash is ignored)."""
     records = []
     for path in sorted(out.glob("manifest.rank*.jsonl")):
-        for line in path.read_text(errors="replace").splitlines():
+        for line in path.read_text(errors="replace", encoding="utf-8").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
@@ -340,7 +340,7 @@ def _check_settings(out: Path, settings: dict, ctx: DistributedContext) -> None:
     path = out / RUN_FILE
     if path.is_file():
         try:
-            previous = json.loads(path.read_text())
+            previous = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             previous = None
         if previous != json_safe(settings):

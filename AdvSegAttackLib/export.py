@@ -739,7 +739,7 @@ def export_case(
         os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return json.loads((out / MANIFEST).read_text())
+    return json.loads((out / MANIFEST).read_text(encoding="utf-8"))
 
 
 # --- command line -------------------------------------------------------------------------------------------

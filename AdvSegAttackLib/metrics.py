@@ -180,9 +180,10 @@ def _difference_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float
         d = np.abs(d, out=d)
         if d.size:
             linf = max(linf, float(d.max()))
-        sq += float(np.dot(d.ravel(), d.ravel()))
         ab += float(d.sum())
         changed += int(np.count_nonzero(d))
+        # numpy's pairwise sum, not BLAS dot: the result must not depend on the number of threads
+        sq += float(np.square(d, out=d).sum())
     return linf, sq, ab, changed
 
 

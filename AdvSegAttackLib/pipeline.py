@@ -98,6 +98,46 @@ def _organ_values(
     return values
 
 
+def _check_source_space_request(request: AttackRequest) -> None:
+    """A source-grid attack changes one organ: it needs exactly one --organ and no --region/--targeted."""
+    if len(request.organs) != 1:
+        raise InputError(
+            f"--attack {request.attack} needs exactly one --organ (the organ whose texture changes), "
+            f"got {len(request.organs)}."
+        )
+    if request.region != "whole" or request.targeted:
+        raise InputError(
+            f"--region and --targeted do not apply to --attack {request.attack}: it always changes only "
+            "the --organ (feathered by --feather-mm)."
+        )
+
+
+def _run_source_attack(
+    attack, request: AttackRequest, source, labels_source, organ: int, card, network, space, target, reporter
+) -> tuple[sitk.Image, dict]:
+    """Run a `source_space` attack on `organ`; its search scores candidates with the model's organ Dice."""
+    from .metrics import dice_per_label
+
+    def organ_dice(adversarial_hu: np.ndarray) -> float:
+        image = sitk.GetImageFromArray(adversarial_hu)
+        image.CopyInformation(source)
+        predicted = predict_labels(
+            network, to_model_space(image, card).tensor, card, request.device, request.sw_batch_size
+        )
+        return dice_per_label(predicted.numpy(), target.numpy(), [organ])[organ]
+
+    return attack.run_source(
+        source,
+        labels_source,
+        organ,
+        request.organs[0],
+        organ_dice=organ_dice,
+        window_hu=space.window,
+        device=request.device,
+        progress=lambda step, total: reporter.progress("attack", step, total),
+    )
+
+
 def _versions() -> dict:
     import monai
 
@@ -120,6 +160,7 @@ def _case_metrics(
     pred_adv: sitk.Image,
     reference: sitk.Image | None,
     region: torch.Tensor | None,
+    region_source: np.ndarray | None = None,
 ) -> dict:
     names = space.card.label_names
     spacing = tuple(reversed(source.GetSpacing()))
@@ -148,8 +189,7 @@ def _case_metrics(
             "voxels_clean": clean_row["voxels_pred"],
             "voxels_adv": adv_row["voxels_pred"],
         }
-    region_source = None
-    if region is not None:
+    if region is not None and region_source is None:
         region_source = sitk.GetArrayFromImage(space.labels_to_source(region.to(torch.uint8))) > 0
     perturbation = perturbation_report(
         sitk.GetArrayFromImage(source),
@@ -183,6 +223,8 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         clock = now
 
     attack = make_attack(request.attack, request.preset, **request.params)  # validates parameters first
+    if attack.source_space:
+        _check_source_space_request(request)
     reporter.progress("load", 0, 1)
     source = read_image(request.image)
     card, network = load_model(request.model, card=request.card, device=request.device)
@@ -206,29 +248,37 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         target_source = "the model's clean prediction"
         target = clean_model
         organs = _organ_values(request.organs, card.label_names, target, target_source)
-    chosen = region_mask(target, organs, request.region, request.dilation_mm, card.spacing_mm)
-    # Only voxels inside the HU window can be written back (see preprocess), so only they are attacked.
-    region = space.attackable_mask() if chosen is None else chosen & space.attackable_mask()
-
-    result = attack.run(
-        network,
-        space.tensor,
-        target,
-        roi_size=card.roi_size,
-        overlap=card.overlap,
-        sw_batch_size=request.sw_batch_size,
-        region=region,
-        organs=organs or None,
-        targeted=request.targeted,
-        seed=request.seed,
-        device=request.device,
-        progress=lambda step, total, loss: reporter.progress("attack", step, total, loss=loss),
-    )
+    chosen, region_source = None, None
+    if attack.source_space:  # works on the source grid in HU (texture): one organ of the target
+        labels_source = reference if reference is not None else space.labels_to_source(clean_model)
+        adversarial_source, diagnostics = _run_source_attack(
+            attack, request, source, labels_source, organs[0], card, network, space, target, reporter
+        )
+        region_source = sitk.GetArrayFromImage(labels_source) == organs[0]
+    else:
+        chosen = region_mask(target, organs, request.region, request.dilation_mm, card.spacing_mm)
+        # Only voxels inside the HU window can be written back (see preprocess), so only they are attacked.
+        region = space.attackable_mask() if chosen is None else chosen & space.attackable_mask()
+        result = attack.run(
+            network,
+            space.tensor,
+            target,
+            roi_size=card.roi_size,
+            overlap=card.overlap,
+            sw_batch_size=request.sw_batch_size,
+            region=region,
+            organs=organs or None,
+            targeted=request.targeted,
+            seed=request.seed,
+            device=request.device,
+            progress=lambda step, total, loss: reporter.progress("attack", step, total, loss=loss),
+        )
+        adversarial_source, diagnostics = space.adversarial_to_source(result.adversarial), result.diagnostics
     lap("attack")
 
     with staged_output_dir(request.out) as staging:
         reporter.progress("write", 0, 1)
-        adversarial_path = write_image(space.adversarial_to_source(result.adversarial), staging / ADVERSARIAL)
+        adversarial_path = write_image(adversarial_source, staging / ADVERSARIAL)
         reporter.progress("write", 1, 1)
         lap("write")
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
@@ -242,9 +292,11 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
             write_image(labels, staging / f"{stem}.nii.gz")
             write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
         reporter.progress("metrics", 0, 1)
-        metrics = _case_metrics(space, source, written, pred_clean, pred_adv, reference, chosen)
+        metrics = _case_metrics(
+            space, source, written, pred_clean, pred_adv, reference, chosen, region_source
+        )
         lap("metrics")
-        metrics["attack"] = {"name": attack.name, "diagnostics": result.diagnostics}
+        metrics["attack"] = {"name": attack.name, "diagnostics": diagnostics}
         metrics["seconds"] = seconds
         write_json_atomic(staging / METRICS, metrics)
         if request.preview:
@@ -283,10 +335,15 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
             },
             "attack": {"name": attack.name, "preset": request.preset, "parameters": attack.config.to_dict()},
             "organs": {name: value for name, value in zip(request.organs, organs, strict=True)},
-            "region": {
-                "mode": request.region,
-                "dilation_mm": request.dilation_mm if request.region != "whole" else None,
-            },
+            "region": (
+                {"mode": "organ", "feather_mm": attack.config.feather_mm}
+                if attack.source_space
+                else {
+                    "mode": request.region,
+                    "dilation_mm": request.dilation_mm if request.region != "whole" else None,
+                }
+            ),
+            **({"search": diagnostics["search"]} if "search" in diagnostics else {}),
             "targeted": request.targeted,
             "seed": request.seed,
             "device": str(request.device),

@@ -26,8 +26,8 @@ from .errors import InputError
 from .io import sha256_file
 from .labels import BTCV_LABEL_NAMES
 from .session import (
-    CASE_SUFFIX,
     ANSWERS,
+    CASE_SUFFIX,
     CASES,
     MANIFEST,
     ORDER,
@@ -46,7 +46,7 @@ ORGAN_CHOICES: tuple[str, ...] = tuple(BTCV_LABEL_NAMES[1:])
 def _load_manifest(session: Path) -> dict[str, str]:
     path = session / MANIFEST
     try:
-        files = json.loads(path.read_text())["files"]
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
         if not isinstance(files, dict):
             raise TypeError("files is not a mapping")
     except (OSError, ValueError, KeyError, TypeError):

@@ -282,7 +282,7 @@ def verify_session(session: str | Path) -> list[str]:
     session = Path(session)
     manifest_path = session / MANIFEST
     try:
-        recorded = json.loads(manifest_path.read_text())["files"]
+        recorded = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return [f"{manifest_path} is missing or not a session manifest."]
     actual = _checksums(session)
@@ -306,7 +306,7 @@ def verify_session(session: str | Path) -> list[str]:
 def load_key(session: str | Path) -> dict:
     path = Path(session) / KEY_FILE
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise InputError(f"{path} is missing or not valid JSON ({error}).") from None
 
@@ -316,7 +316,7 @@ def load_order(session: str | Path, reader: str) -> list[str]:
     if reader in ("", ".", "..") or "/" in reader or "\\" in reader or not path.is_file():
         raise InputError(f"{reader!r} is not a reader of session {session} (no {path}).")
     try:
-        return list(json.loads(path.read_text())["cases"])
+        return list(json.loads(path.read_text(encoding="utf-8"))["cases"])
     except (ValueError, KeyError, TypeError) as error:
         raise InputError(f"{path} is not a reader order file ({error}).") from None
 

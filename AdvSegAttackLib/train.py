@@ -4,6 +4,16 @@ Volumes are brought to model space once and kept in memory; every step draws ran
 `RandCropByPosNegLabeld`) with small intensity and spatial augmentation (no flips: left and right organs
 differ), validates by sliding-window Dice every `validate_every` steps, keeps the best weights as a card and
 checkpoints a resumable state (`train_state.pt`, read back with `weights_only=True`).
+
+Adversarial training (`adversarial`, see `adversarial_training.py`): every step the crops are attacked against
+a frozen copy of the current weights and the loss is vanilla (DiceCE on the adversarial crops) or VAFT's
+frequency-regularised objective. The card's provenance names the attack and every parameter.
+
+Several processes (`distributed`, from `distributed.init_distributed` under `torchrun`): the network is wrapped
+in DistributedDataParallel (gradients averaged over ranks), every rank draws its own crops (rank 0 with the
+one-process seed, the others with seeds derived from (seed, rank)) and attacks them, the recorded loss is the
+mean over ranks, and only rank 0 validates and writes the card and `train_state.pt`; on resuming, rank 0 reads
+it and sends it to the others.
 """
 
 from __future__ import annotations
@@ -17,7 +27,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .adversarial_training import AdversarialTraining, CropAttacker, adversarial_loss
 from .cards import ModelCard, save_model
+from .distributed import SINGLE_PROCESS, DistributedContext, barrier
 from .errors import InputError
 from .io import atomic_path
 from .metrics import dice_per_label
@@ -112,6 +124,14 @@ def _sampling_weights(synthetic: Sequence[bool]) -> np.ndarray:
     return np.where(flags, 0.5 / flags.sum(), 0.5 / (~flags).sum())
 
 
+def rank_seed(seed: int, rank: int) -> int:
+    """Crop-sampling seed of a rank: `seed` itself on rank 0 (a one-process run is unchanged), on other ranks
+    a 31-bit seed derived from (seed, rank), so no two ranks (or resumed steps) share a random stream."""
+    if rank == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2**32, rank]).generate_state(1)[0] >> 1)
+
+
 def validation_dice(
     model: torch.nn.Module, cases: Sequence[tuple[torch.Tensor, torch.Tensor]], card: ModelCard, device
 ) -> dict[str, float]:
@@ -140,17 +160,25 @@ def train(
     resume: bool = True,
     progress: TrainProgress | None = None,
     command_line: str = "",
+    adversarial: AdversarialTraining | None = None,
+    distributed: DistributedContext = SINGLE_PROCESS,
 ) -> Path:
-    """Train `card`'s network (or fine-tune `initial`) and write the best model card into `out_dir`."""
+    """Train `card`'s network (or fine-tune `initial`, in place) and write the best model card into `out_dir`.
+
+    The card is the one with the best mean validation Dice on clean volumes (without validation data: the
+    lowest mean training loss), checked every `validate_every` steps; under torchrun only rank 0 writes.
+    """
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
     if not training:
         raise InputError("training needs at least one labelled volume (--image/--label or --phantoms).")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     set_determinism(seed=config.seed)
-    generator = np.random.default_rng(config.seed)
+    seed = rank_seed(config.seed, distributed.rank)
+    generator = np.random.default_rng(seed)
 
     def prepare(case: TrainingCase) -> dict:
         space = to_model_space(case.image, card)
@@ -170,7 +198,7 @@ def train(
         (item["image"][None], item["label"][None]) for item in (prepare(case) for case in validation)
     ]
     sampler = _augmentations(card.roi_size, config.crops_per_volume, config.augment)
-    sampler.set_random_state(seed=config.seed)
+    sampler.set_random_state(seed=seed)
 
     network = (initial if initial is not None else card.build_network()).to(device)
     for parameter in network.parameters():
@@ -182,36 +210,68 @@ def train(
         optimizer, config.steps, eta_min=config.learning_rate / 100
     )
     loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
-    step, best, history = 0, -1.0, []
+    step, best, history = 0, -float("inf"), []
+    adversarial_record = adversarial.provenance() if adversarial is not None else None
     state_path = out_dir / STATE_FILE
-    if resume and state_path.is_file():
+    state = None
+    if resume and distributed.is_main and state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
+    if distributed.enabled:  # rank 0's state for every rank: other nodes need not see `out_dir`
+        shared = [state]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        state = shared[0]
+    if state is not None:
+        if state.get("adversarial") != adversarial_record:
+            raise InputError(
+                f"{state_path} was written by a run with other adversarial-training settings; "
+                "give the same ones, --restart, or another --out."
+            )
         network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         step, best, history = int(state["step"]), float(state["best"]), list(state["history"])
-        sampler.set_random_state(seed=config.seed + step)
-        generator = np.random.default_rng(config.seed + step)
+        sampler.set_random_state(seed=seed + step)
+        generator = np.random.default_rng(seed + step)
+    attacker = CropAttacker(network, adversarial.attack, device) if adversarial is not None else None
+    model: torch.nn.Module = network
+    if distributed.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None)
 
     started = time.time()
     running = []
     while step < config.steps:
-        network.train()
         chosen = generator.choice(
             len(train_items), size=min(config.volumes_per_step, len(train_items)), replace=False, p=weights
         )
         crops = [crop for index in chosen for crop in sampler(train_items[index])]
-        images = torch.stack([torch.as_tensor(c["image"]) for c in crops]).to(device)
-        labels = torch.stack([torch.as_tensor(c["label"]) for c in crops]).to(device)
+        images = (
+            torch.stack([torch.as_tensor(c["image"]) for c in crops]).as_subclass(torch.Tensor).to(device)
+        )
+        labels = (
+            torch.stack([torch.as_tensor(c["label"]) for c in crops]).as_subclass(torch.Tensor).to(device)
+        )
+        if attacker is not None:
+            attacked = attacker(network, images, labels, seed=int(generator.integers(2**31)))
+        model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_function(network(images), labels)
+        if attacker is not None:
+            loss, _ = adversarial_loss(model, loss_function, images, attacked, labels, adversarial.freq_reg)
+        else:
+            loss = loss_function(model(images), labels)
         loss.backward()
         optimizer.step()
         schedule.step()
         step += 1
-        running.append(loss.item())
+        recorded = loss.detach().clone()
+        if distributed.enabled:
+            torch.distributed.all_reduce(recorded)
+            recorded /= distributed.world_size
+        running.append(float(recorded))
         score = None
-        if step % config.validate_every == 0 or step == config.steps:
+        validate = step % config.validate_every == 0 or step == config.steps
+        if validate and distributed.is_main:
             scores = (
                 validation_dice(network, val_items, card, device)
                 if val_items
@@ -219,7 +279,6 @@ def train(
             )
             score = scores["mean"]
             history.append({"step": step, "loss": float(np.mean(running)), "validation_dice": scores})
-            running = []
             if score > best:
                 best = score
                 card.provenance = {
@@ -231,6 +290,8 @@ def train(
                         "best_step": step,
                         "validation_dice": scores,
                         "config": asdict(config),
+                        "adversarial_training": adversarial_record,
+                        "processes": {"world_size": distributed.world_size, "backend": distributed.backend},
                         "seconds": round(time.time() - started, 1),
                     },
                 }
@@ -244,9 +305,13 @@ def train(
                         "step": step,
                         "best": best,
                         "history": history,
+                        "adversarial": adversarial_record,
                     },
                     tmp,
                 )
-        if progress is not None:
-            progress(step, config.steps, running[-1] if running else loss.item(), score)
+        if validate:
+            running = []
+            barrier(distributed)  # the other ranks wait while rank 0 validates and writes
+        if progress is not None and distributed.is_main:
+            progress(step, config.steps, float(recorded), score)
     return out_dir / "card.json"

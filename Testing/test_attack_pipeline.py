@@ -53,7 +53,11 @@ def organ_case(tmp_path_factory, real_ct_small, real_ct_small_labels, tiny_model
         "jsonl",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "AdvSegAttackLib.cli", *args], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "AdvSegAttackLib.cli", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]

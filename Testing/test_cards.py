@@ -46,10 +46,10 @@ def test_unknown_architecture_and_bad_fields_are_refused(tmp_path):
     with pytest.raises(InputError, match="unknown architecture 'vnet'"):
         small_card(architecture="vnet")
     bad = tmp_path / "card.json"
-    bad.write_text(json.dumps({"name": "x", "architecture": "unet", "colour": 3}))
+    bad.write_text(json.dumps({"name": "x", "architecture": "unet", "colour": 3}), encoding="utf-8")
     with pytest.raises(InputError, match="unknown fields: colour"):
         load_card(bad)
-    bad.write_text("{not json")
+    bad.write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="is not a JSON model card"):
         load_card(bad)
     with pytest.raises(InputError, match="neither a model card file nor a known model name"):
@@ -165,11 +165,11 @@ def test_monai_bundle_folder_loads_with_its_preprocessing(tmp_path):
         },
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [16, 16, 16], "overlap": 0.25},
     }
-    (bundle / "configs" / "inference.json").write_text(json.dumps(inference))
+    (bundle / "configs" / "inference.json").write_text(json.dumps(inference), encoding="utf-8")
     metadata = {
         "network_data_format": {"outputs": {"pred": {"channel_def": {"0": "background", "1": "spleen"}}}}
     }
-    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    (bundle / "configs" / "metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
     from monai.networks.nets import UNet
 
     reference = UNet(3, 1, 2, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="batch")

@@ -24,7 +24,11 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "AdvSegAttackLib.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "AdvSegAttackLib.cli", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
     )
 
 
@@ -58,7 +62,7 @@ def test_segment_writes_labels_on_the_source_grid_with_names(
     segmentation = slicerio.read_segmentation(str(out / "pred.seg.nrrd"))
     values = {int(v) for v in np.unique(sitk.GetArrayFromImage(predicted)) if v}
     assert {s["labelValue"] for s in segmentation["segments"]} == values
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["segmentation"]["background_excluded"] is True
     assert set(metrics["segmentation"]["organs"]) >= {"liver", "spleen"}
 
@@ -86,7 +90,7 @@ def bad_inputs(tmp_path: Path, real_ct_small: Path) -> dict[str, tuple[list[str]
     nan = write_image(sitk.GetImageFromArray(nan_array), tmp_path / "nan.nrrd")
     empty = write_image(sitk.Image([122, 101, 30], sitk.sitkUInt8), tmp_path / "empty_label.nii.gz")
     unknown_card = tmp_path / "vnet.json"
-    unknown_card.write_text(json.dumps({"name": "v", "architecture": "vnet"}))
+    unknown_card.write_text(json.dumps({"name": "v", "architecture": "vnet"}), encoding="utf-8")
     wrong_keys = tmp_path / "wrong.pt"
     import torch
 

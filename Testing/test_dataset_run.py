@@ -29,7 +29,9 @@ def write_dataset(root: Path, seeds) -> Path:
         image, label = write_phantom(seed, root / "data", **PHANTOM)
         items.append({"image": f"data/{image.name}", "label": f"data/{label.name}"})
     datalist = root / "datalist.json"
-    datalist.write_text(json.dumps({"name": "phantoms", "training": items[:1], "validation": items}))
+    datalist.write_text(
+        json.dumps({"name": "phantoms", "training": items[:1], "validation": items}), encoding="utf-8"
+    )
     return datalist
 
 
@@ -55,7 +57,10 @@ def attack_args(datalist: Path, model: Path, out: Path, steps: int = 1) -> list[
 
 
 def manifest(out: Path) -> dict[str, dict]:
-    return {r["case"]: r for r in map(json.loads, (out / "manifest.jsonl").read_text().splitlines())}
+    return {
+        r["case"]: r
+        for r in map(json.loads, (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines())
+    }
 
 
 def voxels(path: Path) -> np.ndarray:
@@ -77,7 +82,7 @@ def test_datalist_resolves_paths_and_lists_missing_files(tmp_path):
     }
     datalist = tmp_path / "lists" / "synapse.json"
     datalist.parent.mkdir()
-    datalist.write_text(json.dumps(spec))
+    datalist.write_text(json.dumps(spec), encoding="utf-8")
 
     cases = read_datalist(datalist, tmp_path / "data", "validation")
     assert [c.name for c in cases] == ["phantom_seed0_image", "img0002", "phantom_seed9_image"]
@@ -92,11 +97,13 @@ def test_datalist_resolves_paths_and_lists_missing_files(tmp_path):
 
     with pytest.raises(InputError, match="has no split 'training' .*validation, test"):
         read_datalist(datalist, tmp_path / "data", "training")
-    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "broken.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(InputError, match="broken.json is not valid JSON"):
         read_datalist(tmp_path / "broken.json", tmp_path, "validation")
     twice = tmp_path / "twice.json"
-    twice.write_text(json.dumps({"validation": [{"image": f"data/imagesTr/{image.name}"}] * 2}))
+    twice.write_text(
+        json.dumps({"validation": [{"image": f"data/imagesTr/{image.name}"}] * 2}), encoding="utf-8"
+    )
     with pytest.raises(InputError, match="two cases 'phantom_seed0_image'"):
         read_datalist(twice, None, "validation")
     with pytest.raises(InputError, match="--datalist .*nothing.json does not exist"):
@@ -137,7 +144,7 @@ def dataset(tmp_path_factory) -> Path:
     """Datalist of 3 good phantoms, one whose label covers another space, one truncated image, one missing."""
     root = tmp_path_factory.mktemp("dataset")
     datalist = write_dataset(root, range(3))
-    spec = json.loads(datalist.read_text())
+    spec = json.loads(datalist.read_text(encoding="utf-8"))
     _, small_label = make_phantom(3, shape=(20, 20, 20), spacing=(6.0, 6.0, 6.0))
     image, _ = write_phantom(3, root / "data", **PHANTOM)
     sitk.WriteImage(small_label, str(root / "data" / "small_label.nii.gz"))
@@ -149,7 +156,7 @@ def dataset(tmp_path_factory) -> Path:
         {"image": "data/truncated.nii.gz", "label": spec["validation"][0]["label"]},
         {"image": "data/absent.nii.gz", "label": spec["validation"][0]["label"]},
     ]
-    datalist.write_text(json.dumps(spec))
+    datalist.write_text(json.dumps(spec), encoding="utf-8")
     return datalist
 
 
@@ -170,12 +177,14 @@ def test_attack_dataset_writes_case_folders_manifest_and_aggregate(attacked, cap
     for name in GOOD:
         record = records[name]
         assert record["status"] == "ok" and record["error"] is None and record["seconds"] > 0
-        metrics = json.loads((attacked / "cases" / name / "metrics.json").read_text())
+        metrics = json.loads((attacked / "cases" / name / "metrics.json").read_text(encoding="utf-8"))
         assert record["metrics"]["mean_dice_adv"] == pytest.approx(metrics["mean_dice_adv"])
         assert record["metrics"]["ssim_3d"] == pytest.approx(metrics["perturbation"]["ssim_3d"])
         assert set(record["outputs"]) >= {"adversarial.nii.gz", "pred_adv.nii.gz", "provenance.json"}
         # the adversarial volume differs from its source on the same grid (the attack ran)
-        source = json.loads((attacked / "cases" / name / "provenance.json").read_text())["input"]["path"]
+        source = json.loads((attacked / "cases" / name / "provenance.json").read_text(encoding="utf-8"))[
+            "input"
+        ]["path"]
         assert np.any(voxels(attacked / "cases" / name / "adversarial.nii.gz") != voxels(Path(source)))
     assert "does not cover the same physical space" in records["phantom_seed3_image"]["error"]
     assert "truncated" in records["truncated"]["error"]
@@ -183,7 +192,10 @@ def test_attack_dataset_writes_case_folders_manifest_and_aggregate(attacked, cap
     assert all(records[name]["status"] == "failed" for name in BAD)
     assert not any((attacked / "cases" / name).exists() for name in BAD)
 
-    rows = {(r["scope"], r["metric"]): r for r in csv.DictReader((attacked / "aggregate.csv").open())}
+    rows = {
+        (r["scope"], r["metric"]): r
+        for r in csv.DictReader((attacked / "aggregate.csv").open(encoding="utf-8"))
+    }
     case_means = [records[name]["metrics"]["mean_dice_adv"] for name in GOOD]
     row = rows[("mean over organs", "mean_dice_adv")]
     assert int(row["n"]) == 3
@@ -192,10 +204,10 @@ def test_attack_dataset_writes_case_folders_manifest_and_aggregate(attacked, cap
     liver = [records[name]["metrics"]["organs"]["liver"]["dice_clean"] for name in GOOD]
     assert float(rows[("liver", "dice_clean")]["mean"]) == pytest.approx(np.mean(liver), abs=1e-6)
     assert float(rows[("perturbation", "psnr_db")]["mean"]) > 20
-    markdown = (attacked / "aggregate.md").read_text()
+    markdown = (attacked / "aggregate.md").read_text(encoding="utf-8")
     assert "| liver | 3 |" in markdown and "## Failed cases (3)" in markdown
     assert "`absent`" in markdown
-    summary = json.loads((attacked / "summary.json").read_text())
+    summary = json.loads((attacked / "summary.json").read_text(encoding="utf-8"))
     assert summary["ok"] == 3 and [f["case"] for f in summary["failed"]] == BAD
 
 
@@ -208,18 +220,18 @@ def test_rerun_skips_verified_cases_and_redoes_broken_ones(attacked, dataset, ti
     damaged = out / "cases" / GOOD[1] / "adversarial.nii.gz"
     damaged.write_bytes(damaged.read_bytes()[:1000])
     (out / "cases" / f".{GOOD[1]}.staging-abc123").mkdir()
-    (out / "cases" / GOOD[2] / "metrics.json").write_text("{}")
+    (out / "cases" / GOOD[2] / "metrics.json").write_text("{}", encoding="utf-8")
     capsys.readouterr()
 
     assert main(attack_args(dataset, tiny_model, out)) == 1
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["skipped_now"] == 1 and summary["ran_now"] == 5  # 2 broken + 3 failing cases retried
     assert (out / "cases" / GOOD[0] / "adversarial.nii.gz").stat().st_mtime_ns == stamp
     assert np.array_equal(voxels(damaged), before)  # redone, identically
     assert not list((out / "cases").glob(".*staging*"))
-    redone = json.loads((out / "cases" / GOOD[2] / "metrics.json").read_text())
+    redone = json.loads((out / "cases" / GOOD[2] / "metrics.json").read_text(encoding="utf-8"))
     assert redone["mean_dice_adv"] == pytest.approx(manifest(attacked)[GOOD[2]]["metrics"]["mean_dice_adv"])
-    assert len((out / "manifest.rank0.jsonl").read_text().splitlines()) == 6 + 5
+    assert len((out / "manifest.rank0.jsonl").read_text(encoding="utf-8").splitlines()) == 6 + 5
 
 
 def test_rerun_with_other_settings_is_refused(attacked, dataset, tiny_model, tmp_path, capsys):
@@ -264,7 +276,10 @@ def test_evaluate_reproduces_the_attacked_dice(attacked, dataset, tiny_model, tm
             records[name]["metrics"]["mean_dice_adv"]
         )
     assert "no adversarial volume was found" in flat_records[GOOD[2]]["error"]
-    rows = {(r["scope"], r["metric"]): r for r in csv.DictReader((out_flat / "aggregate.csv").open())}
+    rows = {
+        (r["scope"], r["metric"]): r
+        for r in csv.DictReader((out_flat / "aggregate.csv").open(encoding="utf-8"))
+    }
     assert int(rows[("mean over organs", "mean_dice_adv")]["n"]) == 2
 
 
@@ -283,7 +298,7 @@ def test_attack_dataset_and_evaluate_on_real_ct(
         ]
     }
     datalist = tmp_path / "real.json"
-    datalist.write_text(json.dumps(spec))
+    datalist.write_text(json.dumps(spec), encoding="utf-8")
     out = tmp_path / "real"
     args = attack_args(datalist, tiny_model, out)
     assert main([*args, "--data-dir", str(data_dir)]) == 0

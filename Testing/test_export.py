@@ -213,16 +213,16 @@ def test_all_formats_round_trip_voxels_geometry_uids_and_remove_phi(made, tmp_pa
                 data = data.split(b"\n\n")[0]
             assert not [t for t in PHI_TEXTS if t in data], path
     assert not (bundle / "preview.png").exists() and (made["case"] / "preview.png").exists()
-    provenance = json.loads((bundle / "provenance.json").read_text())
+    provenance = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
     assert provenance["input"]["sha256"] == sha256_file(made["series"])
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     on_disk = tree_hashes(bundle)
     assert on_disk.pop("manifest.json")
     assert {name: entry["sha256"] for name, entry in manifest["files"].items()} == on_disk
     assert manifest["dicom"]["exact"] and manifest["dicom"]["source_matches_provenance"]
     assert manifest["dicom"]["stored_as"] == "int16" and manifest["dicom"]["rescale_intercept"] == 0.0
-    readme = (bundle / "README.txt").read_text()
+    readme = (bundle / "README.txt").read_text(encoding="utf-8")
     assert "pgd" in readme and "steps = 1" in readme and "NOT FOR CLINICAL USE" in readme
     assert not [p for p in bundle.parent.iterdir() if p.name.startswith(".")]  # no staging left
     assert all(
@@ -238,7 +238,7 @@ def test_phi_keep_copies_patient_context_with_new_uids(made, tmp_path, capsys):
     assert events[-1] == {"event": "done", "out": str(bundle)}
     steps = [e for e in events if e["event"] == "progress"]
     assert steps[-1]["stage"] == "export" and steps[-1]["step"] == steps[-1]["total"] > 12
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
     sources = {int(d.InstanceNumber): d for d in (pydicom.dcmread(p) for p in made["series"].iterdir())}
     for ds in dicom_files(bundle):
         source = sources[int(ds.InstanceNumber)]
@@ -253,7 +253,7 @@ def test_phi_keep_copies_patient_context_with_new_uids(made, tmp_path, capsys):
         assert "PatientIdentityRemoved" not in ds
     assert (bundle / "preview.png").is_file() and not (bundle / "adversarial.nii.gz").exists()
     assert manifest["phi"] == "keep" and set(manifest["files"]) >= {"pred_adv.seg.nrrd", "README.txt"}
-    provenance = json.loads((bundle / "provenance.json").read_text())
+    provenance = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
     assert provenance["input"]["path"] == str(made["series"].resolve())
     np.testing.assert_array_equal(
         sitk.GetArrayFromImage(read_image(bundle / DICOM_FOLDER)),
@@ -272,7 +272,7 @@ def test_refuses_sources_and_existing_bundles_leaving_nothing(made, tmp_path, ca
     case, series = made["case"], made["series"]
     existing = tmp_path / "existing"
     existing.mkdir()
-    (existing / "keep.txt").write_text("mine")
+    (existing / "keep.txt").write_text("mine", encoding="utf-8")
     before = {"series": tree_hashes(series), "case": tree_hashes(case), "existing": tree_hashes(existing)}
     listing = {p: sorted(p.iterdir()) for p in (made["root"], tmp_path)}
     refusals = {
@@ -331,9 +331,9 @@ def test_recorded_dicom_source_that_changed_or_vanished_is_refused(made, tmp_pat
     copy = shutil.copytree(made["series"], tmp_path / "copy")
     case = tmp_path / "case"
     shutil.copytree(made["case"], case)
-    provenance = json.loads((case / "provenance.json").read_text())
+    provenance = json.loads((case / "provenance.json").read_text(encoding="utf-8"))
     provenance["input"]["path"] = str(copy)  # as if the attack had read the copy (same bytes, same SHA-256)
-    (case / "provenance.json").write_text(json.dumps(provenance))
+    (case / "provenance.json").write_text(json.dumps(provenance), encoding="utf-8")
     assert export_case(case, tmp_path / "ok", ["dicom"])["dicom"]["source_matches_provenance"]
 
     first = sorted(copy.iterdir())[0]

@@ -214,11 +214,11 @@ def test_staged_output_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError):
         with staged_output_dir(out) as staging:
-            (staging / "a.txt").write_text("half")
+            (staging / "a.txt").write_text("half", encoding="utf-8")
             raise RuntimeError("boom")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
     with staged_output_dir(out) as staging:
-        (staging / "a.txt").write_text("whole")
-    assert (out / "a.txt").read_text() == "whole"
+        (staging / "a.txt").write_text("whole", encoding="utf-8")
+    assert (out / "a.txt").read_text(encoding="utf-8") == "whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]

@@ -210,12 +210,12 @@ def test_real_ct_keeps_its_voxels_and_geometry_in_reader_mode(mrml, real_ct_smal
     sitk.WriteImage(attacked, str(case / "adversarial.nii.gz"), useCompression=True)
     for name in ("pred_clean.nii.gz", "pred_clean.seg.nrrd", "pred_adv.nii.gz", "pred_adv.seg.nrrd"):
         (case / name).write_bytes(b"")
-    (case / "metrics.json").write_text("{}")
+    (case / "metrics.json").write_text("{}", encoding="utf-8")
     provenance = {
         "input": {"path": str(real_ct_small), "sha256": sha256_file(real_ct_small)},
         "attack": {"name": "pgd"},
     }
-    (case / "provenance.json").write_text(json.dumps(provenance))
+    (case / "provenance.json").write_text(json.dumps(provenance), encoding="utf-8")
     build_session([case], readers=1, seed=0, out=tmp_path / "study", never_both=True)
     key = load_key(tmp_path / "study")
     (caseId,) = ReaderSession.open(tmp_path / "study", "reader1").order

@@ -47,13 +47,13 @@ def make_cases(root: Path, patients: int = 3) -> list[Path]:
         sitk.WriteImage(attacked, str(folder / "adversarial.nii.gz"), useCompression=True)
         for name in ("pred_clean.nii.gz", "pred_clean.seg.nrrd", "pred_adv.nii.gz", "pred_adv.seg.nrrd"):
             (folder / name).write_bytes(b"")
-        (folder / "metrics.json").write_text("{}")
+        (folder / "metrics.json").write_text("{}", encoding="utf-8")
         provenance = {
             "input": {"path": str(source), "sha256": sha256_file(source)},
             "attack": {"name": "saa"},
             "organs": {"liver": 6},
         }
-        (folder / "provenance.json").write_text(json.dumps(provenance))
+        (folder / "provenance.json").write_text(json.dumps(provenance), encoding="utf-8")
         folders.append(folder)
     return folders
 
@@ -98,7 +98,9 @@ def test_current_answer_progress_and_resume(session):
     assert (again.answered, again.current()) == (2, order[2])
     _answer_all(again)
     assert again.done and again.current() is None
-    saved = [json.loads(line) for line in ratings_path(session, "reader1").read_text().splitlines()]
+    saved = [
+        json.loads(line) for line in ratings_path(session, "reader1").read_text(encoding="utf-8").splitlines()
+    ]
     assert [r["case_id"] for r in saved] == order
     assert {r["reader"] for r in saved} == {"reader1"}
     # The other reader is untouched.
@@ -135,7 +137,7 @@ def test_validation_errors_are_one_sentence(session):
         reader.answer(order[0], "real", 3)
     with pytest.raises(InputError, match="not in the order"):
         reader.image_path("ZZZZZZZZ")
-    assert len(ratings_path(session, "reader1").read_text().splitlines()) == 1
+    assert len(ratings_path(session, "reader1").read_text(encoding="utf-8").splitlines()) == 1
 
 
 def test_unknown_reader_and_non_sessions_are_refused(session, tmp_path):
@@ -222,7 +224,9 @@ def test_altered_case_order_or_added_file_is_refused(session):
     extra.unlink()
 
     order_file = session / "readers" / "reader1" / "order.json"
-    order_file.write_text(order_file.read_text().replace(order[0], order[1], 1))
+    order_file.write_text(
+        order_file.read_text(encoding="utf-8").replace(order[0], order[1], 1), encoding="utf-8"
+    )
     with pytest.raises(InputError, match="order.json was modified"):
         ReaderSession.open(session, "reader1")
 
@@ -286,6 +290,7 @@ def _start_reader(session: Path, name: str, pause: float) -> subprocess.Popen:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )
@@ -309,7 +314,8 @@ def test_killed_between_answers_resumes_without_loss_or_duplication(session):
     assert reader.current() == order[reader.answered]
     _answer_all(reader)
     saved = [
-        json.loads(line)["case_id"] for line in ratings_path(session, "reader1").read_text().splitlines()
+        json.loads(line)["case_id"]
+        for line in ratings_path(session, "reader1").read_text(encoding="utf-8").splitlines()
     ]
     assert saved == order
 
@@ -325,7 +331,7 @@ def test_two_readers_writing_at_once_do_not_corrupt_each_other(session):
         assert len(out.split()) == 6
     key = load_key(session)
     for name in ("reader1", "reader2"):
-        lines = ratings_path(session, name).read_text().splitlines()
+        lines = ratings_path(session, name).read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines]
         assert [r["case_id"] for r in records] == load_order(session, name)
         assert {r["reader"] for r in records} == {name} and all(len(r["comment"]) == 3000 for r in records)

@@ -132,7 +132,7 @@ def rated_session(tmp_path):
             lines.append(json.dumps(record))
             if number == 2 and reader == "reader2":
                 lines.append('{"case_id": "broken"')  # damaged line in the middle
-        ratings_path(session, reader).write_text("\n".join(lines) + "\n")
+        ratings_path(session, reader).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return session, items
 
 
@@ -151,9 +151,9 @@ def test_analyze_session_report(rated_session):
     assert summary["agreement"]["method"] == "Cohen"
     assert summary["agreement"]["kappa"] == pytest.approx(cohen_kappa(truths, ["real"] * 6))
     assert len(summary["problems"]) == 1 and "line 4" in summary["problems"][0]
-    markdown = (session / "report" / "report.md").read_text()
+    markdown = (session / "report" / "report.md").read_text(encoding="utf-8")
     assert "reader1" in markdown and "TOST" in markdown and "line 4" in markdown
-    page = (session / "report" / "report.html").read_text()
+    page = (session / "report" / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 2
     for remote in ("<script", "<link", 'src="http', "url(http", "@import"):
         assert remote not in page

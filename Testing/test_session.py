@@ -54,13 +54,13 @@ def make_case(folder: Path, source: Path, attack: str, organs: dict) -> Path:
     sitk.WriteImage(adversarial, str(folder / "adversarial.nii.gz"), useCompression=True)
     for name in ("pred_clean.nii.gz", "pred_clean.seg.nrrd", "pred_adv.nii.gz", "pred_adv.seg.nrrd"):
         (folder / name).write_bytes(b"")
-    (folder / "metrics.json").write_text("{}")
+    (folder / "metrics.json").write_text("{}", encoding="utf-8")
     provenance = {
         "input": {"path": str(source), "sha256": sha256_file(source)},
         "attack": {"name": attack},
         "organs": organs,
     }
-    (folder / "provenance.json").write_text(json.dumps(provenance))
+    (folder / "provenance.json").write_text(json.dumps(provenance), encoding="utf-8")
     return folder
 
 
@@ -177,7 +177,7 @@ def test_manifest_detects_changes(cases, tmp_path):
     victim = out / "cases" / f"{sorted(key['items'])[0]}.nii"
     victim.write_bytes(victim.read_bytes() + b"\0")
     order = out / "readers" / "reader2" / "order.json"
-    order.write_text(order.read_text().replace('"reader2"', '"readerX"'))
+    order.write_text(order.read_text(encoding="utf-8").replace('"reader2"', '"readerX"'), encoding="utf-8")
     (out / "cases" / "EXTRA.nii").write_bytes(b"x")
     problems = verify_session(out)
     assert len(problems) == 3
@@ -225,7 +225,7 @@ def test_append_validate_and_resume(fresh):
     for case_id in order[1:]:
         append_rating(fresh, "reader1", case_id, "real", 1, 2.0)
     assert next_case(fresh, "reader1") is None
-    lines = ratings_path(fresh, "reader1").read_text().splitlines()
+    lines = ratings_path(fresh, "reader1").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line)["case_id"] for line in lines] == order
 
 
@@ -261,6 +261,7 @@ def test_kill_and_resume_loses_nothing_and_duplicates_nothing(fresh):
         [sys.executable, "-c", KILLED_READER, str(fresh)],
         stdout=subprocess.PIPE,
         text=True,
+        encoding="utf-8",
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
@@ -293,7 +294,7 @@ def test_two_readers_appending_at_once(fresh):
         assert process.exitcode == 0
     assert time.monotonic() - started < 60
     for reader in ("reader1", "reader2"):
-        lines = ratings_path(fresh, reader).read_text().splitlines()
+        lines = ratings_path(fresh, reader).read_text(encoding="utf-8").splitlines()
         records = [json.loads(line) for line in lines]
         assert {r["reader"] for r in records} == {reader}
         assert [r["case_id"] for r in records] == load_order(fresh, reader)

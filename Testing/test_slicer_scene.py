@@ -117,12 +117,15 @@ def caseData(tmp_path_factory):
         # Segment names deliberately not the card's: the card must win.
         names = [f"Segment_{value}" for value in range(7)]
         write_segmentation(image(labels), case / f"{name}.seg.nrrd", names, [(128, 128, 128)] * 7)
-    (case / "metrics.json").write_text(json.dumps(METRICS))
-    (case / "provenance.json").write_text(json.dumps({"attack": {"name": "saa", "rho": 0.2}}))
+    (case / "metrics.json").write_text(json.dumps(METRICS), encoding="utf-8")
+    (case / "provenance.json").write_text(
+        json.dumps({"attack": {"name": "saa", "rho": 0.2}}), encoding="utf-8"
+    )
     (case / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
     cardPath = root / "card.json"
     cardPath.write_text(
-        json.dumps({"name": "test-card", "label_names": LABEL_NAMES, "label_colors": LABEL_COLORS})
+        json.dumps({"name": "test-card", "label_names": LABEL_NAMES, "label_colors": LABEL_COLORS}),
+        encoding="utf-8",
     )
     return {
         "root": root,
@@ -677,6 +680,12 @@ def test_catalogue_matches_the_engine_attack_configs():
     from AdvSegAttackLib.attacks.base import PRESETS as ENGINE_PRESETS
 
     notExposed = {"--q-min"}  # follows --q-init in the engine (5 with 'max', 1 with 'one')
+    # Texture options the panel leaves at the published/engine defaults (command line only).
+    notExposed |= {
+        "--coarse-alpha", "--fine-alpha", "--concat-weight", "--coarse-psize", "--fine-psize",
+        "--enhance-alpha", "--reformation", "--weights", "--window-low", "--window-high",
+        "--working-size", "--output-mapping",
+    }  # fmt: skip
     assert set(engine.ATTACKS) == set(ATTACKS)
     for name, cls in ATTACKS.items():
         fields = {f.metadata["flag"]: f.default for f in dataclasses.fields(cls.Config)}
@@ -707,7 +716,7 @@ def test_catalogue_is_consistent():
     for preset in engine.PRESETS.values():
         assert set(preset) <= set(engine.PARAMETERS)
     assert engine.PRESETS[engine.DEFAULT_PRESET]["rho"] == engine.PARAMETERS["rho"].default
-    assert set(engine.ATTACKS) == {"saa", "saa-2d", "vafa", "vafa-2d", "pgd", "fgsm", "bim", "gn"}
+    assert set(engine.ATTACKS) == {"saa", "saa-2d", "vafa", "vafa-2d", "pgd", "fgsm", "bim", "gn", "texture"}
 
 
 def test_devices():
@@ -721,7 +730,7 @@ def test_where_the_engine_and_python_are(tmp_path):
     assert engine.findEngineRoot(MODULE_DIR) == REPO  # a source checkout: one level up
     installed = tmp_path / "qt-scripted-modules"
     (installed / "AdvSegAttackLib").mkdir(parents=True)
-    (installed / "AdvSegAttackLib" / "__init__.py").write_text("")
+    (installed / "AdvSegAttackLib" / "__init__.py").write_text("", encoding="utf-8")
     assert engine.findEngineRoot(installed) == installed  # installed: side by side
     assert engine.findEngineRoot(tmp_path / "elsewhere") is None
     env = engine.childEnvironment(REPO, base={"PYTHONPATH": f"/a{os.pathsep}{REPO}", "HOME": "/h"})
@@ -742,7 +751,8 @@ def test_requirements_and_model_cards(tmp_path, caseData, monkeypatch):
     monkeypatch.delenv("ADVSEG_MODELS_DIR", raising=False)
     requirements = tmp_path / "requirements.txt"
     requirements.write_text(
-        "# comment\nnumpy>=1.0  # inline\n\ndefinitely-not-a-real-package-xyz>=1\nnumpy>=999\n"
+        "# comment\nnumpy>=1.0  # inline\n\ndefinitely-not-a-real-package-xyz>=1\nnumpy>=999\n",
+        encoding="utf-8",
     )
     lines = engine.readRequirements(requirements)
     assert lines == ["numpy>=1.0", "definitely-not-a-real-package-xyz>=1", "numpy>=999"]
@@ -762,7 +772,9 @@ def test_requirements_and_model_cards(tmp_path, caseData, monkeypatch):
     assert engine.cardLabels(str(bundled))[0] == LABEL_NAMES
     assert engine.cardLabels("tiny-unet") == ([], [])  # without the engine root it is unknown
     # A card without label names has the engine's default, the BTCV labels.
-    (bundled / "card.json").write_text(json.dumps({"name": "tiny-unet", "architecture": "unet"}))
+    (bundled / "card.json").write_text(
+        json.dumps({"name": "tiny-unet", "architecture": "unet"}), encoding="utf-8"
+    )
     from AdvSegAttackLib.labels import BTCV_LABEL_NAMES
 
     assert engine.cardLabels(str(bundled))[0] == list(BTCV_LABEL_NAMES)

@@ -436,9 +436,25 @@ def test_engine_cmake_installs_the_engine_beside_the_module():
     assert "WITH_GENERIC_TESTS" not in text
     assert re.search(r"file\(GLOB_RECURSE MODULE_PYTHON_SCRIPTS.*\*\.py", text, re.S)
     assert (REPO / "AdvSegAttackLib" / "__init__.py").is_file()
-    # The bundled models go where AdvSegAttackLib.cards.models_dir looks: beside the package.
-    assert "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models" in text
-    assert "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/Resources/Models" in text
+    # The bundled models and texture auto-encoders go where the engine looks (cards.models_dir,
+    # texture.weights.texture_models_dir): Resources/<folder> beside the package.
+    from AdvSegAttackLib.cards import models_dir
+    from AdvSegAttackLib.texture.weights import texture_models_dir
+
+    engine_parent = (REPO / "AdvSegAttackLib").resolve().parent
+    read_at_run_time = {
+        p.relative_to(engine_parent / "Resources").as_posix() for p in (models_dir(), texture_models_dir())
+    }
+    installed = re.search(r"foreach\(_resource_dir IN ITEMS ([^)]*)\)", text)
+    assert installed and read_at_run_time <= set(installed.group(1).split()), (read_at_run_time, text)
+    assert all(any((REPO / "Resources" / folder).iterdir()) for folder in read_at_run_time)
+    assert (
+        "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/${_resource_dir}/${_resource_subdir}" in text
+    )
+    assert (
+        "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/Resources/${_resource_dir}/${_resource_file}"
+        in text
+    )
 
 
 def test_s4ext_json_and_cmake_agree():
@@ -664,7 +680,7 @@ def test_bundle_folder_never_reuses_a_folder_with_files(tmp_path):
     (tmp_path / "empty").mkdir()
     assert bundleFolder(str(tmp_path / "empty"), "x") == str(tmp_path / "empty")
     (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "a.txt").write_text("a")
+    (tmp_path / "full" / "a.txt").write_text("a", encoding="utf-8")
     first = bundleFolder(str(tmp_path / "full"), "CT 1 adversarial (saa)")
     assert first == str(tmp_path / "full" / "CT_1_adversarial_saa-bundle")
     Path(first).mkdir()

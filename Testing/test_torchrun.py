@@ -33,7 +33,9 @@ def environment(**extra: str) -> dict[str, str]:
 def torchrun(args: list[str], processes: int, **env: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     command += ["-m", "AdvSegAttackLib.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment(**env))
+    return subprocess.run(
+        command, capture_output=True, text=True, encoding="utf-8", timeout=300, env=environment(**env)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,9 @@ def assert_same_cases(out: Path, reference: Path) -> None:
                 voxels(out / "cases" / name / volume), voxels(reference / "cases" / name / volume)
             )
         assert records[name]["metrics"] == expected[name]["metrics"]
-    assert (out / "aggregate.csv").read_text() == (reference / "aggregate.csv").read_text()
+    assert (out / "aggregate.csv").read_text(encoding="utf-8") == (reference / "aggregate.csv").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_two_processes_equal_one_process(setup, tmp_path):
@@ -66,7 +70,10 @@ def test_two_processes_equal_one_process(setup, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_cases(out, reference)
     by_rank = [
-        [json.loads(line)["case"] for line in (out / f"manifest.rank{rank}.jsonl").read_text().splitlines()]
+        [
+            json.loads(line)["case"]
+            for line in (out / f"manifest.rank{rank}.jsonl").read_text(encoding="utf-8").splitlines()
+        ]
         for rank in (0, 1)
     ]
     assert by_rank[0] and by_rank[1]  # both ranks took cases
@@ -82,12 +89,15 @@ def test_killed_rank_leaves_a_dataset_that_a_rerun_completes(setup, tmp_path):
     assert crashed.returncode != 0
     assert not (out / "aggregate.csv").exists()
     orphan = [p.name for p in (out / "cases").iterdir() if not p.name.startswith(".")]
-    recorded = [json.loads(line)["case"] for line in (out / "manifest.rank1.jsonl").read_text().splitlines()]
+    recorded = [
+        json.loads(line)["case"]
+        for line in (out / "manifest.rank1.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
     assert recorded == [] and orphan  # rank 1's case folder is on disk but was never recorded
 
     assert main(attack_args(datalist, model, out)) == 0  # the rerun (here in one process) completes it
     assert_same_cases(out, reference)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["ok"] == 4 and summary["failed"] == []
     assert summary["ran_now"] + summary["skipped_now"] == 4 and summary["ran_now"] >= 1
     assert not list((out / "cases").glob(".*staging*"))

@@ -64,7 +64,7 @@ def test_train_writes_a_loadable_card_and_resumes(tmp_path):
     assert main([*args, "--steps", "4"]) == 0  # resumes at step 2, does two more
     state = torch.load(out / STATE_FILE, weights_only=True)
     assert state["step"] == 4 and [h["step"] for h in state["history"]] == [2, 4]
-    json.loads((out / "card.json").read_text())
+    json.loads((out / "card.json").read_text(encoding="utf-8"))
 
 
 def test_train_refuses_mismatched_image_and_label_lists(tmp_path, real_ct_small, capsys):

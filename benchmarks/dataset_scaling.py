@@ -31,7 +31,7 @@ def write_dataset(folder: Path, cases: int, shape: tuple[int, int, int]) -> Path
         image, label = write_phantom(seed, folder / "data", shape=shape, contrast=contrast)
         items.append({"image": f"data/{image.name}", "label": f"data/{label.name}"})
     datalist = folder / "datalist.json"
-    datalist.write_text(json.dumps({"validation": items}))
+    datalist.write_text(json.dumps({"validation": items}), encoding="utf-8")
     return datalist
 
 
@@ -43,11 +43,11 @@ def run(processes: int, datalist: Path, out: Path, args: argparse.Namespace) -> 
     command += ["--no-preview", "--device", args.device, "--progress", "jsonl", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, encoding="utf-8", env=env)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"torchrun with {processes} processes failed:\n{result.stderr[-3000:]}")
-    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
     return seconds, {r["case"]: r for r in records}
 
 

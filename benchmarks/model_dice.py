@@ -88,7 +88,7 @@ def main() -> int:
     print(table)
 
     if args.update_card and card.path is not None:
-        data = json.loads(card.path.read_text())
+        data = json.loads(card.path.read_text(encoding="utf-8"))
         data["provenance"]["evaluation"] = {
             name: {
                 "mean_dice": columns[name]["mean_dice"],

@@ -177,6 +177,54 @@ PARAMETERS: dict[str, ParameterSpec] = {
             "all",
             "Which DCT coefficients the spectral noise may change.",
         ),
+        ParameterSpec(
+            "noiseMu",
+            "--noise-mu",
+            "noise_mu (mean factor)",
+            "multiplier of the organ's feature mean",
+            0.3,
+            "Texture: the modified AdaIN sets the organ's feature mean to noise_mu × its mean (published 0.3).",
+        ),
+        ParameterSpec(
+            "noiseSigma",
+            "--noise-sigma",
+            "noise_sigma (std factor)",
+            "multiplier of the organ's feature std",
+            0.3,
+            "Texture: the modified AdaIN sets the organ's feature std to noise_sigma × its std (published 0.3).",
+        ),
+        ParameterSpec(
+            "blend",
+            "--blend",
+            "Blend",
+            "fraction in [0, 1]",
+            1.0,
+            "Texture: how strongly the new texture is composited into the organ (1 = fully).",
+        ),
+        ParameterSpec(
+            "featherMm",
+            "--feather-mm",
+            "Feather",
+            "mm",
+            4.0,
+            "Texture: the organ mask fades in over this distance from its edge; outside it nothing changes.",
+        ),
+        ParameterSpec(
+            "textureSearch",
+            "--search",
+            "Search",
+            "on/off",
+            False,
+            "Texture: try noise_mu, noise_sigma and blend, keep the lowest organ Dice above the SSIM floor.",
+        ),
+        ParameterSpec(
+            "ssimFloor",
+            "--ssim-floor",
+            "SSIM floor",
+            "SSIM (data range 1)",
+            0.9,
+            "Texture search: minimum 3D SSIM inside the organ's bounding box.",
+        ),
     )
 }
 
@@ -254,6 +302,13 @@ ATTACKS: dict[str, AttackSpec] = {
         ),
         AttackSpec("fgsm", "FGSM (one step)", ("eps",), help="Fast gradient sign method."),
         AttackSpec("gn", "Gaussian noise (baseline)", ("std",), help="Random Gaussian noise, not an attack."),
+        AttackSpec(
+            "texture",
+            "Texture – organ feature statistics (Lee et al., 2024)",
+            ("noiseMu", "noiseSigma", "blend"),
+            ("featherMm", "textureSearch", "ssimFloor"),
+            help="Changes the chosen organ's texture through its feature statistics; needs an organ.",
+        ),
     )
 }
 
@@ -299,6 +354,8 @@ class AttackRequest:
             raise ValueError(f"Unknown attack {self.attack!r}; known attacks: {', '.join(ATTACKS)}.")
         if self.region not in REGIONS:
             raise ValueError(f"Unknown region {self.region!r}; use one of {', '.join(REGIONS)}.")
+        if self.attack == "texture" and (len(self.organs) != 1 or self.region != "whole" or self.targeted):
+            raise ValueError("The texture attack needs one organ, the whole-volume region and no targeting.")
         if self.region in ("organ", "bbox") and not self.organs:
             raise ValueError(f"Region {self.region!r} needs an organ; pick one in the Organ list.")
         if not isValidDevice(self.device):

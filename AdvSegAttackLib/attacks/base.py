@@ -128,6 +128,8 @@ class Attack(ABC):
     name: ClassVar[str]
     Config: ClassVar[type[AttackConfig]]
     needs_gradient: ClassVar[bool] = True
+    source_space: ClassVar[bool] = False
+    """True for an attack that works on the source grid in HU (`run_source`) instead of in model space."""
 
     def __init__(self, config: AttackConfig | None = None, **params: Any):
         if config is not None and params:
