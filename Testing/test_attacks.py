@@ -9,6 +9,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from AdvSegAttackLib.attacks import ATTACKS, PRESETS, SegmentationObjective, make_attack
+from AdvSegAttackLib.attacks import objective as objective_module
 from AdvSegAttackLib.attacks.objective import dice_ce
 from AdvSegAttackLib.attacks.saa import SpectralNoise
 from AdvSegAttackLib.attacks.vafa import Quantiser, alpha_at, soft_round
@@ -104,6 +105,20 @@ def test_dice_ce_equals_monai_per_item():
     small_target = torch.randint(0, 3, (2, 1, 3, 3, 2))
     assert torch.autograd.gradcheck(lambda z: dice_ce(z, small_target), (small,))
     assert torch.autograd.gradcheck(lambda z: dice_ce(z, small_target, [0, 2], small_target == 2), (small,))
+
+
+def test_dice_ce_in_several_chunks_equals_monai(monkeypatch):
+    monkeypatch.setattr(objective_module, "CHUNK_ELEMENTS", 1)  # the minimum chunk: 256 voxels
+    torch.manual_seed(2)
+    logits = torch.randn(2, 4, 9, 8, 7, dtype=torch.float64, requires_grad=True)  # 504 voxels: 2 chunks
+    target = torch.randint(0, 4, (2, 1, 9, 8, 7))
+    ours = dice_ce(logits, target)
+    reference = torch.stack([REFERENCE_LOSS(logits[i : i + 1], target[i : i + 1]) for i in range(2)])
+    assert torch.allclose(ours, reference, atol=1e-7)
+    (g1,) = torch.autograd.grad((ours * torch.tensor([1.0, 3.0], dtype=torch.float64)).sum(), logits)
+    (g2,) = torch.autograd.grad((reference * torch.tensor([1.0, 3.0], dtype=torch.float64)).sum(), logits)
+    assert torch.allclose(g1, g2, atol=1e-9)
+    assert torch.autograd.gradcheck(lambda z: dice_ce(z, target, [1, 3], target == 3), (logits,))
 
 
 def test_single_window_gradient_is_exact():

@@ -99,16 +99,6 @@ def _run(target, *args):
     return result
 
 
-def attack_available() -> bool:
-    sys.path.insert(0, str(REPO))
-    try:
-        from AdvSegAttackLib.attacks.texture import TextureConfig  # noqa: F401
-        from AdvSegAttackLib.texture.attack import texture_attack_volume  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -140,10 +130,6 @@ def main() -> None:
         print(f"| {source.split(':')[0]} | {seconds:.2f} | {peak:.0f} |", flush=True)
 
     if args.skip_organ:
-        return
-    if not attack_available():
-        print("\ntexture_attack_volume or TextureConfig is not available: "
-              "per-organ timing skipped.")  # fmt: skip
         return
     print(
         f"\n| weights | organ {args.organ}, working size | organ slices | s per organ | s per slice | peak RSS (MiB) |"

@@ -76,7 +76,7 @@ class _DiceCE(torch.autograd.Function):
     """Per-window DiceCE with a closed-form backward, evaluated in cache-sized chunks of voxels.
 
     Forward keeps the softmax probabilities and per-class sums; backward writes the logits' gradient once,
-    chunk by chunk (about 3 passes over the logits instead of ~15 through autograd, and no second exp).
+    chunk by chunk (four passes over the logits instead of ~15 through autograd, no second exp, no gather of p).
     """
 
     @staticmethod
@@ -90,6 +90,9 @@ class _DiceCE(torch.autograd.Function):
         squares = logits.new_zeros(n, n_classes)
         ce = logits.new_zeros(n)
         all_probs = torch.empty_like(logits)
+        target_probs = logits.new_empty(n, 1, voxels)  # p at the target class, kept for the backward
+        flat_target = target.reshape(n, voxels)
+        ground.scatter_add_(1, flat_target, logits.new_ones(()).expand(n, voxels))
         for s in range(0, voxels, step):
             z = logits[:, :, s : s + step]
             t = target[:, :, s : s + step]
@@ -98,20 +101,24 @@ class _DiceCE(torch.autograd.Function):
             total = probs.sum(dim=1, keepdim=True)
             probs.div_(total)
             log_sum_exp = total.log_().add_(top)
-            ce += ((log_sum_exp - z.gather(1, t)) * ce_weights[:, :, s : s + step]).sum(dim=(1, 2))
-            flat_t = t.reshape(n, -1)
-            intersection.scatter_add_(1, flat_t, probs.gather(1, t).reshape(n, -1))
-            ground.scatter_add_(1, flat_t, probs.new_ones(()).expand(flat_t.shape))
-            squares += torch.linalg.vecdot(probs, probs, dim=2)
+            log_p_target = z.gather(1, t).sub_(log_sum_exp)  # one gather; p_t = exp(z_t − logsumexp)
+            ce -= (log_p_target * ce_weights[:, :, s : s + step]).sum(dim=(1, 2))
+            p_target = torch.exp(log_p_target, out=target_probs[:, :, s : s + step])
+            intersection.scatter_add_(1, flat_target[:, s : s + step], p_target.view(n, -1))
+            squares += torch.linalg.vector_norm(probs, dim=2).square_()  # one fused pass, no temporary
         denominator = ground + squares + SMOOTH_DR
         dice = ((1.0 - 2.0 * intersection / denominator) * channel_weights).sum(dim=1)
         ctx.step = step
-        ctx.save_for_backward(all_probs, target, intersection, denominator, channel_weights, ce_weights)
+        ctx.save_for_backward(
+            all_probs, target_probs, target, intersection, denominator, channel_weights, ce_weights
+        )
         return dice + ce
 
     @staticmethod
     def backward(ctx, grad):
-        all_probs, target, intersection, denominator, channel_weights, ce_weights = ctx.saved_tensors
+        all_probs, target_probs, target, intersection, denominator, channel_weights, ce_weights = (
+            ctx.saved_tensors
+        )
         voxels = all_probs.shape[-1]
         g = grad.view(-1, 1)
         # d loss / d p_c(v) = a_c·p_c(v) + b_c·[c = target(v)];  d loss / d z via the softmax Jacobian, plus CE.
@@ -121,12 +128,13 @@ class _DiceCE(torch.autograd.Function):
         for s in range(0, voxels, ctx.step):
             t = target[:, :, s : s + ctx.step]
             probs = all_probs[:, :, s : s + ctx.step]
-            p_target = probs.gather(1, t)
+            p_target = target_probs[:, :, s : s + ctx.step]
             b_target = b.gather(1, t.squeeze(1)).unsqueeze(1)
             w = ce_weights[:, :, s : s + ctx.step] * grad.view(-1, 1, 1)
-            a_probs = a * probs
-            r = torch.linalg.vecdot(a_probs, probs, dim=1).unsqueeze(1) + b_target * p_target
-            out = torch.mul(a_probs.add_(w - r), probs, out=grad_logits[:, :, s : s + ctx.step])
+            # out = a·p² first, then out += p·(w − r) with r = Σ_c a_c p_c² + b_t p_t: four passes, no temporary
+            out = torch.mul(a, probs, out=grad_logits[:, :, s : s + ctx.step]).mul_(probs)
+            r = out.sum(dim=1, keepdim=True) + b_target * p_target
+            out.addcmul_(probs, w - r)
             out.scatter_add_(1, t, b_target * p_target - w)
         return grad_logits, None, None, None
 
