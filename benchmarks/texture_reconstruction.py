@@ -13,7 +13,6 @@ the MSD spleen CT (another patient and scanner, contrast-enhanced; never used in
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +30,6 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="working size, pixels")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
     import SimpleITK as sitk
     import torch
 

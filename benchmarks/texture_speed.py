@@ -22,7 +22,6 @@ import argparse
 import multiprocessing as mp
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -50,7 +49,6 @@ def _peak_mib() -> float:
 
 def slice_child(weights: str, threads: int, repeats: int, queue) -> None:
     """Median seconds of the five round trips on a 512² slice, and peak RSS (MiB)."""
-    sys.path.insert(0, str(REPO))
     import torch
 
     torch.set_num_threads(threads)
@@ -68,7 +66,6 @@ def slice_child(weights: str, threads: int, repeats: int, queue) -> None:
 
 def organ_child(weights: str, threads: int, organ: int, working_size: int, queue) -> None:
     """Seconds of texture_attack_volume on one organ of the real CT, its slice count and peak RSS (MiB)."""
-    sys.path.insert(0, str(REPO))
     import numpy as np
     import SimpleITK as sitk
     import torch
