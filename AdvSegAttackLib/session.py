@@ -168,7 +168,8 @@ def assign_never_both(
 def _common_pixel_type(items: list[Item]) -> int:
     """Int16 when every volume is integer-valued within its range, else Float32 (same type for all)."""
     for item in items:
-        voxels = sitk.GetArrayViewFromImage(read_image(item.source))
+        image = read_image(item.source)  # held while its view is read (a view does not keep it alive)
+        voxels = sitk.GetArrayViewFromImage(image)
         if voxels.size and (
             voxels.min() < -32768 or voxels.max() > 32767 or not np.array_equal(voxels, np.round(voxels))
         ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -34,9 +35,10 @@ from AdvSegAttackLib.session import (
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_source(path: Path, seed: int) -> Path:
+def make_source(path: Path, seed: int, shape: tuple[int, int, int] = (6, 8, 7)) -> Path:
+    """A random int16 CT-like volume of `shape` (z, y, x) with a description in its header."""
     rng = np.random.default_rng(seed)
-    image = sitk.GetImageFromArray(rng.integers(-200, 300, (6, 8, 7)).astype(np.int16))
+    image = sitk.GetImageFromArray(rng.integers(-200, 300, shape).astype(np.int16))
     image.SetSpacing((1.5, 1.5, 3.0))
     image.SetOrigin((10.0, -5.0, 2.0))
     image.SetMetaData("descrip", f"patient {seed} original")
@@ -184,6 +186,39 @@ def test_manifest_detects_changes(cases, tmp_path):
     assert any("modified" in p and victim.name in p for p in problems)
     assert any("order.json" in p for p in problems) and any("added" in p for p in problems)
     assert main(["session", "verify", str(out)]) == 2
+
+
+def _glibc() -> bool:
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _glibc(), reason="MALLOC_MMAP_THRESHOLD_ is a glibc setting")
+def test_build_reads_no_freed_image(tmp_path):
+    """`advseg session build` read a view of an image freed at once (use-after-free, exit 139).
+
+    With MALLOC_MMAP_THRESHOLD_ at 64 KiB glibc gives every freed volume buffer back to the
+    system at once (here 590 kB each), so reading freed voxels is a segmentation fault, not stale memory.
+    """
+    cases = [
+        make_case(tmp_path / f"case{i}", make_source(tmp_path / f"src{i}.nii.gz", i, (32, 96, 96)), "pgd", {})
+        for i in range(2)
+    ]
+    out = tmp_path / "S"
+    command = [sys.executable, "-m", "AdvSegAttackLib.cli", "session", "build", "--cases", *map(str, cases)]
+    result = subprocess.run(
+        [*command, "--readers", "2", "--seed", "1", "--out", str(out), "--progress", "jsonl"],
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert verify_session(out) == [] and not list(tmp_path.glob(".S.building-*"))
+    key = load_key(out)
+    real = next(i for i, item in key["items"].items() if item["truth"] == "real" and "src0" in item["source"])
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "cases" / f"{real}.nii")))
+    assert np.array_equal(written, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "src0.nii.gz"))))
 
 
 def test_cli_build_and_verify(cases, tmp_path, capsys):
