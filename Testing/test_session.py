@@ -333,3 +333,97 @@ def test_two_readers_appending_at_once(fresh):
         records = [json.loads(line) for line in lines]
         assert {r["reader"] for r in records} == {reader}
         assert [r["case_id"] for r in records] == load_order(fresh, reader)
+
+
+# --- interrupted builds -------------------------------------------------------------------------------------
+
+BUILDER = textwrap.dedent(
+    """
+    import sys
+    from AdvSegAttackLib.session import build_session
+    build_session(sys.argv[2:], readers=2, seed=0, out=sys.argv[1], never_both=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def heavy_cases(tmp_path_factory) -> list[Path]:
+    """Two patients attacked four times each, 1.5 MB volumes: a build takes about a second."""
+    root = tmp_path_factory.mktemp("heavy")
+    cases = []
+    for index in range(2):
+        source = make_source(root / f"source{index}.nii.gz", index, (48, 128, 128))
+        cases += [make_case(root / f"case{index}{a}", source, "pgd", {}) for a in range(4)]
+    return cases
+
+
+def _builder_in_progress(out: Path, cases: list[Path]) -> tuple[subprocess.Popen, Path]:
+    """A `build_session` process and its staging folder, caught while it writes the case files."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", BUILDER, str(out), *map(str, cases)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        for staging in out.parent.glob(f".{out.name}.building-*"):
+            if (staging / "cases").is_dir() and any((staging / "cases").iterdir()):
+                return process, staging
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    pytest.fail(f"the build of {out} ended (exit {process.returncode}) before it was caught in progress")
+
+
+def test_killed_build_leaves_no_staging_folder_after_the_next_build(heavy_cases, cases, tmp_path):
+    process, staging = _builder_in_progress(tmp_path / "A", heavy_cases)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert staging.is_dir() and not (tmp_path / "A").exists()  # SIGKILL runs no clean-up
+    build_session(
+        cases, readers=1, seed=0, out=tmp_path / "B", never_both=True
+    )  # another session, same folder
+    assert not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B"]
+    assert verify_session(tmp_path / "B") == []
+
+
+def test_staging_folder_of_a_live_builder_is_kept(heavy_cases, cases, tmp_path):
+    process, staging = _builder_in_progress(tmp_path / "C", heavy_cases)
+    os.kill(process.pid, signal.SIGSTOP)  # alive but not progressing while the other build runs
+    try:
+        build_session(cases, readers=1, seed=0, out=tmp_path / "D", never_both=True)
+        assert staging.is_dir()
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert process.wait(timeout=120) == 0
+    assert verify_session(tmp_path / "C") == [] and verify_session(tmp_path / "D") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["C", "D"]
+
+
+def test_which_staging_folders_are_removed(tmp_path):
+    import psutil
+
+    from AdvSegAttackLib.session import StagingWarning, _host_tag, remove_abandoned_staging
+
+    me = psutil.Process()
+    started = round(me.create_time() * 100)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(finished.stdout)
+    host = _host_tag()
+    other_host = f"{(int(host, 16) + 1) % 16**8:08x}"
+    folders = {
+        "alive": f".S.building-{host}-{me.pid}-{started}-ab12_x",
+        "dead": f".S.building-{host}-{dead_pid}-{started}-cd34_y",
+        "pid reused": f".T.building-{host}-{me.pid}-{started - 500}-ef56_z",
+        "other computer": f".S.building-{other_host}-{dead_pid}-{started}-gh78_w",
+        "no record": ".S.building-k2j4h5g6",
+    }
+    for name in folders.values():
+        (tmp_path / name / "cases").mkdir(parents=True)
+    (tmp_path / ".S.building-file").write_bytes(b"")  # not a folder: left alone
+    with pytest.warns(StagingWarning, match="without a builder record"):
+        removed = remove_abandoned_staging(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([folders["dead"], folders["pid reused"]])
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert kept == {folders["alive"], folders["other computer"], folders["no record"], ".S.building-file"}
