@@ -106,8 +106,15 @@ def test_layout_key_apart_and_neutral_volumes(session):
     assert len(headers) == 1
     sizes = {(session / "cases" / f"{case_id}.nii").stat().st_size for case_id in items}
     assert len(sizes) == 1, "file sizes must not tell real from manipulated"
+    shown = set()
     for name in key["readers"]:
-        assert sorted(load_order(session, name)) == sorted(items)
+        order = load_order(session, name)
+        shown.update(order)
+        # every patient's real volume and one of its manipulated versions (patient 0 has two)
+        assert sorted(items[c]["truth"] for c in order) == ["manipulated"] * 4 + ["real"] * 4
+        assert len({items[c]["patient"] for c in order if items[c]["truth"] == "manipulated"}) == 4
+        assert all(name in items[c]["readers"] for c in order)
+    assert shown == set(items)  # two readers: both versions of patient 0 are shown
     # IDs are random, not ordered by kind
     ordered = sorted(items)
     truths = [items[i]["truth"] for i in ordered]
