@@ -64,7 +64,9 @@ ID_LENGTH = 8
 BUILDING = ".building-"
 # .<session>.building-<host tag>-<pid>-<process start, 1/100 s>-<random>: the builder's record is in the name,
 # so it exists from the folder's first instant (a file inside would not for a few microseconds)
-BUILDER_RECORD = re.compile(r"\.building-(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[a-z0-9_]+$")
+BUILDER_RECORD = re.compile(
+    re.escape(BUILDING) + r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[a-z0-9_]+$"
+)
 
 
 class RatingsWarning(UserWarning):
@@ -403,7 +405,8 @@ def handout(session: str | Path, reader: str, out: str | Path) -> Path:
     """A reader's copy of an intact session at `out`: manifest, the reader's order (and ratings, if any)
     and only the cases of that order; no key, no other reader's files or cases. Returns `out`.
 
-    Copied case files are created in ID order before any is filled and keep the session's common time.
+    Copied case files are created in ID order before any is filled and all get the time of the newest
+    original (whole seconds), so a copy of a session built before the common time was set has one too.
     """
     session, out = Path(session), Path(out)
     order = load_order(session, reader)
@@ -427,9 +430,8 @@ def handout(session: str | Path, reader: str, out: str | Path) -> Path:
             copy.touch()
         for copy, original in copies.items():
             shutil.copyfile(original, copy)  # into the existing file (same inode)
-        for copy, original in copies.items():
-            time_ns = original.stat().st_mtime_ns
-            os.utime(copy, ns=(time_ns, time_ns))
+        newest = max(original.stat().st_mtime_ns for original in copies.values())
+        _same_times(copies, newest // 10**9 * 10**9)
     return out
 
 
