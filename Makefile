@@ -25,6 +25,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/lint_checks.py AdvSegAttackLib AdvSegAttack Testing benchmarks tools
 
 test: lint
 	$(BIN)/python -m pytest -q

@@ -454,12 +454,32 @@ def cmd_session_build(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Build a blinded reader session from case folders."""
     from .session import build_session
 
-    key = build_session(args.cases, args.readers, args.seed, Path(args.out), never_both=args.never_both)
+    key = build_session(
+        args.cases, args.readers, args.seed, Path(args.out), args.never_both, args.all_versions
+    )
     reporter.close()
+    unseen = sum(not item["readers"] for item in key["items"].values())
+    if unseen:
+        print(
+            f"{unseen} cases are in no reader's order (fewer readers than versions of a patient).",
+            file=sys.stderr,
+        )
     if args.progress != "jsonl":
         print(f"session with {len(key['items'])} cases for {len(key['readers'])} readers: {args.out}")
         print(f"the key is {Path(args.out) / 'key' / 'key.json'}: keep it away from the readers")
     return {"cases": len(key["items"]), "readers": key["readers"]}
+
+
+def cmd_session_handout(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """A reader's copy of a session: their order and only their cases, without the key."""
+    from .session import handout, load_order
+
+    handout(args.session, args.reader, Path(args.out))
+    reporter.close()
+    cases = len(load_order(args.out, args.reader))
+    if args.progress != "jsonl":
+        print(f"copy for {args.reader} ({cases} cases, no key): {args.out}")
+    return {"reader": args.reader, "cases": cases}
 
 
 def cmd_session_verify(args: argparse.Namespace, reporter: Reporter) -> dict:
@@ -618,11 +638,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--readers", type=_positive_int, required=True, help="number of readers")
     q.add_argument("--seed", type=int, default=0, help="seed of IDs and orders")
     q.add_argument("--out", required=True, help="session folder (new or empty)")
-    q.add_argument(
+    versions = q.add_mutually_exclusive_group()
+    versions.add_argument(
         "--never-both", action="store_true", help="each reader sees only one version of each patient"
+    )
+    versions.add_argument(
+        "--all-versions",
+        action="store_true",
+        help="each reader sees every manipulated version of a patient (default: the real one and one "
+        "manipulated version). RISK: the real volume is the voxel-wise centre of three or more versions "
+        "of a patient, so a reader who compares them can pick it out",
     )
     common(q, device=False)
     q.set_defaults(func=cmd_session_build)
+    q = session.add_parser("handout", help="a reader's copy: their order and cases, without the key")
+    q.add_argument("session")
+    q.add_argument("--reader", required=True, help="reader name, e.g. reader2")
+    q.add_argument("--out", required=True, help="folder for the copy (new or empty)")
+    common(q, device=False)
+    q.set_defaults(func=cmd_session_handout)
     q = session.add_parser("analyze", help="statistics and report of a session's ratings")
     q.add_argument("session")
     q.add_argument("--margin", type=float, help="TOST equivalence margin around 50 %% (e.g. 0.1)")

@@ -181,6 +181,38 @@ def agreement(rows: list[dict], readers: list[str]) -> dict:
     return result
 
 
+def agreement_with_notes(rows: list[dict], readers: list[str]) -> dict:
+    """`agreement` plus a note where kappa is undefined or says nothing about agreement.
+
+    A reader who gave one answer to every common case makes Cohen's kappa 0 whatever the other reader did
+    (and undefined when both did), and leaves Fleiss' kappa to the other readers' answers alone.
+    """
+    result = agreement(rows, readers)
+    if result.get("note"):
+        return result
+    answers: dict[str, dict[str, str]] = {}
+    for r in rows:
+        answers.setdefault(r["reader"], {})[r["case_id"]] = r["answer"]
+    common = set.intersection(*(set(answers.get(name, {})) for name in readers))
+    constant = {}
+    for name in readers:
+        given = {answers[name][case_id] for case_id in common}
+        if len(given) == 1:
+            constant[name] = given.pop()
+    notes = [
+        f"{name} gave the same answer ({answer}) to every case all readers answered"
+        for name, answer in constant.items()
+    ]
+    if result["kappa"] is None:
+        notes.append("kappa is undefined: the expected agreement is 1")
+    elif constant:
+        meaning = "is 0 whatever the other reader answered" if result["method"] == "Cohen" else "says little"
+        notes.append(f"kappa {meaning}, so it does not measure agreement here")
+    if notes:
+        result["note"] = "; ".join(notes) + "."
+    return result
+
+
 # --- joining key and ratings ------------------------------------------------------------------------------
 
 
@@ -236,6 +268,64 @@ def collect_rows(session: Path) -> tuple[list[dict], list[str], list[str]]:
     return rows, readers, problems
 
 
+def session_details(session: Path, readers: list[str], rows: list[dict]) -> dict:
+    """What the session was: build date and mode, cases per attack and organ, and every case's answers.
+
+    `cases[i]["answers"][reader]` is that reader's rating (answer, confidence, seconds), None when the case
+    is in the reader's order but unanswered; readers who were not shown the case are absent.
+    """
+    key = load_key(session)
+    items = key.get("items", {})
+    patients = {item.get("patient") for item in items.values()}
+    label = {patient: f"P{number}" for number, patient in enumerate(sorted(patients, key=str), start=1)}
+    counts: dict[tuple[str, str, str], int] = {}
+    for item in items.values():
+        group = (item["truth"], item.get("attack") or "-", ", ".join(item.get("organs") or []) or "-")
+        counts[group] = counts.get(group, 0) + 1
+    orders = {name: set(load_order(session, name)) for name in readers}
+    rated = {(r["reader"], r["case_id"]): r for r in rows}
+    cases = []
+    for case_id, item in sorted(
+        items.items(), key=lambda c: (label[c[1].get("patient")], c[1]["truth"] != "real", c[0])
+    ):
+        answers = {}
+        for name in readers:
+            if case_id in orders[name]:
+                rating = rated.get((name, case_id))
+                answers[name] = rating and {k: rating[k] for k in ("answer", "confidence", "seconds")}
+        cases.append(
+            {
+                "id": case_id,
+                "patient": label[item.get("patient")],
+                "truth": item["truth"],
+                "attack": item.get("attack"),
+                "organs": item.get("organs") or [],
+                "answers": answers,
+            }
+        )
+    if key.get("never_both"):
+        mode = "each reader saw one version of each patient (--never-both)"
+    elif key.get("all_versions"):
+        mode = "each reader saw every version of each patient (--all-versions)"
+    elif "all_versions" in key:
+        mode = "each reader saw the real and one manipulated version of each patient"
+    else:
+        mode = "each reader saw every version of each patient (session built before --all-versions existed)"
+    return {
+        "created": key.get("created"),
+        "seed": key.get("seed"),
+        "mode": mode,
+        "readers": len(readers),
+        "patients": len(patients),
+        "cases": len(items),
+        "per_attack_organ": [
+            {"truth": truth, "attack": attack, "organs": organs, "cases": n}
+            for (truth, attack, organs), n in sorted(counts.items(), key=lambda c: (c[0][0] != "real", c[0]))
+        ],
+        "per_case": cases,
+    }
+
+
 def analyze(rows: list[dict], readers: list[str], margin: float | None = None) -> dict:
     """Every number of the report as a plain dict."""
     per_reader = {name: group_stats([r for r in rows if r["reader"] == name], margin) for name in readers}
@@ -251,7 +341,7 @@ def analyze(rows: list[dict], readers: list[str], margin: float | None = None) -
         "per_organ": {
             o: proportion(*_detected([r for r in manipulated if o in r["organs"]])) for o in organs
         },
-        "agreement": agreement(rows, readers),
+        "agreement": agreement_with_notes(rows, readers),
         "margin": margin,
     }
 
@@ -275,6 +365,29 @@ def _num(value, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if digits == 3 and abs(value) < 0.001 else f"{value:.{digits}f}"
 
 
+def _session_line(details: dict) -> str:
+    return (
+        f"Session built {details['created'] or 'at an unknown date'} (seed {details['seed']}): "
+        f"{details['cases']} cases of {details['patients']} patients, {details['readers']} readers; "
+        f"{details['mode']}."
+    )
+
+
+def _answer_cell(answer: dict | None) -> str:
+    if answer is None:
+        return "not answered"
+    return f"{answer['answer']} (confidence {answer['confidence']}, {_num(answer['seconds'], 1)} s)"
+
+
+def _case_table(details: dict, readers: list[str]) -> tuple[str, list[str], list[list[str]]]:
+    rows = [
+        [c["id"], c["patient"], c["truth"], c["attack"] or "-", ", ".join(c["organs"]) or "-"]
+        + [_answer_cell(c["answers"][name]) if name in c["answers"] else "not shown" for name in readers]
+        for c in details["per_case"]
+    ]
+    return "Answers per case", ["ID", "patient", "truth", "attack", "organ", *readers], rows
+
+
 def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     groups = [*summary["readers"].items(), ("pooled", summary["pooled"])]
     main = [
@@ -291,7 +404,20 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ]
         for name, g in groups
     ]
-    tables = [
+    details = summary.get("session")
+    tables = []
+    if details:
+        tables.append(
+            (
+                "Cases per attack and organ",
+                ["truth", "attack", "organ", "cases"],
+                [
+                    [g["truth"], g["attack"], g["organs"], str(g["cases"])]
+                    for g in details["per_attack_organ"]
+                ],
+            )
+        )
+    tables.append(
         (
             "Accuracy, sensitivity, specificity, AUC and time per case",
             [
@@ -307,7 +433,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             ],
             main,
         )
-    ]
+    )
     if summary["margin"] is not None:
         rows = []
         for name, g in groups:
@@ -360,16 +486,9 @@ NOTE = (
 )
 
 
-def _figures(rows: list[dict], summary: dict, readers: list[str]) -> list[tuple[str, str]]:
-    """(title, base64 PNG) of the accuracy bar chart and the ROC curves (Agg, no pyplot state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+def _accuracy_figure(summary: dict):
+    """Accuracy with its 95 % interval per reader and pooled (a matplotlib Figure, no pyplot state)."""
     from matplotlib.figure import Figure
-
-    def png(figure: Figure) -> str:
-        FigureCanvasAgg(figure)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
 
     groups = [*summary["readers"].items(), ("pooled", summary["pooled"])]
     figure = Figure(figsize=(max(4, 1 + 0.8 * len(groups)), 3.2))
@@ -388,30 +507,61 @@ def _figures(rows: list[dict], summary: dict, readers: list[str]) -> list[tuple[
     ax.set_xticks(range(len(groups)), [name for name, _ in groups], rotation=30)
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy (95 % CI)")
-    figures = [("Accuracy per reader", png(figure))]
+    return figure
 
-    figure = Figure(figsize=(4, 4))
+
+def _roc_figure(rows: list[dict], summary: dict, readers: list[str]):
+    """ROC curves per reader and pooled, the legend beside the axes (it never covers a curve)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4), layout="constrained")
     ax = figure.add_subplot()
     for name in [*readers, "pooled"]:
         subset = rows if name == "pooled" else [r for r in rows if r["reader"] == name]
         fpr, tpr = roc_points(subset)
-        auc = summary["pooled" if name == "pooled" else "readers"]
-        auc = auc["auc"] if name == "pooled" else auc[name]["auc"]
-        ax.plot(fpr, tpr, marker=".", label=f"{name} (AUC {_num(auc)})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        auc = summary["pooled"]["auc"] if name == "pooled" else summary["readers"][name]["auc"]
+        style = {"color": "black", "linewidth": 2.2} if name == "pooled" else {"linewidth": 1.4}
+        ax.plot(fpr, tpr, marker=".", label=f"{name} (AUC {_num(auc)})", **style)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.legend(fontsize=7)
-    figures.append(("ROC of confidence-weighted ratings", png(figure)))
-    return figures
+    ax.legend(loc="upper left", bbox_to_anchor=(1.03, 1.0), borderaxespad=0, fontsize=9, frameon=False)
+    return figure
+
+
+def _figures(rows: list[dict], summary: dict, readers: list[str]) -> list[tuple[str, str]]:
+    """(title, base64 PNG) of the accuracy chart and the ROC curves."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    def png(figure) -> str:
+        FigureCanvasAgg(figure)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+    return [
+        ("Accuracy per reader", png(_accuracy_figure(summary))),
+        ("ROC of confidence-weighted ratings", png(_roc_figure(rows, summary, readers))),
+    ]
+
+
+def _markdown_table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return [*lines, *("| " + " | ".join(row) + " |" for row in rows), ""]
 
 
 def render_markdown(summary: dict, problems: list[str]) -> str:
-    lines = ["# Reader session report", "", NOTE, ""]
-    for title, header, rows in _tables(summary):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines.append("")
+    lines = ["# Reader session report", ""]
+    if summary.get("session"):
+        lines += [_session_line(summary["session"]), ""]
+    lines += [NOTE, ""]
+    for table in _tables(summary):
+        lines += _markdown_table(*table)
+    if summary.get("session"):
+        lines += _markdown_table(*_case_table(summary["session"], list(summary["readers"])))
     lines += ["## Problems in the ratings files", ""]
     lines += [f"- {p}" for p in problems] or ["none"]
     return "\n".join(lines) + "\n"
@@ -419,6 +569,12 @@ def render_markdown(summary: dict, problems: list[str]) -> str:
 
 def render_html(summary: dict, problems: list[str], figures: list[tuple[str, str]]) -> str:
     esc = html.escape
+
+    def table(title: str, header: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{esc(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+        return f"<h2>{esc(title)}</h2><table><tr>{head}</tr>{body}</table>"
+
     parts = [
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8"><title>Reader session report</title>',
@@ -426,16 +582,15 @@ def render_html(summary: dict, problems: list[str], figures: list[tuple[str, str
         "td,th{border:1px solid #bbb;padding:3px 8px;text-align:left}th{background:#eee}</style>",
         "</head><body>",
         "<h1>Reader session report</h1>",
-        f"<p>{esc(NOTE)}</p>",
     ]
-    for title, header, rows in _tables(summary):
-        parts.append(
-            f"<h2>{esc(title)}</h2><table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header) + "</tr>"
-        )
-        parts += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
-        parts.append("</table>")
+    if summary.get("session"):
+        parts.append(f"<p>{esc(_session_line(summary['session']))}</p>")
+    parts.append(f"<p>{esc(NOTE)}</p>")
+    parts += [table(*t) for t in _tables(summary)]
     for title, data in figures:
         parts.append(f'<h2>{esc(title)}</h2><img alt="{esc(title)}" src="data:image/png;base64,{data}">')
+    if summary.get("session"):
+        parts.append(table(*_case_table(summary["session"], list(summary["readers"]))))
     parts.append("<h2>Problems in the ratings files</h2>")
     parts.append(
         "<ul>" + "".join(f"<li>{esc(p)}</li>" for p in problems) + "</ul>" if problems else "<p>none</p>"
@@ -451,6 +606,7 @@ def analyze_session(session: str | Path, margin: float | None = None) -> dict:
         raise InputError(f"--margin {margin} must be between 0 and 0.5 (exclusive).")
     rows, readers, problems = collect_rows(session)
     summary = analyze(rows, readers, margin)
+    summary["session"] = session_details(session, readers, rows)
     summary["problems"] = problems
     report = session / REPORT
     write_text_atomic(report / "report.md", render_markdown(summary, problems))

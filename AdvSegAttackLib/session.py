@@ -10,17 +10,29 @@ A session folder holds what readers load and, apart from it, the key::
     SESSION/manifest.json                  SHA-256 of every file above except the ratings
 
 A patient is the SHA-256 of an attack's input volume. Every case folder yields its adversarial volume
-and the clean source volume (one clean item per patient, however many case folders share it). Without
-`never_both` each reader sees every item, never two items of the same patient back to back; with it
-each reader sees exactly one version of each patient, the versions balanced across readers.
+and the clean source volume (one clean item per patient, however many case folders share it). By default
+each reader sees the real volume of every patient and one of its manipulated versions (a patient attacked
+several times has its versions rotated over the readers), never two items of the same patient back to
+back. `all_versions` shows every reader every version; that is a risk: the real volume is the voxel-wise
+centre of three versions of a patient. With `never_both` each reader sees exactly one version of each
+patient, the versions balanced across readers.
+
+What a curious reader could read from the files is the same for every version of a patient: name (random
+ID), size, header, pixel type, and modification and access time (all case files get the session's build
+time). Every case file is created, in ID order, before any volume is decoded, so creation time, inode
+number and directory order follow the random IDs, not the decoding time of a source.
+`handout` makes a reader's copy: their order and only their cases, without the key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import string
 import tempfile
 import warnings
@@ -33,7 +45,7 @@ import SimpleITK as sitk
 
 from .casefolder import read_case
 from .errors import InputError
-from .io import read_image, sha256_file, write_json_atomic
+from .io import read_image, sha256_file, staged_output_dir, write_json_atomic
 
 CASES = "cases"
 CASE_SUFFIX = ".nii"  # uncompressed: a compressed size would differ between real and manipulated
@@ -49,8 +61,20 @@ ID_ALPHABET = string.ascii_uppercase + string.digits
 ID_LENGTH = 8
 
 
+BUILDING = ".building-"
+# .<session>.building-<host tag>-<pid>-<process start, 1/100 s>-<random>: the builder's record is in the name,
+# so it exists from the folder's first instant (a file inside would not for a few microseconds)
+BUILDER_RECORD = re.compile(
+    re.escape(BUILDING) + r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[a-z0-9_]+$"
+)
+
+
 class RatingsWarning(UserWarning):
     """A ratings file has a damaged or half-written line (it is ignored)."""
+
+
+class StagingWarning(UserWarning):
+    """A staging folder of an interrupted build is left in place (its builder cannot be checked)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +141,11 @@ def _neutral_ids(rng: np.random.Generator, count: int) -> list[str]:
     return ids
 
 
+def assign_ids(items: list[Item], rng: np.random.Generator) -> dict[str, Item]:
+    """Items under random neutral IDs (drawn independently of what an item is)."""
+    return dict(zip(_neutral_ids(rng, len(items)), items, strict=True))
+
+
 def order_without_repeats(ids: list[str], patient: dict[str, str], rng: np.random.Generator) -> list[str]:
     """A random order of `ids` in which no two neighbours share a patient (InputError if impossible)."""
     remaining: dict[str, list[str]] = {}
@@ -165,10 +194,53 @@ def assign_never_both(
     return lists
 
 
+def assign_one_manipulated(
+    real: dict[str, str], manipulated: dict[str, list[str]], readers: int, rng: np.random.Generator
+) -> list[list[str]]:
+    """Per reader: the real ID of every patient and one of its manipulated IDs (the default orders' items).
+
+    A patient's manipulated versions are rotated over the readers, so each is shown to as many readers as
+    the others (+-1); with fewer readers than versions, some version is shown to nobody.
+    """
+    patients = sorted(real)
+    rng.shuffle(patients)
+    chosen: list[list[str]] = [[] for _ in range(readers)]
+    for index, patient in enumerate(patients):
+        versions = sorted(manipulated[patient])
+        rng.shuffle(versions)
+        for reader in range(readers):
+            chosen[reader] += [real[patient], versions[(reader + index) % len(versions)]]
+    return chosen
+
+
+def plan_orders(
+    by_id: dict[str, Item], readers: int, rng: np.random.Generator, never_both: bool, all_versions: bool
+) -> list[list[str]]:
+    """Each reader's order of case IDs (see the module docstring for the three modes)."""
+    if never_both and all_versions:
+        raise InputError("--never-both and --all-versions exclude each other; choose one.")
+    patient = {case_id: item.patient for case_id, item in by_id.items()}
+    if never_both:
+        ids_by_patient: dict[str, list[str]] = {}
+        for case_id in by_id:
+            ids_by_patient.setdefault(patient[case_id], []).append(case_id)
+        return assign_never_both(ids_by_patient, readers, rng)
+    if all_versions:
+        return [order_without_repeats(list(by_id), patient, rng) for _ in range(readers)]
+    real = {item.patient: case_id for case_id, item in by_id.items() if item.truth == "real"}
+    manipulated: dict[str, list[str]] = {}
+    for case_id, item in by_id.items():
+        if item.truth == "manipulated":
+            manipulated.setdefault(item.patient, []).append(case_id)
+    chosen = assign_one_manipulated(real, manipulated, readers, rng)
+    return [order_without_repeats(ids, patient, rng) for ids in chosen]
+
+
 def _common_pixel_type(items: list[Item]) -> int:
     """Int16 when every volume is integer-valued within its range, else Float32 (same type for all)."""
     for item in items:
-        voxels = sitk.GetArrayViewFromImage(read_image(item.source))
+        image = read_image(item.source)  # held while its view is read (a view does not keep it alive)
+        voxels = sitk.GetArrayViewFromImage(image)
         if voxels.size and (
             voxels.min() < -32768 or voxels.max() > 32767 or not np.array_equal(voxels, np.round(voxels))
         ):
@@ -191,15 +263,78 @@ def _write_neutral(source: Path, path: Path, pixel_type: int) -> None:
     writer.Execute(fresh)
 
 
+def _host_tag() -> str:
+    """8 hex digits naming this computer (a process id means nothing on another one)."""
+    return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+
+
+def _staging_prefix(out: Path) -> str:
+    """Name prefix of this process's staging folder for `out` (host, pid and start time of the builder)."""
+    import psutil
+
+    builder = psutil.Process()
+    return f".{out.name}{BUILDING}{_host_tag()}-{builder.pid}-{round(builder.create_time() * 100)}-"
+
+
+def _builder_alive(pid: int, start: int) -> bool:
+    """True while process `pid`, started at `start` (1/100 s since the epoch), is running (not a zombie)."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        started = round(process.create_time() * 100)
+        return abs(started - start) <= 1 and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # cannot tell: never remove the folder of a builder that may be alive
+
+
+def remove_abandoned_staging(parent: str | Path) -> list[Path]:
+    """Remove the staging folders of session builds in `parent` whose builder process is gone.
+
+    A build that crashed or was killed (SIGKILL runs no clean-up) leaves `.<session>.building-*` behind;
+    the next build of any session in the same folder calls this. Folders of a live builder, of a builder
+    on another computer, and folders without a builder record (made by earlier versions; a StagingWarning
+    names them) are left in place. Returns the removed folders.
+    """
+    removed = []
+    for folder in sorted(Path(parent).glob(f".*{BUILDING}*")):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        record = BUILDER_RECORD.search(folder.name)
+        if record is None:
+            warnings.warn(
+                f"{folder} is a staging folder without a builder record (an interrupted build of an earlier "
+                "version); remove it by hand when no session build is running.",
+                StagingWarning,
+                stacklevel=2,
+            )
+        elif record["host"] == _host_tag() and not _builder_alive(int(record["pid"]), int(record["start"])):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def reader_names(readers: int) -> list[str]:
     width = len(str(readers))
     return [f"reader{index + 1:0{width}d}" for index in range(readers)]
 
 
 def build_session(
-    case_dirs: list[str | Path], readers: int, seed: int, out: str | Path, never_both: bool = False
+    case_dirs: list[str | Path],
+    readers: int,
+    seed: int,
+    out: str | Path,
+    never_both: bool = False,
+    all_versions: bool = False,
 ) -> dict:
-    """Build a session folder at `out` (must not exist or be empty); returns the key."""
+    """Build a session folder at `out` (must not exist or be empty); returns the key.
+
+    :param never_both: each reader sees one version of each patient.
+    :param all_versions: each reader sees every version of each patient (a reader who compares three
+      versions of a patient can find the real one); the default shows the real and one manipulated version.
+    """
     out = Path(out)
     if readers < 1:
         raise InputError(f"--readers must be at least 1, got {readers}.")
@@ -207,32 +342,33 @@ def build_session(
         raise InputError(f"{out} already exists and is not an empty folder.")
     items = collect_items(case_dirs)
     rng = np.random.default_rng(seed)
-    ids = _neutral_ids(rng, len(items))
-    by_id = dict(zip(ids, items, strict=True))
-    patient = {case_id: item.patient for case_id, item in by_id.items()}
+    by_id = assign_ids(items, rng)
     names = reader_names(readers)
-    if never_both:
-        ids_by_patient: dict[str, list[str]] = {}
-        for case_id in ids:
-            ids_by_patient.setdefault(patient[case_id], []).append(case_id)
-        orders = assign_never_both(ids_by_patient, readers, rng)
-    else:
-        orders = [order_without_repeats(ids, patient, rng) for _ in names]
+    orders = plan_orders(by_id, readers, rng, never_both, all_versions)
+    shown_to = {
+        case_id: [n for n, order in zip(names, orders, strict=True) if case_id in order] for case_id in by_id
+    }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    remove_abandoned_staging(out.parent)
+    building = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
     try:
+        created = datetime.now(timezone.utc).replace(microsecond=0)
         pixel_type = _common_pixel_type(items)
         (building / CASES).mkdir()
-        for case_id in sorted(by_id):
-            _write_neutral(by_id[case_id].source, building / CASES / f"{case_id}{CASE_SUFFIX}", pixel_type)
+        case_files = {case_id: building / CASES / f"{case_id}{CASE_SUFFIX}" for case_id in sorted(by_id)}
+        for path in case_files.values():
+            path.touch()  # all exist before any source is decoded: creation times tell nothing
+        for case_id, path in case_files.items():
+            _write_neutral(by_id[case_id].source, path, pixel_type)  # in place (same inode)
         for name, order in zip(names, orders, strict=True):
             write_json_atomic(building / READERS / name / ORDER, {"reader": name, "cases": order})
         key = {
             "seed": seed,
             "never_both": never_both,
+            "all_versions": all_versions,
             "readers": names,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": created.isoformat(timespec="seconds"),
             "items": {
                 case_id: {
                     "truth": by_id[case_id].truth,
@@ -242,12 +378,14 @@ def build_session(
                     "patient": by_id[case_id].patient,
                     "source": str(by_id[case_id].source.resolve()),
                     "case_folder": by_id[case_id].case_folder,
+                    "readers": shown_to[case_id],
                 }
                 for case_id in sorted(by_id)
             },
         }
         write_json_atomic(building / KEY_FILE, key)
         write_json_atomic(building / MANIFEST, {"algorithm": "sha256", "files": _checksums(building)})
+        _same_times(case_files.values(), round(created.timestamp()) * 10**9)
         building.chmod(0o755)  # mkdtemp made it private; a session is shared with readers
         if out.exists():
             out.rmdir()
@@ -255,6 +393,46 @@ def build_session(
     finally:
         shutil.rmtree(building, ignore_errors=True)
     return key
+
+
+def _same_times(paths, time_ns: int) -> None:
+    """Give every file the same access and modification time (their change times follow, in this order)."""
+    for path in paths:
+        os.utime(path, ns=(time_ns, time_ns))
+
+
+def handout(session: str | Path, reader: str, out: str | Path) -> Path:
+    """A reader's copy of an intact session at `out`: manifest, the reader's order (and ratings, if any)
+    and only the cases of that order; no key, no other reader's files or cases. Returns `out`.
+
+    Copied case files are created in ID order before any is filled and all get the time of the newest
+    original (whole seconds), so a copy of a session built before the common time was set has one too.
+    """
+    session, out = Path(session), Path(out)
+    order = load_order(session, reader)
+    problems = verify_session(session)
+    if problems:
+        raise InputError(f"{problems[0].rstrip('.')}; a reader's copy needs an intact session.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} already exists and is not an empty folder.")
+    with staged_output_dir(out) as staging:
+        shutil.copyfile(session / MANIFEST, staging / MANIFEST)
+        (staging / READERS / reader).mkdir(parents=True)
+        for name in (ORDER, RATINGS):
+            if (session / READERS / reader / name).is_file():
+                shutil.copyfile(session / READERS / reader / name, staging / READERS / reader / name)
+        (staging / CASES).mkdir()
+        copies = {
+            staging / CASES / f"{case_id}{CASE_SUFFIX}": session / CASES / f"{case_id}{CASE_SUFFIX}"
+            for case_id in sorted(order)
+        }
+        for copy in copies:
+            copy.touch()
+        for copy, original in copies.items():
+            shutil.copyfile(original, copy)  # into the existing file (same inode)
+        newest = max(original.stat().st_mtime_ns for original in copies.values())
+        _same_times(copies, newest // 10**9 * 10**9)
+    return out
 
 
 # --- manifest ---------------------------------------------------------------------------------------------

@@ -15,10 +15,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.io import sha256_file
 from AdvSegAttackLib.reader_session import ORGAN_CHOICES, ReaderSession, case_file
-from AdvSegAttackLib.session import RatingsWarning, build_session, load_key, load_order, ratings_path
+from AdvSegAttackLib.session import (
+    RatingsWarning,
+    build_session,
+    handout,
+    load_key,
+    load_order,
+    ratings_path,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -200,6 +208,36 @@ def test_a_copy_without_the_key_and_other_readers_opens(session, tmp_path):
     reader = ReaderSession.open(copy, "reader2")
     _answer_all(reader, "manipulated")
     assert reader.done
+
+
+def test_handout_holds_only_this_readers_files_and_opens(tmp_path):
+    """`advseg session handout`: the reader's order, ratings and cases; no key, no other reader's cases."""
+    session = tmp_path / "study"
+    build_session(make_cases(tmp_path), readers=2, seed=1, out=session, never_both=True)
+    order = load_order(session, "reader2")
+    assert len(order) == 3  # one version of each of the three patients
+    ReaderSession.open(session, "reader2").answer(order[0], "real", 2)
+    copy = tmp_path / "for_reader2"
+    assert main(["session", "handout", str(session), "--reader", "reader2", "--out", str(copy)]) == 0
+    files = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*") if p.is_file())
+    expected = ["manifest.json", "readers/reader2/order.json", "readers/reader2/ratings.jsonl"]
+    assert files == sorted(expected + [f"cases/{case_id}.nii" for case_id in order])
+    for case_id in order:
+        original, copied = case_file(session, case_id), case_file(copy, case_id)
+        assert copied.read_bytes() == original.read_bytes()
+        assert copied.stat().st_mtime_ns == original.stat().st_mtime_ns
+    reader = ReaderSession.open(copy, "reader2")
+    assert reader.current() == order[1]  # the answer given before the handout came along
+    _answer_all(reader)
+    assert reader.done
+    assert main(["session", "handout", str(session), "--reader", "reader2", "--out", str(copy)]) == 2
+    with pytest.raises(InputError, match="not a reader"):
+        handout(session, "reader3", tmp_path / "nobody")
+    victim = case_file(session, load_order(session, "reader1")[0])
+    victim.write_bytes(victim.read_bytes() + b"\0")
+    with pytest.raises(InputError, match="modified after the session was built; a reader's copy needs"):
+        handout(session, "reader2", tmp_path / "from_altered")
+    assert not (tmp_path / "from_altered").exists()
 
 
 # --- altered sessions -------------------------------------------------------------------------------------

@@ -13,11 +13,15 @@ from test_session import make_case, make_source
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.reader_stats import (
+    _roc_figure,
     agreement,
+    agreement_with_notes,
+    analyze,
     analyze_session,
     auc_mann_whitney,
     clopper_pearson,
     cohen_kappa,
+    collect_rows,
     fleiss_kappa,
     group_stats,
     proportion,
@@ -184,3 +188,95 @@ def test_agreement_uses_fleiss_for_three_readers_on_common_cases():
     assert result["kappa"] == pytest.approx(fleiss_kappa([[3, 0], [1, 2], [0, 3]]))
     two = agreement(rows, ["reader1", "reader2"])
     assert two["method"] == "Cohen" and two["cases"] == 4
+
+
+def test_report_has_the_session_details_and_every_answer(rated_session):
+    session, items = rated_session
+    summary = analyze_session(session)
+    details, key = summary["session"], load_key(session)
+    assert (details["created"], details["seed"]) == (key["created"], 4)
+    assert (details["cases"], details["patients"], details["readers"]) == (6, 3, 2)
+    assert details["per_attack_organ"] == [
+        {"truth": "real", "attack": "-", "organs": "-", "cases": 3},
+        {"truth": "manipulated", "attack": "pgd", "organs": "liver", "cases": 1},
+        {"truth": "manipulated", "attack": "saa", "organs": "liver", "cases": 1},
+        {"truth": "manipulated", "attack": "saa", "organs": "spleen", "cases": 1},
+    ]
+    assert sorted(c["id"] for c in details["per_case"]) == sorted(items)
+    for case in details["per_case"]:
+        truth = items[case["id"]]["truth"]
+        assert case["truth"] == truth
+        assert case["answers"]["reader1"] == {"answer": truth, "confidence": 3, "seconds": 10.0}
+        assert case["answers"]["reader2"] == {"answer": "real", "confidence": 3, "seconds": 10.0}
+    # the versions of one patient are listed together, under a neutral patient label
+    patients = [c["patient"] for c in details["per_case"]]
+    assert patients == sorted(patients) and set(patients) == {"P1", "P2", "P3"}
+    note = summary["agreement"]["note"]
+    assert "reader2 gave the same answer (real) to every case" in note and "is 0 whatever" in note
+    for page in ("report.md", "report.html"):
+        text = (session / "report" / page).read_text(encoding="utf-8")
+        assert f"Session built {key['created']} (seed 4): 6 cases of 3 patients, 2 readers" in text
+        assert "Cases per attack and organ" in text and "Answers per case" in text
+        assert "reader2 gave the same answer (real) to every case" in text
+        for case in details["per_case"]:
+            assert case["id"] in text
+        assert text.count("manipulated (confidence 3, 10.0 s)") == 3  # reader1 on the manipulated cases
+
+
+def test_report_tells_unanswered_from_not_shown(tmp_path):
+    cases = [
+        make_case(tmp_path / f"case{i}", make_source(tmp_path / f"src{i}.nii.gz", i), "pgd", {"liver": 6})
+        for i in range(2)
+    ]
+    session = tmp_path / "session"
+    build_session(cases, readers=2, seed=1, out=session, never_both=True)
+    order = load_order(session, "reader1")
+    ratings_path(session, "reader1").write_text(
+        json.dumps({"case_id": order[0], "answer": "real", "confidence": 2, "seconds": 3.0}) + "\n",
+        encoding="utf-8",
+    )
+    details = analyze_session(session)["session"]
+    assert "never-both" in details["mode"]
+    cells = {c["id"]: c["answers"] for c in details["per_case"]}
+    # never-both: each reader has one version of each patient, the other reader the other one
+    assert cells[order[0]] == {"reader1": {"answer": "real", "confidence": 2, "seconds": 3.0}}
+    assert cells[order[1]] == {"reader1": None}
+    assert [cells[i] for i in cells if i not in order] == [{"reader2": None}] * 2
+    page = (session / "report" / "report.md").read_text(encoding="utf-8")
+    assert "not shown" in page and "not answered" in page
+
+
+def test_kappa_notes():
+    rows = [
+        {"case_id": c, "reader": r, "answer": "real"} for c in ("a", "b", "c") for r in ("reader1", "reader2")
+    ]
+    undefined = agreement_with_notes(rows, ["reader1", "reader2"])
+    assert undefined["kappa"] is None and "undefined" in undefined["note"]
+    rows[0]["answer"] = "manipulated"  # reader1 varies, reader2 does not
+    zero = agreement_with_notes(rows, ["reader1", "reader2"])
+    assert zero["kappa"] == 0 and zero["note"].startswith("reader2 gave the same answer (real)")
+    assert "reader1" not in zero["note"]
+    assert agreement_with_notes(rows, ["reader1"])["note"] == "not available: one reader"
+    given = [("a", "real", "real"), ("b", "manipulated", "manipulated"), ("c", "real", "manipulated")]
+    varied = [{"case_id": c, "reader": "x", "answer": x} for c, x, _ in given]
+    varied += [{"case_id": c, "reader": "y", "answer": y} for c, _, y in given]
+    assert "note" not in agreement_with_notes(varied, ["x", "y"])
+
+
+def test_roc_legend_is_beside_the_curves(rated_session):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    session, _ = rated_session
+    rows, readers, _ = collect_rows(session)
+    summary = analyze(rows, readers)
+    figure = _roc_figure(rows, summary, readers)
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    axes = figure.axes[0]
+    legend = axes.get_legend()
+    assert not legend.get_window_extent(renderer).overlaps(axes.get_window_extent(renderer))
+    assert figure.bbox.contains(*legend.get_window_extent(renderer).p1)  # not cut off
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["reader1 (AUC 1.000)", "reader2 (AUC 0.500)", "pooled (AUC 0.750)", "chance"]
+    assert min(t.get_fontsize() for t in legend.get_texts()) >= 8

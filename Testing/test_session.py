@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -34,9 +35,10 @@ from AdvSegAttackLib.session import (
 REPO = Path(__file__).resolve().parent.parent
 
 
-def make_source(path: Path, seed: int) -> Path:
+def make_source(path: Path, seed: int, shape: tuple[int, int, int] = (6, 8, 7)) -> Path:
+    """A random int16 CT-like volume of `shape` (z, y, x) with a description in its header."""
     rng = np.random.default_rng(seed)
-    image = sitk.GetImageFromArray(rng.integers(-200, 300, (6, 8, 7)).astype(np.int16))
+    image = sitk.GetImageFromArray(rng.integers(-200, 300, shape).astype(np.int16))
     image.SetSpacing((1.5, 1.5, 3.0))
     image.SetOrigin((10.0, -5.0, 2.0))
     image.SetMetaData("descrip", f"patient {seed} original")
@@ -104,8 +106,15 @@ def test_layout_key_apart_and_neutral_volumes(session):
     assert len(headers) == 1
     sizes = {(session / "cases" / f"{case_id}.nii").stat().st_size for case_id in items}
     assert len(sizes) == 1, "file sizes must not tell real from manipulated"
+    shown = set()
     for name in key["readers"]:
-        assert sorted(load_order(session, name)) == sorted(items)
+        order = load_order(session, name)
+        shown.update(order)
+        # every patient's real volume and one of its manipulated versions (patient 0 has two)
+        assert sorted(items[c]["truth"] for c in order) == ["manipulated"] * 4 + ["real"] * 4
+        assert len({items[c]["patient"] for c in order if items[c]["truth"] == "manipulated"}) == 4
+        assert all(name in items[c]["readers"] for c in order)
+    assert shown == set(items)  # two readers: both versions of patient 0 are shown
     # IDs are random, not ordered by kind
     ordered = sorted(items)
     truths = [items[i]["truth"] for i in ordered]
@@ -184,6 +193,40 @@ def test_manifest_detects_changes(cases, tmp_path):
     assert any("modified" in p and victim.name in p for p in problems)
     assert any("order.json" in p for p in problems) and any("added" in p for p in problems)
     assert main(["session", "verify", str(out)]) == 2
+
+
+def _glibc() -> bool:
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+@pytest.mark.skipif(not _glibc(), reason="MALLOC_MMAP_THRESHOLD_ is a glibc setting")
+def test_build_reads_no_freed_image(tmp_path):
+    """`session build` read a view of an image freed at once (use-after-free, exit 139 in the issue).
+
+    With MALLOC_MMAP_THRESHOLD_ at 64 KiB glibc gives every freed volume buffer back to the
+    system at once (here 590 kB each), so reading freed voxels is a segmentation fault, not stale memory.
+    """
+    cases = [
+        make_case(tmp_path / f"case{i}", make_source(tmp_path / f"src{i}.nii.gz", i, (32, 96, 96)), "pgd", {})
+        for i in range(2)
+    ]
+    out = tmp_path / "S"
+    # the build alone, without the command line's torch import (slow with this allocator setting)
+    build = "import sys; from AdvSegAttackLib.session import build_session as b; b(sys.argv[2:], 2, 1, sys.argv[1])"
+    result = subprocess.run(
+        [sys.executable, "-c", build, str(out), *map(str, cases)],
+        env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert verify_session(out) == [] and not list(tmp_path.glob(".S.building-*"))
+    key = load_key(out)
+    real = next(i for i, item in key["items"].items() if item["truth"] == "real" and "src0" in item["source"])
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "cases" / f"{real}.nii")))
+    assert np.array_equal(written, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "src0.nii.gz"))))
 
 
 def test_cli_build_and_verify(cases, tmp_path, capsys):
@@ -298,3 +341,97 @@ def test_two_readers_appending_at_once(fresh):
         records = [json.loads(line) for line in lines]
         assert {r["reader"] for r in records} == {reader}
         assert [r["case_id"] for r in records] == load_order(fresh, reader)
+
+
+# --- interrupted builds -------------------------------------------------------------------------------------
+
+BUILDER = textwrap.dedent(
+    """
+    import sys
+    from AdvSegAttackLib.session import build_session
+    build_session(sys.argv[2:], readers=2, seed=0, out=sys.argv[1], never_both=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def heavy_cases(tmp_path_factory) -> list[Path]:
+    """Two patients attacked four times each, 1.5 MB volumes: a build takes about a second."""
+    root = tmp_path_factory.mktemp("heavy")
+    cases = []
+    for index in range(2):
+        source = make_source(root / f"source{index}.nii.gz", index, (48, 128, 128))
+        cases += [make_case(root / f"case{index}{a}", source, "pgd", {}) for a in range(4)]
+    return cases
+
+
+def _builder_in_progress(out: Path, cases: list[Path]) -> tuple[subprocess.Popen, Path]:
+    """A `build_session` process and its staging folder, caught while it writes the case files."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", BUILDER, str(out), *map(str, cases)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        for staging in out.parent.glob(f".{out.name}.building-*"):
+            if (staging / "cases").is_dir() and any((staging / "cases").iterdir()):
+                return process, staging
+        time.sleep(0.002)
+    process.kill()
+    process.wait()
+    pytest.fail(f"the build of {out} ended (exit {process.returncode}) before it was caught in progress")
+
+
+def test_killed_build_leaves_no_staging_folder_after_the_next_build(heavy_cases, cases, tmp_path):
+    process, staging = _builder_in_progress(tmp_path / "A", heavy_cases)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
+    assert staging.is_dir() and not (tmp_path / "A").exists()  # SIGKILL runs no clean-up
+    build_session(
+        cases, readers=1, seed=0, out=tmp_path / "B", never_both=True
+    )  # another session, same folder
+    assert not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B"]
+    assert verify_session(tmp_path / "B") == []
+
+
+def test_staging_folder_of_a_live_builder_is_kept(heavy_cases, cases, tmp_path):
+    process, staging = _builder_in_progress(tmp_path / "C", heavy_cases)
+    os.kill(process.pid, signal.SIGSTOP)  # alive but not progressing while the other build runs
+    try:
+        build_session(cases, readers=1, seed=0, out=tmp_path / "D", never_both=True)
+        assert staging.is_dir()
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert process.wait(timeout=120) == 0
+    assert verify_session(tmp_path / "C") == [] and verify_session(tmp_path / "D") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["C", "D"]
+
+
+def test_which_staging_folders_are_removed(tmp_path):
+    import psutil
+
+    from AdvSegAttackLib.session import StagingWarning, _host_tag, remove_abandoned_staging
+
+    me = psutil.Process()
+    started = round(me.create_time() * 100)
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    dead_pid = int(finished.stdout)
+    host = _host_tag()
+    other_host = f"{(int(host, 16) + 1) % 16**8:08x}"
+    folders = {
+        "alive": f".S.building-{host}-{me.pid}-{started}-ab12_x",
+        "dead": f".S.building-{host}-{dead_pid}-{started}-cd34_y",
+        "pid reused": f".T.building-{host}-{me.pid}-{started - 500}-ef56_z",
+        "other computer": f".S.building-{other_host}-{dead_pid}-{started}-gh78_w",
+        "no record": ".S.building-k2j4h5g6",
+    }
+    for name in folders.values():
+        (tmp_path / name / "cases").mkdir(parents=True)
+    (tmp_path / ".S.building-file").write_bytes(b"")  # not a folder: left alone
+    with pytest.warns(StagingWarning, match="without a builder record"):
+        removed = remove_abandoned_staging(tmp_path)
+    assert sorted(p.name for p in removed) == sorted([folders["dead"], folders["pid reused"]])
+    kept = {p.name for p in tmp_path.iterdir()}
+    assert kept == {folders["alive"], folders["other computer"], folders["no record"], ".S.building-file"}
