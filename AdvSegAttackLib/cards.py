@@ -195,18 +195,41 @@ def load_card(source: str | Path) -> ModelCard:
     return ModelCard.from_dict(data, path=path)
 
 
-def _unpickle_free_load(path: Path) -> object:
+# torch.load(weights_only=True) could run code from a crafted file before 2.6 (CVE-2025-32434) and corrupt
+# memory before 2.10 (CVE-2026-24747); older torch builds read only safetensors.
+SAFE_WEIGHTS_ONLY_TORCH = (2, 10)
+
+
+def load_weights_only(path: Path, torch_version: str = torch.__version__) -> object:
+    """A pickle-based PyTorch file (checkpoint, .pth, train state) read by torch's weights-only unpickler.
+
+    The one place the engine calls `torch.load`: tensors, numbers, strings and containers only, never a
+    Python object; refused on torch builds whose weights-only loader has known code-execution flaws.
+    """
+    from torch.torch_version import TorchVersion
+
+    if TorchVersion(torch_version) < SAFE_WEIGHTS_ONLY_TORCH:
+        raise InputError(
+            f"{path} is a pickle-based PyTorch file, which torch {torch_version} cannot read safely (its "
+            "weights-only loader has known code-execution flaws, fixed in 2.10); upgrade torch or convert "
+            "the file to safetensors."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "global" in str(error):  # torch names the class or function it would have had to import
+            raise InputError(
+                f"{path} needs unpickling of Python objects to load, which could run code; "
+                "refused (save a plain state_dict or safetensors instead)."
+            ) from None
         raise InputError(
-            f"{path} needs unpickling of Python objects to load, which could run code; "
-            "refused (save a plain state_dict or safetensors instead)."
+            f"{path} is not a readable weights-only PyTorch file (damaged or not PyTorch)."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise InputError(
-            f"{path} is not a readable PyTorch checkpoint ({str(error).splitlines()[0][:160]})."
-        ) from None
+    except (
+        Exception
+    ) as error:  # torch's unpickler raises many kinds on damaged files (IndexError, EOFError...)
+        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path} is not a readable weights-only PyTorch file ({detail}).") from None
 
 
 def _state_dict_from_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -498,20 +521,35 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+TRUST_TORCHSCRIPT_HELP = (
+    "accept a TorchScript --model: TorchScript is a program that runs with your rights as soon as it is "
+    "loaded, so give this only for a file from an author you trust (default: refused)"
+)
+
+
+def add_trust_torchscript_argument(parser) -> None:
+    """`--trust-torchscript` on an argparse parser of a command that takes a model."""
+    parser.add_argument("--trust-torchscript", action="store_true", help=TRUST_TORCHSCRIPT_HELP)
+
+
 def load_model(
-    source: str | Path, card: str | Path | ModelCard | None = None, device: str | torch.device = "cpu"
+    source: str | Path,
+    card: str | Path | ModelCard | None = None,
+    device: str | torch.device = "cpu",
+    trust_torchscript: bool = False,
 ) -> tuple[ModelCard, torch.nn.Module]:
     """(card, network in eval mode on `device`) from a card, bundled name, checkpoint, bundle or TorchScript.
 
     `card` (a card file, bundled name, preset name or ModelCard) describes checkpoints and TorchScript files,
-    which carry no preprocessing of their own.
+    which carry no preprocessing of their own. A TorchScript file is code: it is refused unless
+    `trust_torchscript` (the `--trust-torchscript` flag) says its author is trusted.
     """
     path = Path(source)
     given = card if isinstance(card, ModelCard) or card is None else load_card(card)
     if path.is_dir() and (path / "configs").is_dir() and not (path / CARD_FILE).is_file():
         model_card, weights = _bundle_card(path)
         network = model_card.build_network()
-        _load_state(network, _state_dict_from_checkpoint(_unpickle_free_load(weights), weights), weights)
+        _load_state(network, _state_dict_from_checkpoint(load_weights_only(weights), weights), weights)
     elif path.suffix.lower() in (".pt", ".pth", ".ckpt", ".ts") and path.is_file():
         if given is None:
             raise InputError(
@@ -519,6 +557,11 @@ def load_model(
             )
         model_card = given
         if _is_torchscript(path):
+            if not trust_torchscript:
+                raise InputError(
+                    f"{path} is a TorchScript file, a program that runs with your rights when loaded; it is "
+                    "refused unless you trust its author and give --trust-torchscript."
+                )
             try:
                 network = TorchScriptModel(torch.jit.load(str(path), map_location="cpu"))
             except RuntimeError as error:
@@ -527,7 +570,7 @@ def load_model(
                 ) from None
         else:
             network = model_card.build_network()
-            _load_state(network, _state_dict_from_checkpoint(_unpickle_free_load(path), path), path)
+            _load_state(network, _state_dict_from_checkpoint(load_weights_only(path), path), path)
         model_card.weights = path.name
     else:
         model_card = load_card(source)

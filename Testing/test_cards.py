@@ -10,7 +10,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from AdvSegAttackLib.cards import PRESETS, ModelCard, load_card, load_model, save_model
+from AdvSegAttackLib.cards import (
+    PRESETS,
+    TRUST_TORCHSCRIPT_HELP,
+    ModelCard,
+    load_card,
+    load_model,
+    load_weights_only,
+    save_model,
+)
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.io import write_image
@@ -106,6 +114,25 @@ def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):
         load_model(path, card=small_card())
 
 
+def test_pickle_based_files_are_refused_on_torch_with_a_flawed_weights_only_loader(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save(small_card().build_network().state_dict(), path)
+    assert isinstance(load_weights_only(path), dict)
+    with pytest.raises(InputError, match=r"model.pt is a pickle-based PyTorch file.*torch 2.5.1.*2.10"):
+        load_weights_only(path, torch_version="2.5.1")
+    path.write_text("version https://git-lfs.github.com/spec/v1\n", encoding="utf-8")  # an LFS pointer
+    with pytest.raises(InputError, match=r"model.pt is not a readable weights-only PyTorch file"):
+        load_weights_only(path)
+
+
+@pytest.mark.parametrize("command", ["segment", "attack", "demo", "train", "attack-dataset", "evaluate"])
+def test_every_command_that_takes_a_model_offers_the_trust_flag_and_says_the_risk(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "--trust-torchscript" in capsys.readouterr().out.replace("\n", " ")
+    assert "runs with your rights" in TRUST_TORCHSCRIPT_HELP
+
+
 def test_checkpoint_keys_that_do_not_fit_are_named(tmp_path):
     other = small_card(
         arguments={"channels": [4, 8, 32], "strides": [2, 2], "num_res_units": 1}
@@ -136,13 +163,46 @@ def test_unetr_checkpoint_from_older_monai_without_norm_cross_attn_loads(tmp_pat
     assert torch.equal(outputs(network), outputs(loaded))
 
 
-def test_torchscript_file_loads_with_a_card(tmp_path):
+class SelfRunning(torch.nn.Module):
+    """A TorchScript module whose `__setstate__` (run by torch.jit.load) prints: a TorchScript file is code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.ones(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.scale, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        print("code in the TorchScript file ran")
+        self.scale = state[0]
+        self.training = state[1]
+
+
+def test_torchscript_is_refused_unless_trusted_and_then_loads(tmp_path, capfd):
+    path = tmp_path / "model.pt"
+    torch.jit.script(SelfRunning()).save(str(path))
+    with pytest.raises(InputError, match="TorchScript file.*--trust-torchscript"):
+        load_model(path, card=small_card())
+    image = write_image(sitk.Image([24, 24, 24], sitk.sitkInt16), tmp_path / "ct.nii.gz")
+    args = ["segment", "--image", str(image), "--model", str(path), "--card", "btcv-unet", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    captured = capfd.readouterr()
+    assert "--trust-torchscript" in captured.err and "ran" not in captured.out
+    assert not (tmp_path / "out").exists()
+    load_model(path, card=small_card(), trust_torchscript=True)
+    assert "code in the TorchScript file ran" in capfd.readouterr().out  # what the refusal protects from
+
     card = small_card()
     network = card.build_network().eval()
     traced = torch.jit.trace(network, torch.zeros(1, 1, 16, 16, 16))
-    path = tmp_path / "model.ts"
-    traced.save(str(path))
-    _, loaded = load_model(path, card=card)
+    traced.save(str(tmp_path / "model.ts"))
+    _, loaded = load_model(tmp_path / "model.ts", card=card, trust_torchscript=True)
     assert torch.allclose(outputs(network), outputs(loaded), atol=1e-6)
 
 
