@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ from .io import (
     IMAGE_SUFFIXES,
     full_suffix,
     read_image,
+    read_label,
+    same_grid,
     sha256_file,
     write_image,
     write_json_atomic,
@@ -190,6 +193,7 @@ STALE_PIXEL_ATTRIBUTES = (
     "IconImageSequence",
 )
 MANIPULATED_NOTE = "Adversarially manipulated by AdvSegAttack: not for clinical use"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @dataclass(frozen=True)
@@ -244,6 +248,19 @@ def _ds_text(value: float) -> str:
         if len(text) <= 16:
             return text
     raise ValueError(f"{value!r} does not fit a DICOM decimal string")
+
+
+def sop_class_uid(dataset) -> tuple[str, str | None]:
+    """The slice's SOP Class UID and, when its own is missing or empty (real archives hold such series), what
+    replaced it: the file meta's MediaStorageSOPClassUID, else CT Image Storage."""
+    own = str(dataset.get("SOPClassUID", "") or "").strip()
+    if own:
+        return own, None
+    meta = getattr(dataset, "file_meta", None)
+    stored = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
+    if stored:
+        return stored, "the file meta's MediaStorageSOPClassUID"
+    return CT_IMAGE_STORAGE, "CT Image Storage"
 
 
 def remove_phi(dataset, new_uid: Callable[[str], str], patient_id: str) -> None:
@@ -359,7 +376,7 @@ def write_dicom_series(
         )
     source_image = read_image(source_folder) if source_image is None else source_image
     _check_same_grid(adversarial, source_image, source_folder)
-    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)  # force: files without file meta
     if phi == "remove" and str(first.get("BurnedInAnnotation", "")).upper() == "YES":
         raise InputError(
             f"{source_folder} declares burned-in annotation (0028,0301 YES): --phi remove cannot remove "
@@ -379,15 +396,23 @@ def write_dicom_series(
     patient_id = "ADVSEG-" + hashlib.sha256(study_uid.encode()).hexdigest()[:8].upper()
     out_folder.mkdir(parents=True, exist_ok=True)
     rows, columns = adversarial.GetSize()[1], adversarial.GetSize()[0]
+    replacements = 0  # slices whose SOPClassUID was empty
     for k, path in enumerate(files):
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         shape = (dataset.get("Rows"), dataset.get("Columns"))
         if int(dataset.get("NumberOfFrames", 1) or 1) != 1 or shape != (rows, columns):
             raise InputError(f"{path} is not a single {columns}x{rows} slice of the attacked volume's grid.")
         position = np.array([float(v) for v in dataset.ImagePositionPatient])
         if not np.allclose(position, source_image.TransformIndexToPhysicalPoint((0, 0, k)), atol=1e-3):
             raise InputError(f"{path}: its ImagePositionPatient is not that of slice {k} of {source_folder}.")
-        source_sop = (str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
+        sop_class, replaced_by = sop_class_uid(dataset)
+        if replaced_by and not replacements:
+            print(
+                f"advseg: {path}: SOPClassUID is empty; written as {replaced_by} ({sop_class}).",
+                file=sys.stderr,
+            )
+        replacements += bool(replaced_by)
+        source_sop = (sop_class, str(dataset.get("SOPInstanceUID", "")))
         for keyword in STALE_PIXEL_ATTRIBUTES:
             if keyword in dataset:
                 delattr(dataset, keyword)
@@ -397,6 +422,7 @@ def write_dicom_series(
             reference = pydicom.Dataset()
             reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source_sop
             dataset.SourceImageSequence = [reference]
+        dataset.SOPClassUID = sop_class
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
         dataset.SOPInstanceUID = generate_uid()
         image_type = list(dataset.get("ImageType", []) or [])
@@ -434,6 +460,8 @@ def write_dicom_series(
         "study_instance_uid": study_uid,
         "series_instance_uid": series_uid,
         "series_description": description.short,
+        "sop_class_uid": sop_class,
+        "sop_class_replaced_in_slices": replacements,
         "stored_as": "int16" if encoding.signed else "uint16",
         "rescale_slope": encoding.slope,
         "rescale_intercept": encoding.intercept,
@@ -481,6 +509,38 @@ def _default_dicom_source(case: CaseFolder, provenance: dict) -> Path:
             f"{case.provenance}); give the original series with --dicom-source DIR."
         )
     return source
+
+
+def _read_case_files(case: CaseFolder, phi: str) -> tuple[dict, dict, sitk.Image]:
+    """(provenance, metrics, adversarial volume) after reading every file the bundle will hold.
+
+    Each label map (NIfTI and .seg.nrrd, through the engine's readers) must be one on the adversarial
+    volume's grid, the JSON files objects, and the preview (copied with --phi keep) a readable PNG; anything
+    else is an InputError naming the file, before anything is written.
+    """
+    documents = []
+    for path in (case.provenance, case.metrics):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise InputError(f"{path} is not valid JSON ({error}).") from None
+        if not isinstance(documents[-1], dict):
+            raise InputError(f"{path} is not a JSON object.")
+    adversarial = read_image(case.adversarial)
+    for path in (case.pred_clean_nifti, case.pred_clean_seg, case.pred_adv_nifti, case.pred_adv_seg):
+        if not same_grid(read_label(path, allow_empty=True), adversarial, GRID_TOLERANCE_MM):
+            raise InputError(
+                f"{path} is not on the grid of {case.adversarial} (size, spacing, origin, direction)."
+            )
+    if phi == "keep" and case.preview.is_file():
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(case.preview) as png:
+                png.verify()
+        except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as error:
+            raise InputError(f"{case.preview} is not a readable PNG image ({error}).") from None
+    return documents[0], documents[1], adversarial
 
 
 def _check_same_grid(adversarial: sitk.Image, source: sitk.Image, folder: Path) -> None:
@@ -627,13 +687,7 @@ def export_case(
             "--dicom-source is only used with --format dicom; add dicom to --format or leave it out."
         )
     case = read_case(case_dir)
-    try:
-        provenance = case.load_provenance()
-        metrics = case.load_metrics()
-    except ValueError as error:
-        raise InputError(
-            f"{case.root}: provenance.json or metrics.json is not valid JSON ({error})."
-        ) from None
+    provenance, metrics, adversarial = _read_case_files(case, phi)
     out = Path(out_dir)
     protected = {_resolve(case.root): "the case folder"}
     for key, what in (("input", "the attack's input"), ("reference_label", "the reference label")):
@@ -651,7 +705,6 @@ def export_case(
         source_folder = (
             Path(dicom_source) if dicom_source is not None else _default_dicom_source(case, provenance)
         )
-    adversarial = read_image(case.adversarial)
     source_image = read_image(source_folder) if source_folder is not None else None
     if source_folder is not None:
         _check_same_grid(adversarial, source_image, source_folder)

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,12 @@ from AdvSegAttackLib.export import (
     PHI_REMOVE,
     encode_pixels,
     export_case,
+    sop_class_uid,
 )
-from AdvSegAttackLib.io import read_image, sha256_file, write_image
+from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
 PHI = {
     "PatientName": "DOE^JANE",
     "PatientID": "MRN-0042",
@@ -67,8 +70,29 @@ def oblique_crop(real_ct_small: Path) -> sitk.Image:
     return image
 
 
-def write_ct_series(image: sitk.Image, folder: Path, implicit_vr: bool = False) -> Path:
-    """A CT series as a scanner writes it: uint16 stored = HU + 2048, PHI, a private tag, shuffled file names."""
+def save_dicom(ds: pydicom.Dataset, path: Path, implicit_vr: bool = False, file_format: bool = True) -> None:
+    """Write `ds` with pydicom 3 or 2 (as in Slicer 5.10); `file_format=False`: no preamble, no file meta."""
+    if PYDICOM_3 and file_format:
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    elif PYDICOM_3:
+        pydicom.dcmwrite(path, ds, implicit_vr=implicit_vr, little_endian=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit_vr, True
+        pydicom.dcmwrite(path, ds, write_like_original=not file_format)
+
+
+def write_ct_series(
+    image: sitk.Image,
+    folder: Path,
+    implicit_vr: bool = False,
+    file_meta: bool = True,
+    edit: Callable[[pydicom.Dataset], None] | None = None,
+) -> Path:
+    """A CT series as a scanner writes it: uint16 stored = HU + 2048, PHI, a private tag, shuffled file names.
+
+    `file_meta=False` writes bare data sets (no preamble, no file meta, as old archives hold); `edit` changes
+    each data set before it is written.
+    """
     folder.mkdir(parents=True)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
@@ -97,14 +121,18 @@ def write_ct_series(image: sitk.Image, folder: Path, implicit_vr: bool = False) 
         ds.SmallestImagePixelValue = 0
         ds.BurnedInAnnotation = "NO"
         ds.PixelData = (voxels[k].astype(np.int32) + 2048).astype("<u2").tobytes()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
-            CT_IMAGE_STORAGE,
-            ds.SOPInstanceUID,
-        )
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
+        ds["PixelData"].VR = "OW"
+        if file_meta:
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
+                CT_IMAGE_STORAGE,
+                ds.SOPInstanceUID,
+            )
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
+        if edit:
+            edit(ds)
         name = hashlib.sha256(ds.SOPInstanceUID.encode()).hexdigest()[:10]  # file order != slice order
-        pydicom.dcmwrite(folder / f"{name}.dcm", ds, enforce_file_format=True)
+        save_dicom(ds, folder / f"{name}.dcm", implicit_vr, file_format=file_meta)
     return folder
 
 
@@ -381,3 +409,76 @@ def test_pixel_encoding_is_exact_for_integers_and_bounded_otherwise():
 def test_phi_attribute_lists_name_real_dicom_attributes():
     unknown = [k for k in (*PHI_EMPTY, *PHI_REMOVE) if tag_for_keyword(k) is None]
     assert unknown == []
+
+
+AWKWARD = {
+    # real archives: the crash of issue 12 was an empty SOPClassUID, in both --phi modes
+    "empty SOPClassUID": {"edit": lambda ds: setattr(ds, "SOPClassUID", "")},
+    "no file meta, implicit VR": {"file_meta": False, "implicit_vr": True},
+    "no PatientName": {"edit": lambda ds: delattr(ds, "PatientName")},
+}
+
+
+@pytest.mark.parametrize("phi", ["remove", "keep"])
+@pytest.mark.parametrize("kind", sorted(AWKWARD))
+def test_awkward_archive_series_export_exactly(kind, phi, made, real_ct_small, tmp_path, capsys):
+    series = write_ct_series(oblique_crop(real_ct_small), tmp_path / "source", **AWKWARD[kind])
+    bundle = tmp_path / "bundle"
+    manifest = export_case(made["case"], bundle, ["dicom"], dicom_source=series, phi=phi)
+    log = capsys.readouterr().err
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(read_image(bundle / DICOM_FOLDER)),
+        sitk.GetArrayFromImage(read_image(made["case"] / "adversarial.nii.gz")),
+    )
+    for ds in dicom_files(bundle):
+        assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == CT_IMAGE_STORAGE
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert ds.ImageComments.startswith("Adversarially manipulated")
+    assert manifest["dicom"]["sop_class_uid"] == CT_IMAGE_STORAGE
+    if kind == "empty SOPClassUID":
+        assert manifest["dicom"]["sop_class_replaced_in_slices"] == 12
+        assert "SOPClassUID is empty; written as the file meta's MediaStorageSOPClassUID" in log
+    else:
+        assert manifest["dicom"]["sop_class_replaced_in_slices"] == 0 and "SOPClassUID" not in log
+
+
+def test_sop_class_falls_back_to_file_meta_then_ct_image_storage():
+    """GDCM cannot place the slices of a series without file meta and SOP class (so it never gets here);
+    the last fallback is for data sets read without either."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT: kept as it is
+    assert sop_class_uid(ds) == ("1.2.840.10008.5.1.4.1.1.2.1", None)
+    ds.SOPClassUID = ""
+    assert sop_class_uid(ds) == (CT_IMAGE_STORAGE, "CT Image Storage")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    assert sop_class_uid(ds) == ("1.2.840.10008.5.1.4.1.1.7", "the file meta's MediaStorageSOPClassUID")
+    del ds.SOPClassUID
+    assert sop_class_uid(ds)[0] == "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_linked_corrupt_or_misplaced_case_files_are_refused_and_nothing_written(made, tmp_path, capsys):
+    case = Path(shutil.copytree(made["case"], tmp_path / "case"))
+    out = tmp_path / "bundle"
+    listing = sorted(tmp_path.iterdir())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("an arbitrary file of the user", encoding="utf-8")
+    good = (case / "pred_clean.seg.nrrd").read_bytes()
+
+    (case / "pred_clean.seg.nrrd").unlink()
+    (case / "pred_clean.seg.nrrd").symlink_to(secret)
+    assert "pred_clean.seg.nrrd is a symbolic link" in error_of(capsys, str(case), "--out", str(out))
+    (case / "pred_clean.seg.nrrd").unlink()
+
+    (case / "pred_clean.seg.nrrd").write_bytes(good[: len(good) // 2])  # truncated
+    assert "pred_clean.seg.nrrd could not be read" in error_of(capsys, str(case), "--out", str(out))
+
+    label = read_image(made["case"] / "pred_clean.nii.gz")[:, :, :6]
+    write_segmentation(label, case / "pred_clean.seg.nrrd", ["background", "spleen"], [[0, 0, 0], [1, 2, 3]])
+    message = error_of(capsys, str(case), "--out", str(out))
+    assert "pred_clean.seg.nrrd is not on the grid of" in message and "adversarial.nii.gz" in message
+    (case / "pred_clean.seg.nrrd").write_bytes(good)
+
+    (case / "pred_adv.nii.gz").write_bytes((made["case"] / "pred_adv.nii.gz").read_bytes()[:200])
+    assert "pred_adv.nii.gz" in error_of(capsys, str(case), "--out", str(out), "--phi", "keep")
+    assert not out.exists() and sorted(p for p in tmp_path.iterdir() if p != secret) == listing
