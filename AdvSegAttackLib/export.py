@@ -19,6 +19,7 @@ stored values give back the attacked HU exactly). Nothing is ever written into t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -58,129 +59,41 @@ REMOVED = "(removed by --phi remove)"
 GRID_TOLERANCE_MM = 1e-3  # NIfTI keeps the affine in float32: ~1e-5 mm error at 1 m from the origin
 
 # --- DICOM de-identification (--phi remove) ------------------------------------------------------------------
-# Actions of the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile for the attributes this
-# module touches. Z: kept but emptied (type 2 in the CT IOD); X: removed; U: UIDs replaced (see `remove_phi`).
-PHI_DUMMY = {"PatientName": "ANONYMIZED"}  # PatientID gets a random "ADVSEG-…" value per export
-PHI_EMPTY = (
-    "PatientBirthDate",
-    "PatientSex",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ContentDate",
-    "ContentTime",
-)
-PHI_REMOVE = (
-    # patient
-    "PatientBirthTime",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientMotherBirthName",
-    "PatientBirthName",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "OtherPatientIDsSequence",
-    "IssuerOfPatientID",
-    "MilitaryRank",
-    "BranchOfService",
-    "MedicalRecordLocator",
-    "EthnicGroup",
-    "Occupation",
-    "AdditionalPatientHistory",
-    "PatientComments",
-    "PregnancyStatus",
-    "LastMenstrualDate",
-    "PatientReligiousPreference",
-    "CountryOfResidence",
-    "RegionOfResidence",
-    "CurrentPatientLocation",
-    "PatientState",
-    "PatientInsurancePlanCodeSequence",
-    "MedicalAlerts",
-    "Allergies",
-    "SmokingStatus",
-    "ResponsiblePerson",
-    "ResponsibleOrganization",
-    "ReferencedPatientSequence",
-    "AdmissionID",
-    "AdmittingDiagnosesDescription",
-    "AdmittingDiagnosesCodeSequence",
-    # institution, staff, equipment
-    "InstitutionName",
-    "InstitutionAddress",
-    "InstitutionalDepartmentName",
-    "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers",
-    "ReferringPhysicianIdentificationSequence",
-    "PhysiciansOfRecord",
-    "PhysiciansOfRecordIdentificationSequence",
-    "PerformingPhysicianName",
-    "PerformingPhysicianIdentificationSequence",
-    "NameOfPhysiciansReadingStudy",
-    "PhysiciansReadingStudyIdentificationSequence",
-    "OperatorsName",
-    "OperatorIdentificationSequence",
-    "RequestingPhysician",
-    "RequestingService",
-    "ScheduledPerformingPhysicianName",
-    "StationName",
-    "DeviceSerialNumber",
-    "DetectorID",
-    "PerformedLocation",
-    "PerformedStationName",
-    "PerformedStationAETitle",
-    # study, request, procedure (free text and references to the original study)
-    "StudyDescription",
-    "SeriesDescription",
-    "ProtocolName",
-    "ImageComments",
-    "DerivationDescription",
-    "AcquisitionComments",
-    "RequestedProcedureDescription",
-    "RequestedProcedureID",
-    "ReasonForStudy",
-    "ReasonForTheRequestedProcedure",
-    "RequestAttributesSequence",
-    "PerformedProcedureStepID",
-    "PerformedProcedureStepDescription",
-    "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime",
-    "PerformedProcedureStepEndDate",
-    "PerformedProcedureStepEndTime",
-    "ScheduledProcedureStepDescription",
-    "ScheduledProcedureStepID",
-    "FillerOrderNumberImagingServiceRequest",
-    "PlacerOrderNumberImagingServiceRequest",
-    "ReferencedStudySequence",
-    "ReferencedPerformedProcedureStepSequence",
-    "ReferencedImageSequence",
-    "SourceImageSequence",
-    # dates and times other than the emptied ones
-    "SeriesDate",
-    "SeriesTime",
-    "AcquisitionDate",
-    "AcquisitionTime",
-    "AcquisitionDateTime",
-    "InstanceCreationDate",
-    "InstanceCreationTime",
-    "OverlayDate",
-    "OverlayTime",
-    "CurveDate",
-    "CurveTime",
-    "TimezoneOffsetFromUTC",
-)
+# The Basic Application Level Confidentiality Profile of DICOM PS3.15 Annex E: the actions of Table E.1-1's
+# "Basic Profile" column, taken from the maintained copy of the table in `dicom-anonymizer` (Kitware, BSD-3),
+# applied by `remove_phi` (its own engine keeps one UID map per process and does not clean nested data).
+PROFILE_TABLE = "dicomfields_2026c"  # the table as of DICOM 2026c
+PROFILE_ACTIONS = {
+    "D_TAGS": "D",
+    "Z_TAGS": "Z",
+    "X_TAGS": "X",
+    "U_TAGS": "U",
+    "Z_D_TAGS": "Z/D",
+    "X_Z_TAGS": "X/Z",
+    "X_D_TAGS": "X/D",
+    "X_Z_D_TAGS": "X/Z/D",
+    "X_Z_U_STAR_TAGS": "X/Z/U*",
+}
 CLASS_UIDS = ("SOPClassUID", "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID")
-IDENTIFYING_VRS = ("PN", "DA", "DT", "TM", "AS")  # any left after the lists above is removed as well
-DEIDENTIFICATION_METHOD = [
+IDENTIFYING_VRS = ("PN", "DA", "DT", "TM", "AS")  # outside the table these are removed as well
+DUMMY_VALUES = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+    "UR": "http://anonymized.invalid",
+    "AT": 0,
+}
+TEXT_VRS = ("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT")
+NUMBER_VRS = ("FD", "FL", "SL", "SS", "SV", "UL", "US", "UV")
+ANONYMIZED = "ANONYMIZED"
+DEIDENTIFICATION_METHOD = [  # LO values: at most 64 characters each
     "AdvSegAttack export --phi remove",
-    "PS3.15 E.1 basic profile actions on listed attributes",
-    "private tags, sequences, overlays, names, dates removed",
-    "UIDs replaced; pixel data not checked for burned-in text",
+    "PS3.15 E.1 Basic Profile (table 2026c); X/.. as X, Z/D as Z",
+    "private tags, sequences, overlays, curves, names, dates removed",
+    "UIDs replaced; pixels not checked for burned-in text",
 ]
 # Pixel-module attributes that describe the source's stored values and would be wrong for the new ones.
 STALE_PIXEL_ATTRIBUTES = (
@@ -263,36 +176,97 @@ def sop_class_uid(dataset) -> tuple[str, str | None]:
     return CT_IMAGE_STORAGE, "CT Image Storage"
 
 
-def remove_phi(dataset, new_uid: Callable[[str], str], patient_id: str) -> None:
-    """Apply the de-identification of `--phi remove` to one source slice's dataset, in place.
+@functools.cache
+def basic_profile() -> tuple[dict[int, str], tuple[tuple[int, int, int, int, str], ...]]:
+    """Table E.1-1's Basic Profile actions: {tag: action} and (group, element, group mask, element mask,
+    action) for the repeating groups (curves 50xx, overlays 60xx)."""
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
 
-    Private tags, every sequence, overlay/curve groups (60xx, 50xx), the attributes in `PHI_REMOVE` and any
-    remaining attribute of VR PN, DA, DT, TM or AS are removed; `PHI_EMPTY` are emptied; PatientName becomes
-    "ANONYMIZED" and PatientID `patient_id`; every UID except the SOP class UIDs is replaced by `new_uid(old)`
-    (the same old UID always gets the same new one, so the series keeps one Frame of Reference).
+    table = dicom_anonymization_database_selector(PROFILE_TABLE)
+    single: dict[int, str] = {}
+    masked = []
+    for category, action in PROFILE_ACTIONS.items():
+        for tag in table[category]:
+            if len(tag) == 2:
+                single[(tag[0] << 16) | tag[1]] = action
+            else:
+                masked.append((*tag, action))
+    return single, tuple(masked)
+
+
+def profile_action(tag: int) -> str | None:
+    """The Basic Profile action of a tag (D, Z, X, U or a compound one such as X/Z), None when unlisted."""
+    single, masked = basic_profile()
+    group, element = tag >> 16, tag & 0xFFFF
+    if tag in single:
+        return single[tag]
+    return next((a for g, e, gm, em, a in masked if group & gm == g & gm and element & em == e & em), None)
+
+
+def _new_uids(element, new_uid: Callable[[str], str]) -> str | list[str]:
+    """The element's UIDs mapped by `new_uid`, also when a reader did not know it as UI (LO, bytes of UN)."""
+    values = list(element.value) if element.VM > 1 else [element.value]
+    texts = [v.decode("ascii", "replace") if isinstance(v, bytes) else str(v) for v in values]
+    uids = [new_uid(uid.strip("\0 ")) for text in texts for uid in text.split("\\")]
+    return uids if len(uids) > 1 else uids[0]
+
+
+def _dummy(element, new_uid: Callable[[str], str]) -> object:
+    """A non-empty value of the element's VR that identifies nobody (action D)."""
+    if element.VR == "UI":
+        return _new_uids(element, new_uid)
+    if element.VR in TEXT_VRS:
+        return ANONYMIZED
+    if element.VR in NUMBER_VRS:
+        return 0
+    return DUMMY_VALUES.get(element.VR, bytes(8))  # OB, OW, OD, OF, OL, OV, UN
+
+
+def remove_phi(dataset, new_uid: Callable[[str], str], patient_id: str) -> None:
+    """De-identify one source slice's data set in place (`--phi remove`): the PS3.15 Basic Profile, stricter.
+
+    First every private tag, every sequence (they can nest names, dates and references; none is Type 1 or 2
+    in the CT Image IOD) and the curve and overlay groups (50xx, 60xx) are removed. Then each remaining
+    attribute gets its `profile_action`: X removed, Z emptied, D a dummy value, U a new UID (`new_uid(old)`,
+    the same old UID always the same new one, so the series keeps one Frame of Reference); a compound action
+    is its first one (X/Z, X/D, X/Z/D and X/Z/U* are Type 3 in the CT Image IOD; Z/D is Type 2). Attributes
+    the table does not list are kept, except names, dates, times and ages (removed) and UIDs other than SOP
+    class UIDs (replaced). PatientName becomes "ANONYMIZED", PatientID `patient_id`; PatientIdentityRemoved,
+    DeidentificationMethod(CodeSequence) and LongitudinalTemporalInformationModified record what was done.
     """
+    import pydicom
+
     dataset.remove_private_tags()
     for element in list(dataset):
         group = element.tag.group
         if element.VR == "SQ" or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
             del dataset[element.tag]
-    for keyword in PHI_REMOVE:
-        if keyword in dataset:
-            delattr(dataset, keyword)
     for element in list(dataset):
-        if element.VR in IDENTIFYING_VRS and element.keyword not in PHI_EMPTY + tuple(PHI_DUMMY):
+        action = profile_action(int(element.tag))
+        if action is None:
+            if element.VR in IDENTIFYING_VRS:
+                del dataset[element.tag]
+            elif element.VR == "UI" and element.keyword not in CLASS_UIDS and element.value:
+                element.value = _dummy(element, new_uid)
+        elif action[0] == "X":
             del dataset[element.tag]
-    for keyword in PHI_EMPTY:
-        if keyword in dataset:
-            dataset.data_element(keyword).value = ""
-    for keyword, value in PHI_DUMMY.items():
-        setattr(dataset, keyword, value)
+        elif action[0] == "Z":
+            element.value = None
+        elif element.value in (None, "", b""):  # D or U: an empty value stays empty (nothing to hide)
+            continue
+        elif action == "U":
+            dataset.add_new(element.tag, "UI", _new_uids(element, new_uid))
+        else:
+            element.value = _dummy(element, new_uid)
+    dataset.PatientName = ANONYMIZED
     dataset.PatientID = patient_id
-    for element in list(dataset):
-        if element.VR == "UI" and element.keyword not in CLASS_UIDS and element.value:
-            element.value = new_uid(str(element.value))
     dataset.PatientIdentityRemoved = "YES"
     dataset.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    code = pydicom.Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    dataset.DeidentificationMethodCodeSequence = [code]
+    dataset.LongitudinalTemporalInformationModified = "REMOVED"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import save_tiny_model
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
@@ -26,11 +27,14 @@ from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.export import (
     DICOM_FOLDER,
     EXPORT_FORMATS,
-    PHI_EMPTY,
-    PHI_REMOVE,
+    MANIPULATED_NOTE,
+    AttackDescription,
+    basic_profile,
     encode_pixels,
     export_case,
+    profile_action,
     sop_class_uid,
+    write_dicom_series,
 )
 from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
 
@@ -406,9 +410,132 @@ def test_pixel_encoding_is_exact_for_integers_and_bounded_otherwise():
         encode_pixels(np.array([-1e6, 1e6, 0.5]))
 
 
-def test_phi_attribute_lists_name_real_dicom_attributes():
-    unknown = [k for k in (*PHI_EMPTY, *PHI_REMOVE) if tag_for_keyword(k) is None]
-    assert unknown == []
+def phi_value(tag: int, vr: str, uids: dict[int, str]) -> object:
+    """An identifying value of `vr` for `tag` ("DOE" in every text; one UID per tag for the whole series)."""
+    if vr == "UI":
+        return uids.setdefault(tag, generate_uid())
+    if vr == "SQ":
+        item = pydicom.Dataset()
+        item.PatientName, item.PatientComments = "DOE^NESTED", "DOE nested MRN-0042"
+        return [item]
+    numbers = {"US": 7, "SS": 7, "UL": 7, "SL": 7, "FL": 1.5, "FD": 1.5, "DS": "7.5", "IS": "7"}
+    text = {"PN": "DOE^JANE", "DA": "19610704", "TM": "101500", "DT": "19610704101500", "AS": "062Y"}
+    text |= {"CS": "DOE", "AE": "DOEAE", "UR": "http://phi.example/DOE"}
+    if vr in ("OB", "OW", "UN"):
+        return b"DOE!"
+    return numbers.get(vr, text.get(vr, f"DOE {tag:08X}"))
+
+
+def outside_profile(vr: str) -> int:
+    """The first current attribute of `vr` that Table E.1-1 does not list."""
+    return next(
+        tag
+        for tag, entry in sorted(DicomDictionary.items())
+        if entry[0] == vr and not entry[3] and profile_action(tag) is None and tag >> 16 not in (0, 2, 4)
+    )
+
+
+OVERLAY = [  # a 70x80 graphics overlay whose bits and comment carry text (60xx groups)
+    (0x0010, "US", 70),
+    (0x0011, "US", 80),
+    (0x0040, "CS", "G"),
+    (0x0050, "SS", [1, 1]),
+    (0x0100, "US", 1),
+    (0x0102, "US", 0),
+    (0x3000, "OB", b"DOE!" * 175),
+    (0x24000, "LT", "DOE overlay comment"),  # group 6002 (GDCM cannot read a comment beside overlay data)
+]
+
+
+def fill_every_profile_attribute(uids: dict[int, str]) -> Callable[[pydicom.Dataset], None]:
+    """An `edit` for write_ct_series: every attribute of the Basic Profile table, overlays, curves, a name and
+    a date the table does not list, and private data nested in a sequence."""
+    single, _ = basic_profile()
+
+    def fill(ds: pydicom.Dataset) -> None:
+        for tag in single:
+            if tag >> 16 in (0x0000, 0x0002, 0x0004) or tag == tag_for_keyword("SOPInstanceUID"):
+                continue  # command, file meta and directory groups; each slice has its own SOP UID
+            try:
+                vr = dictionary_VR(tag).split(" or ")[0]
+            except KeyError:
+                vr = "LO"  # newer than this pydicom's dictionary
+            ds.add_new(tag, vr, phi_value(tag, vr, uids))
+        ds.add_new(0x50000005, "US", 1)  # curve dimensions
+        ds.add_new(0x50003000, "OB", b"DOE!")  # curve data
+        for element, vr, value in OVERLAY:
+            ds.add_new(0x60000000 | element, vr, value)
+        for vr in ("PN", "DA"):
+            ds.add_new(outside_profile(vr), vr, phi_value(0, vr, uids))
+        ds.AnatomicRegionSequence = phi_value(0, "SQ", uids)  # a sequence the table does not list
+        ds.AnatomicRegionSequence[0].add_new(0x00190010, "LO", "ACME")
+        ds.AnatomicRegionSequence[0].add_new(0x00191001, "LO", "DOE private nested")
+
+    return fill
+
+
+def test_basic_profile_every_action_holds_tag_class_by_tag_class(real_ct_small, tmp_path):
+    uids: dict[int, str] = {}
+    crop = oblique_crop(real_ct_small)[:, :, :4]
+    source = write_ct_series(crop, tmp_path / "source", edit=fill_every_profile_attribute(uids))
+    adversarial = read_image(source) + 5
+    description = AttackDescription("AdvSegAttack pgd eps=8", "AdvSegAttack pgd eps=8; seed 0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns about values invalid for their VR: none is written
+        summary = write_dicom_series(adversarial, source, tmp_path / "out", description, "remove")
+
+    single, _ = basic_profile()
+    sources = {int(d.InstanceNumber): d for d in (pydicom.dcmread(p) for p in source.iterdir())}
+    written = sorted((tmp_path / "out").iterdir())
+    exported = [pydicom.dcmread(p) for p in written]
+    ours = {"SeriesDescription", "DerivationDescription", "ImageComments", "PatientName", "PatientID"}
+    new_uids: dict[str, set[str]] = {}
+    for ds in exported:
+        original = sources[int(ds.InstanceNumber)]
+        for tag, action in single.items():
+            if tag >> 16 in (0x0000, 0x0002, 0x0004) or keyword_for_tag(tag) in ours:
+                continue
+            before, after = original.get(tag), ds.get(tag)
+            name = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {action}"
+            if action[0] == "X" or before.VR == "SQ":  # every sequence is removed (stricter than D/Z/U)
+                assert after is None, name
+            elif action == "Z" or action == "Z/D":
+                assert after is not None and after.value in ("", None), name
+            elif action == "D":
+                assert after.value not in ("", None) and after.value != before.value, name
+            else:
+                assert action == "U" and after.value != before.value, name
+                assert pydicom.uid.UID(str(after.value)).is_valid, name
+                new_uids.setdefault(str(before.value), set()).add(str(after.value))
+        for keyword in ("StudyComments", "ImagingServiceRequestComments", "RequestedProcedureComments"):
+            assert keyword not in ds  # issue 12: left in by the hand-written list
+        assert "IdentifyingComments" not in ds
+        assert ds.PatientName == "ANONYMIZED" and ds.PatientID.startswith("ADVSEG-")
+        assert ds.SeriesDescription == description.short and ds.DerivationDescription == description.full
+        assert ds.ImageComments == MANIPULATED_NOTE and list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert ds.PatientIdentityRemoved == "YES" and ds.LongitudinalTemporalInformationModified == "REMOVED"
+        assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+        assert [e.keyword for e in ds if e.VR == "SQ"] == ["DeidentificationMethodCodeSequence"]
+        assert not any(e.tag.is_private or 0x5000 <= e.tag.group <= 0x60FF for e in ds)
+        assert outside_profile("PN") not in ds and outside_profile("DA") not in ds
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Modality"):
+            assert ds.data_element(keyword).value == original.data_element(keyword).value  # kept (K)
+        assert ds.BurnedInAnnotation == "NO" and ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    # U: every source UID became one new UID, the same in every slice, shared by no other source UID
+    assert all(len(new) == 1 for new in new_uids.values()) and len(new_uids) >= len(uids) - 1
+    assert len({next(iter(new)) for new in new_uids.values()}) == len(new_uids)
+    assert not {next(iter(new)) for new in new_uids.values()} & set(uids.values())
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        assert len({str(ds.data_element(keyword).value) for ds in exported}) == 1
+    assert str(exported[0].StudyInstanceUID) == summary["study_instance_uid"]
+    assert len({str(ds.SOPInstanceUID) for ds in exported}) == len(exported) == 4
+    for path in written:  # no identifying byte anywhere before the pixels
+        header = path.read_bytes().split(b"\xe0\x7f\x10\x00")[0]
+        assert b"DOE" not in header and b"MRN" not in header, path
+    again = read_image(tmp_path / "out")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(adversarial))
+    np.testing.assert_allclose(again.GetOrigin(), adversarial.GetOrigin(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(again.GetDirection(), adversarial.GetDirection(), atol=1e-6, rtol=0)
 
 
 AWKWARD = {
@@ -435,9 +562,12 @@ def test_awkward_archive_series_export_exactly(kind, phi, made, real_ct_small, t
         assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert ds.ImageComments.startswith("Adversarially manipulated")
     assert manifest["dicom"]["sop_class_uid"] == CT_IMAGE_STORAGE
-    if kind == "empty SOPClassUID":
+    if kind == "empty SOPClassUID":  # pydicom 2 wrote the empty class into the file meta as well
+        meta = pydicom.dcmread(next(series.iterdir()), force=True).file_meta
+        kept = meta.get("MediaStorageSOPClassUID")
         assert manifest["dicom"]["sop_class_replaced_in_slices"] == 12
-        assert "SOPClassUID is empty; written as the file meta's MediaStorageSOPClassUID" in log
+        replaced_by = "the file meta's MediaStorageSOPClassUID" if kept else "CT Image Storage"
+        assert f"SOPClassUID is empty; written as {replaced_by}" in log
     else:
         assert manifest["dicom"]["sop_class_replaced_in_slices"] == 0 and "SOPClassUID" not in log
 
