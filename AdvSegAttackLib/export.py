@@ -531,14 +531,22 @@ def _check_same_grid(adversarial: sitk.Image, source: sitk.Image, folder: Path) 
         )
 
 
-def _redacted_provenance(provenance: dict) -> dict:
-    """The provenance without local paths and the command line (they can name the patient)."""
-    redacted = json.loads(json.dumps(provenance))
-    redacted["command_line"] = REMOVED
-    for key in ("input", "reference_label"):
-        if isinstance(redacted.get(key), dict) and "path" in redacted[key]:
-            redacted[key]["path"] = REMOVED
-    return redacted
+def without_local_paths(document: dict) -> dict:
+    """A copy of a case's provenance or metrics without the command line and local paths (folder names often
+    name the patient): every text holding a path separator or starting with "~" becomes REMOVED, except
+    units ("k/255", "on/off"); hashes, parameters and numbers stay."""
+
+    def clean(value, key: str | None = None):
+        if isinstance(value, dict):
+            return {name: clean(item, name) for name, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item, key) for item in value]
+        if isinstance(value, str) and key != "unit":
+            if key == "command_line" or "/" in value or "\\" in value or value.startswith("~"):
+                return REMOVED
+        return value
+
+    return clean(document)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -684,7 +692,9 @@ def export_case(
         _check_same_grid(adversarial, source_image, source_folder)
 
     volume_suffixes = [s for f, s in (("nifti", ".nii.gz"), ("nrrd", ".nrrd")) if f in formats]
-    copies = [case.metrics, case.provenance] if phi == "keep" else [case.metrics]
+    copies = [case.metrics, case.provenance] if phi == "keep" else []
+    if phi == "remove":  # what the bundle says about the case, here and in README.txt and the DICOM series
+        provenance, metrics = without_local_paths(provenance), without_local_paths(metrics)
     if phi == "keep" and case.preview.is_file():
         copies.append(case.preview)
     total = 1 + 3 * len(volume_suffixes) + 2 + (adversarial.GetDepth() if source_folder else 0)
@@ -702,7 +712,8 @@ def export_case(
         for path in copies:
             shutil.copyfile(path, staging / path.name)
         if phi == "remove":
-            write_json_atomic(staging / case.provenance.name, _redacted_provenance(provenance))
+            write_json_atomic(staging / case.provenance.name, provenance)
+            write_json_atomic(staging / case.metrics.name, metrics)
         step()
         for stem, nifti in (
             (ADVERSARIAL.removesuffix(".nii.gz"), case.adversarial),

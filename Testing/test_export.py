@@ -612,3 +612,30 @@ def test_linked_corrupt_or_misplaced_case_files_are_refused_and_nothing_written(
     (case / "pred_adv.nii.gz").write_bytes((made["case"] / "pred_adv.nii.gz").read_bytes()[:200])
     assert "pred_adv.nii.gz" in error_of(capsys, str(case), "--out", str(out), "--phi", "keep")
     assert not out.exists() and sorted(p for p in tmp_path.iterdir() if p != secret) == listing
+
+
+def test_phi_remove_strips_every_local_path(made, tmp_path):
+    """Card and texture-weights folders, diagnostics and the command line name local folders (often the
+    patient's): none reaches provenance.json, metrics.json, README.txt, manifest.json or the DICOM headers."""
+    case = Path(shutil.copytree(made["case"], tmp_path / "case"))
+    provenance = json.loads((case / "provenance.json").read_text(encoding="utf-8"))
+    provenance["attack"]["parameters"]["weights"] = {
+        "value": "/home/doe_jane/weights",
+        "unit": "",
+        "flag": "--weights",
+    }
+    provenance["model"]["source"] = "~/models/doe_jane"
+    (case / "provenance.json").write_text(json.dumps(provenance), encoding="utf-8")
+    metrics = json.loads((case / "metrics.json").read_text(encoding="utf-8"))
+    metrics["attack"] = {"name": "texture", "diagnostics": {"weights": "folder C:\\Users\\doe_jane\\w"}}
+    (case / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    bundle = tmp_path / "bundle"
+    export_case(case, bundle, ["dicom", "nifti"])
+    for path in bundle.rglob("*"):
+        if path.is_file() and path.suffix != ".gz":
+            data = path.read_bytes().split(b"\xe0\x7f\x10\x00")[0].lower()
+            assert b"doe_jane" not in data and str(tmp_path).encode() not in data, path
+    kept = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
+    assert kept["attack"]["parameters"]["eps"] == provenance["attack"]["parameters"]["eps"]  # the rest stays
+    assert kept["input"]["sha256"] == provenance["input"]["sha256"] and kept["model"]["name"] == "tiny"
+    assert "weights=(removed" in (bundle / "README.txt").read_text(encoding="utf-8").replace(" = ", "=")
