@@ -3,7 +3,9 @@
 Also loads, for users who have them: checkpoints of the official MONAI BTCV research code (a dict with
 `state_dict`, keys possibly prefixed `module.`) given a card or a preset, MONAI bundle folders
 (`configs/inference.json` + `models/model.pt`) whose network is a `monai.networks.nets` class, and TorchScript
-files. Checkpoints are read with `torch.load(weights_only=True)` only: nothing is ever unpickled.
+files. A model file never runs code: bundle configs are read as JSON data (`_BundleConfig`), checkpoints with
+`torch.load(weights_only=True)` only (`load_weights_only`: nothing is ever unpickled), and TorchScript, which
+is a program, only with `trust_torchscript` (`--trust-torchscript`).
 """
 
 from __future__ import annotations
