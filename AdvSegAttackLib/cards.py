@@ -3,7 +3,9 @@
 Also loads, for users who have them: checkpoints of the official MONAI BTCV research code (a dict with
 `state_dict`, keys possibly prefixed `module.`) given a card or a preset, MONAI bundle folders
 (`configs/inference.json` + `models/model.pt`) whose network is a `monai.networks.nets` class, and TorchScript
-files. Checkpoints are read with `torch.load(weights_only=True)` only: nothing is ever unpickled.
+files. A model file never runs code: bundle configs are read as JSON data (`_BundleConfig`), checkpoints with
+`torch.load(weights_only=True)` only (`load_weights_only`: nothing is ever unpickled), and TorchScript, which
+is a program, only with `trust_torchscript` (`--trust-torchscript`).
 """
 
 from __future__ import annotations
@@ -195,18 +197,41 @@ def load_card(source: str | Path) -> ModelCard:
     return ModelCard.from_dict(data, path=path)
 
 
-def _unpickle_free_load(path: Path) -> object:
+# torch.load(weights_only=True) could run code from a crafted file before 2.6 (CVE-2025-32434) and corrupt
+# memory before 2.10 (CVE-2026-24747); older torch builds read only safetensors.
+SAFE_WEIGHTS_ONLY_TORCH = (2, 10)
+
+
+def load_weights_only(path: Path, torch_version: str = torch.__version__) -> object:
+    """A pickle-based PyTorch file (checkpoint, .pth, train state) read by torch's weights-only unpickler.
+
+    The one place the engine calls `torch.load`: tensors, numbers, strings and containers only, never a
+    Python object; refused on torch builds whose weights-only loader has known code-execution flaws.
+    """
+    from torch.torch_version import TorchVersion
+
+    if TorchVersion(torch_version) < SAFE_WEIGHTS_ONLY_TORCH:
+        raise InputError(
+            f"{path} is a pickle-based PyTorch file, which torch {torch_version} cannot read safely (its "
+            "weights-only loader has known code-execution flaws, fixed in 2.10); upgrade torch or convert "
+            "the file to safetensors."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
+        if "global" in str(error):  # torch names the class or function it would have had to import
+            raise InputError(
+                f"{path} needs unpickling of Python objects to load, which could run code; "
+                "refused (save a plain state_dict or safetensors instead)."
+            ) from None
         raise InputError(
-            f"{path} needs unpickling of Python objects to load, which could run code; "
-            "refused (save a plain state_dict or safetensors instead)."
+            f"{path} is not a readable weights-only PyTorch file (damaged or not PyTorch)."
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise InputError(
-            f"{path} is not a readable PyTorch checkpoint ({str(error).splitlines()[0][:160]})."
-        ) from None
+    except (
+        Exception
+    ) as error:  # torch's unpickler raises many kinds on damaged files (IndexError, EOFError...)
+        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path} is not a readable weights-only PyTorch file ({detail}).") from None
 
 
 def _state_dict_from_checkpoint(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -245,33 +270,142 @@ def _load_state(network: torch.nn.Module, state: dict[str, torch.Tensor], path: 
     network.load_state_dict(state, strict=True)
 
 
-def _bundle_card(folder: Path) -> tuple[ModelCard, Path]:
-    """Card and weights path of a MONAI bundle whose `network_def` is a `monai.networks.nets` class."""
-    from monai.bundle import ConfigParser
+BUNDLE_CONFIG = "configs/inference.json"
+BUNDLE_METADATA = "configs/metadata.json"
+BUNDLE_WEIGHTS = "models/model.pt"
+# Preprocessing transforms that neither move voxels nor change intensities (loading, channel, type, device).
+_NEUTRAL_TRANSFORMS = {
+    "LoadImage",
+    "EnsureChannelFirst",
+    "AddChannel",
+    "EnsureType",
+    "ToTensor",
+    "CastToType",
+    "ToDevice",
+    "Identity",
+}
+_BUNDLE_KEYS = {"_target_", "_desc_", "_disabled_"}  # other `_x_` keys make MONAI run or import something
 
-    config_path = folder / "configs" / "inference.json"
-    parser = ConfigParser()
-    try:
-        parser.read_config(str(config_path))
-        if (folder / "configs" / "metadata.json").is_file():
-            parser.read_meta(str(folder / "configs" / "metadata.json"))
-        network = parser.get_parsed_content("network_def", instantiate=False)
-    except Exception as error:  # ConfigParser raises many kinds on malformed configs
-        raise InputError(f"{config_path} is not a readable MONAI bundle config ({error}).") from None
-    config = network.get_config() if hasattr(network, "get_config") else dict(network)
-    target = str(config.get("_target_", "")).rsplit(".", 1)[-1]
-    if target not in _MONAI_CLASSES:
+
+class _BundleConfig:
+    """A bundle's inference.json as plain JSON data: literal values and `@` references to them, nothing else.
+
+    MONAI's ConfigParser evaluates `$` expressions, expands `%` macros and instantiates `_target_`s; this
+    reads the few entries the engine needs, resolves `@name` / `@group#key` references to plain literal
+    entries itself, and refuses anything else with one sentence naming the file and the key.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self.data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise InputError(f"{path} is not a readable JSON bundle config ({error}).") from None
+        if not isinstance(self.data, dict):
+            raise InputError(f"{path} is not a bundle config (a JSON object is needed).")
+
+    def refuse(self, key: str, what: str) -> InputError:
+        return InputError(f"{self.path}: {key} {what}.")
+
+    def entry(self, key: str, _seen: tuple[str, ...] = ()) -> object:
+        """The raw value at `key` ("a#b#0"; MONAI's "a::b" too), following whole-value `@` references."""
+        if key in _seen or len(_seen) > 16:
+            raise self.refuse(_seen[0], "is a circular reference")
+        node: object = self.data
+        for part in key.replace("::", "#").split("#"):
+            node = self._follow(node, (*_seen, key))
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                raise self.refuse(_seen[0] if _seen else key, f"refers to {key}, which does not exist")
+        return self._follow(node, (*_seen, key))
+
+    def _follow(self, node: object, seen: tuple[str, ...]) -> object:
+        return self.entry(node[1:], seen) if isinstance(node, str) and node.startswith("@") else node
+
+    def literal(self, key: str) -> object:
+        """The value at `key` if it is literal data: numbers, strings, booleans, null, lists and plain objects."""
+        return self._literal(self.entry(key), key)
+
+    def _literal(self, value: object, key: str) -> object:
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, str):
+            if value.startswith("$"):
+                raise self.refuse(key, "is a $-expression, Python code that a model file may not run")
+            if value.startswith("%"):
+                raise self.refuse(
+                    key, "is a %-macro, which would read another file; only literal data is read"
+                )
+            if value.startswith("@"):
+                return self._literal(self._follow(value, (key,)), key)
+            return value
+        if isinstance(value, list):
+            return [self._literal(item, f"{key}#{index}") for index, item in enumerate(value)]
+        if isinstance(value, dict):
+            special = sorted(k for k in value if str(k).startswith("_"))
+            if special:
+                raise self.refuse(
+                    key,
+                    f"is an object with {special[0]}, which MONAI would run; arguments must be literal data",
+                )
+            return {name: self._literal(item, f"{key}#{name}") for name, item in value.items()}
+        raise self.refuse(key, "is not literal data")
+
+    def component(self, key: str) -> tuple[str, dict] | None:
+        """(class name, entry) of the object at `key`; None when it is `_disabled_`. Module paths are dropped
+        only for `monai.` classes; any `_x_` key other than _target_, _desc_ and _disabled_ is refused."""
+        node = self.entry(key)
+        if not isinstance(node, dict):
+            raise self.refuse(key, "is not an object with a _target_")
+        for name in node:
+            if str(name).startswith("_") and name not in _BUNDLE_KEYS:
+                raise self.refuse(
+                    f"{key}#{name}", "is a MONAI directive that runs code, not allowed in a model file"
+                )
+        if node.get("_disabled_") is not None and self.literal(f"{key}#_disabled_") is True:
+            return None
+        target = node.get("_target_")
+        if not isinstance(target, str) or target.startswith(("$", "%", "@")):
+            raise self.refuse(f"{key}#_target_", "is not a class name")
+        if "." in target and not target.startswith("monai."):
+            raise self.refuse(f"{key}#_target_", f"is {target!r}, not a MONAI class")
+        return target.rsplit(".", 1)[-1], node
+
+
+def _bundle_card(folder: Path) -> tuple[ModelCard, Path]:
+    """Card and weights path of a MONAI bundle, read as data (see `_BundleConfig`).
+
+    The network must be one of `_MONAI_CLASSES` with literal arguments; `preprocessing` must hold
+    Orientation(d), Spacing(d) and ScaleIntensityRange(d) (b 0..1, clip) and only neutral transforms besides;
+    `inferer` must be a SlidingWindowInferer. Label names come from `configs/metadata.json`.
+    """
+    config_path = folder / BUNDLE_CONFIG
+    if not config_path.is_file():
         raise InputError(
-            f"{config_path}: network {target or '?'} is not a supported monai.networks.nets class."
+            f"{folder / 'configs'} has no inference.json; only JSON bundle configs are read "
+            "(convert inference.yaml to JSON)."
         )
-    arguments = {}
-    for key in config:
-        if not key.startswith("_"):
-            value = parser.get_parsed_content(f"network_def::{key}")
-            arguments[key] = list(value) if isinstance(value, tuple) else value
-    out_channels = int(arguments.pop("out_channels", 2))
-    for key in ("spatial_dims", "in_channels", "img_size"):
-        arguments.pop(key, None)
+    config = _BundleConfig(config_path)
+    target, network = config.component("network_def") or ("", {})
+    if target not in _MONAI_CLASSES:
+        raise config.refuse(
+            "network_def#_target_",
+            f"is {target or 'disabled'}, not one of the supported monai.networks.nets classes "
+            f"({', '.join(_MONAI_CLASSES)})",
+        )
+    arguments = {
+        name: config.literal(f"network_def#{name}") for name in network if not str(name).startswith("_")
+    }
+    for name, expected in (("spatial_dims", 3), ("in_channels", 1)):
+        if arguments.pop(name, expected) != expected:
+            raise config.refuse(f"network_def#{name}", f"is not {expected} (one 3-D CT channel)")
+    out_channels = arguments.pop("out_channels", 2)
+    if isinstance(out_channels, bool) or not isinstance(out_channels, int) or out_channels < 2:
+        raise config.refuse("network_def#out_channels", "is not an integer of at least 2")
+    arguments.pop("img_size", None)  # the ROI comes from the inferer
     card = ModelCard(
         name=folder.name,
         architecture=_MONAI_CLASSES[target],
@@ -279,39 +413,95 @@ def _bundle_card(folder: Path) -> tuple[ModelCard, Path]:
         weights=None,
         provenance={"source": f"MONAI bundle {folder}"},
     )
-    _apply_bundle_preprocessing(card, parser)
-    channel_def = parser.get("_meta_::network_data_format::outputs::pred::channel_def", {}) or {}
-    names = [str(channel_def.get(str(i), channel_def.get(i, f"label {i}"))) for i in range(out_channels)]
-    names[0] = "background"
-    card.label_names = names
+    _apply_bundle_preprocessing(card, config)
+    card.label_names = _bundle_label_names(folder / BUNDLE_METADATA, out_channels)
     card.label_colors = [list(BTCV_LABEL_COLORS[i % len(BTCV_LABEL_COLORS)]) for i in range(out_channels)]
     card.__post_init__()
-    return card, folder / "models" / "model.pt"
+    return card, folder / BUNDLE_WEIGHTS
 
 
-def _apply_bundle_preprocessing(card: ModelCard, parser) -> None:
-    """Read spacing, orientation, intensity window and ROI from a bundle's transforms and inferer."""
+def _number_list(config: _BundleConfig, key: str, kind: type) -> list:
+    value = config.literal(key)
+    values = [value] * 3 if isinstance(value, int | float) and not isinstance(value, bool) else value
+    if not (
+        isinstance(values, list)
+        and len(values) == 3
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in values)
+    ):
+        raise config.refuse(key, "is not three positive numbers")
+    return [kind(v) for v in values]
 
-    def walk(node):
-        if isinstance(node, dict):
-            yield node
-            for value in node.values():
-                yield from walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                yield from walk(value)
 
-    for node in walk(parser.get()):
-        target = str(node.get("_target_", "")).rsplit(".", 1)[-1]
-        if target in ("Spacingd", "Spacing") and isinstance(node.get("pixdim"), list):
-            card.spacing_mm = [float(v) for v in node["pixdim"]]
-        elif target in ("Orientationd", "Orientation") and isinstance(node.get("axcodes"), str):
-            card.orientation = node["axcodes"]
-        elif target in ("ScaleIntensityRanged", "ScaleIntensityRange") and "a_min" in node:
-            card.intensity_window_hu = [float(node["a_min"]), float(node["a_max"])]
-        elif target in ("SlidingWindowInferer",) and isinstance(node.get("roi_size"), list):
-            card.roi_size = [int(v) for v in node["roi_size"]]
-            card.overlap = float(node.get("overlap", card.overlap))
+def _apply_bundle_preprocessing(card: ModelCard, config: _BundleConfig) -> None:
+    """Orientation, spacing, HU window and ROI of a bundle from `preprocessing` and `inferer`."""
+    compose = config.component("preprocessing")
+    if compose is None or compose[0] != "Compose":
+        raise config.refuse("preprocessing", "is not a Compose of transforms")
+    transforms = config.entry("preprocessing#transforms")
+    if not isinstance(transforms, list):
+        raise config.refuse("preprocessing#transforms", "is not a list")
+    found = set()
+    for index in range(len(transforms)):
+        key = f"preprocessing#transforms#{index}"
+        component = config.component(key)
+        if component is None:
+            continue
+        name = component[0].removesuffix("d")
+        if name == "Orientation":
+            axcodes = config.literal(f"{key}#axcodes")
+            if not isinstance(axcodes, str) or len(axcodes) != 3:
+                raise config.refuse(f"{key}#axcodes", "is not a three-letter orientation code")
+            card.orientation = axcodes.upper()
+        elif name == "Spacing":
+            card.spacing_mm = _number_list(config, f"{key}#pixdim", float)
+        elif name == "ScaleIntensityRange":
+            window = [config.literal(f"{key}#{k}") for k in ("a_min", "a_max")]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in window):
+                raise config.refuse(f"{key}#a_min", "and a_max are not numbers")
+            scale = {
+                k: config.literal(f"{key}#{k}") if k in component[1] else None for k in ("b_min", "b_max")
+            }
+            if scale["b_min"] not in (None, 0) or scale["b_max"] not in (None, 1):
+                raise config.refuse(f"{key}#b_min", "and b_max are not 0 and 1, the engine's model range")
+            if (config.literal(f"{key}#clip") if "clip" in component[1] else False) is not True:
+                raise config.refuse(f"{key}#clip", "is not true; the engine clips to the HU window")
+            card.intensity_window_hu = [float(v) for v in window]
+        elif name not in _NEUTRAL_TRANSFORMS:
+            raise InputError(
+                f"{config.path}: {key} is {component[0]}, a transform the engine cannot reproduce (it reads "
+                "Orientation, Spacing and ScaleIntensityRange and ignores loading and type transforms)."
+            )
+        found.add(name)
+    missing = [f"{n}d" for n in ("Orientation", "Spacing", "ScaleIntensityRange") if n not in found]
+    if missing:
+        raise InputError(
+            f"{config.path}: preprocessing has no {' or '.join(missing)}; the engine needs the bundle's "
+            "orientation, spacing and HU window."
+        )
+    inferer = config.component("inferer")
+    if inferer is None or inferer[0] != "SlidingWindowInferer":
+        raise config.refuse(
+            "inferer", "is not a SlidingWindowInferer (the engine segments in sliding windows)"
+        )
+    card.roi_size = _number_list(config, "inferer#roi_size", int)
+    overlap = config.literal("inferer#overlap") if "overlap" in inferer[1] else 0.25  # MONAI's default
+    if isinstance(overlap, bool) or not isinstance(overlap, int | float):
+        raise config.refuse("inferer#overlap", "is not a number")
+    card.overlap = float(overlap)
+
+
+def _bundle_label_names(path: Path, count: int) -> list[str]:
+    """Channel names from a bundle's metadata.json (plain JSON); "label i" where it names none."""
+    channel_def: object = None
+    if path.is_file():
+        try:
+            channel_def = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise InputError(f"{path} is not readable JSON ({error}).") from None
+    for key in ("network_data_format", "outputs", "pred", "channel_def"):
+        channel_def = channel_def.get(key) if isinstance(channel_def, dict) else None
+    named = channel_def if isinstance(channel_def, dict) else {}
+    return ["background", *[str(named.get(str(i), f"label {i}")) for i in range(1, count)]]
 
 
 class TorchScriptModel(torch.nn.Module):
@@ -333,20 +523,35 @@ def _is_torchscript(path: Path) -> bool:
         return False
 
 
+TRUST_TORCHSCRIPT_HELP = (
+    "accept a TorchScript --model: TorchScript is a program that runs with your rights as soon as it is "
+    "loaded, so give this only for a file from an author you trust (default: refused)"
+)
+
+
+def add_trust_torchscript_argument(parser) -> None:
+    """`--trust-torchscript` on an argparse parser of a command that takes a model."""
+    parser.add_argument("--trust-torchscript", action="store_true", help=TRUST_TORCHSCRIPT_HELP)
+
+
 def load_model(
-    source: str | Path, card: str | Path | ModelCard | None = None, device: str | torch.device = "cpu"
+    source: str | Path,
+    card: str | Path | ModelCard | None = None,
+    device: str | torch.device = "cpu",
+    trust_torchscript: bool = False,
 ) -> tuple[ModelCard, torch.nn.Module]:
     """(card, network in eval mode on `device`) from a card, bundled name, checkpoint, bundle or TorchScript.
 
     `card` (a card file, bundled name, preset name or ModelCard) describes checkpoints and TorchScript files,
-    which carry no preprocessing of their own.
+    which carry no preprocessing of their own. A TorchScript file is code: it is refused unless
+    `trust_torchscript` (the `--trust-torchscript` flag) says its author is trusted.
     """
     path = Path(source)
     given = card if isinstance(card, ModelCard) or card is None else load_card(card)
-    if path.is_dir() and (path / "configs" / "inference.json").is_file():
+    if path.is_dir() and (path / "configs").is_dir() and not (path / CARD_FILE).is_file():
         model_card, weights = _bundle_card(path)
         network = model_card.build_network()
-        _load_state(network, _state_dict_from_checkpoint(_unpickle_free_load(weights), weights), weights)
+        _load_state(network, _state_dict_from_checkpoint(load_weights_only(weights), weights), weights)
     elif path.suffix.lower() in (".pt", ".pth", ".ckpt", ".ts") and path.is_file():
         if given is None:
             raise InputError(
@@ -354,6 +559,11 @@ def load_model(
             )
         model_card = given
         if _is_torchscript(path):
+            if not trust_torchscript:
+                raise InputError(
+                    f"{path} is a TorchScript file, a program that runs with your rights when loaded; it is "
+                    "refused unless you trust its author and give --trust-torchscript."
+                )
             try:
                 network = TorchScriptModel(torch.jit.load(str(path), map_location="cpu"))
             except RuntimeError as error:
@@ -362,7 +572,7 @@ def load_model(
                 ) from None
         else:
             network = model_card.build_network()
-            _load_state(network, _state_dict_from_checkpoint(_unpickle_free_load(path), path), path)
+            _load_state(network, _state_dict_from_checkpoint(load_weights_only(path), path), path)
         model_card.weights = path.name
     else:
         model_card = load_card(source)

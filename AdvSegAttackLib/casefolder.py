@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
+from .nofollow import inside
 
 ADVERSARIAL = "adversarial.nii.gz"
 PRED_CLEAN = "pred_clean"
@@ -77,11 +78,16 @@ class CaseFolder:
 
 
 def read_case(root: str | Path) -> CaseFolder:
-    """A complete case folder at `root`, or InputError naming the first missing file."""
+    """A complete case folder at `root`, or InputError naming the first missing file.
+
+    Its files must be regular files, not symbolic links, FIFOs or devices (`nofollow.inside`); `root` itself
+    may be a link.
+    """
     case = CaseFolder(Path(root))
     if not case.root.is_dir():
         raise InputError(f"{case.root} is not a case folder (no such directory).")
     for path in case.required():
-        if not path.is_file():
+        if not inside(case.root, path).is_file():
             raise InputError(f"{case.root} is not a complete case folder: {path.name} is missing.")
+    inside(case.root, case.preview)  # optional, but never a link either
     return case

@@ -153,6 +153,7 @@ def run_segment(
     reporter: Reporter,
     card: str | None = None,
     sw_batch_size: int = 4,
+    trust_torchscript: bool = False,
 ) -> dict:
     """Segment a volume, write `pred.nii.gz` and `pred.seg.nrrd`, and score it against a reference if given."""
     import SimpleITK as sitk
@@ -170,7 +171,7 @@ def run_segment(
     from .segment import segment_image
 
     image = read_image(image_path)
-    model_card, network = load_model(model, card=card, device=device)
+    model_card, network = load_model(model, card=card, device=device, trust_torchscript=trust_torchscript)
     reference = read_label(label_path, image, model_card.label_names) if label_path else None
     with staged_output_dir(out_dir) as staging:
         predicted, _, _ = segment_image(
@@ -212,6 +213,7 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
         reporter,
         card=args.card,
         sw_batch_size=args.sw_batch_size,
+        trust_torchscript=args.trust_torchscript,
     )
     if "segmentation" in result and args.progress != "jsonl":
         report = result["segmentation"]
@@ -258,7 +260,7 @@ def _train(args: argparse.Namespace, reporter: Reporter, adversarial, distribute
     )
     initial = None
     if args.init:
-        card, initial = load_model(args.init, device=device)
+        card, initial = load_model(args.init, device=device, trust_torchscript=args.trust_torchscript)
         weights = weights_path(card)
         card.provenance = {  # the previous provenance describes the initial weights, not the new ones
             "initialised_from": {
@@ -357,11 +359,13 @@ def _attack_flags() -> dict[str, tuple[str, object, str, str]]:
 
 def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
     from .attacks import ATTACKS
+    from .cards import add_trust_torchscript_argument
 
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA or a DICOM folder)")
     p.add_argument("--label", help="reference label map (the attack target; else the clean prediction)")
     p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
     p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    add_trust_torchscript_argument(p)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
     p.add_argument("--preset", help="named parameter set (saa: specified [default], authors-final)")
     p.add_argument(
@@ -409,6 +413,7 @@ def _attack_request(args: argparse.Namespace, out: Path):
         sw_batch_size=args.sw_batch_size,
         preview=not args.no_preview,
         command_line=args.command_line,
+        trust_torchscript=args.trust_torchscript,
     )
 
 
@@ -539,6 +544,7 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
         label=label,
         device=resolve_device(args.device),
         command_line=args.command_line,
+        trust_torchscript=args.trust_torchscript,
     )
     metrics = run_attack(request, reporter)
     reporter.close()
@@ -552,6 +558,8 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .cards import add_trust_torchscript_argument
+
     parser = argparse.ArgumentParser(prog="advseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"advseg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -583,6 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA or a DICOM folder)")
     p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
     p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    add_trust_torchscript_argument(p)
     p.add_argument("--label", help="reference label map for Dice/HD95")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward pass")
@@ -606,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-phantom-seed", type=int, action="append", default=[], help="validation phantom seed"
     )
     p.add_argument("--init", help="fine-tune from this model card")
+    add_trust_torchscript_argument(p)
     p.add_argument("--preset", help="architecture preset (btcv-unet, btcv-unetr, btcv-swin-unetr)")
     p.add_argument("--architecture", default="unet", help="unet, unetr, swin-unetr, segresnet")
     p.add_argument("--channels", type=int, nargs="+", default=(16, 32, 64, 128))
@@ -671,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image")
     p.add_argument("--label")
     p.add_argument("--model", default=DEMO_MODEL)
+    add_trust_torchscript_argument(p)
     p.add_argument("--seed", type=int, default=1000, help="phantom seed (never used in training)")
     p.add_argument("--attack", default="saa", help="attack to run (default saa)")
     p.add_argument("--out", default="out/demo")

@@ -85,6 +85,7 @@ def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
             sw_batch_size=args.sw_batch_size,
             preview=not args.no_preview,
             command_line=args.command_line,
+            trust_torchscript=args.trust_torchscript,
         )
         summary = attack_dataset(cases, template, Path(args.out), ctx, reporter)
     finally:
@@ -113,7 +114,16 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
         else:
             cases = cases_from_case_folders(adv_dir)
         summary = evaluate_dataset(
-            cases, args.model, args.card, out, ctx, device, reporter, args.sw_batch_size, adv_dir
+            cases,
+            args.model,
+            args.card,
+            out,
+            ctx,
+            device,
+            reporter,
+            args.sw_batch_size,
+            adv_dir,
+            trust_torchscript=args.trust_torchscript,
         )
     finally:
         shutdown(ctx)
@@ -126,6 +136,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
 def add_parser(sub, common) -> None:
     """Register `attack-dataset` and `evaluate` on the `advseg` sub-command parser."""
     from .attacks import ATTACKS
+    from .cards import add_trust_torchscript_argument
     from .cli import DEMO_MODEL, _positive_int
 
     p = sub.add_parser(
@@ -134,6 +145,7 @@ def add_parser(sub, common) -> None:
     _add_dataset_arguments(p)
     p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
     p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    add_trust_torchscript_argument(p)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
     p.add_argument("--preset", help="named parameter set (saa: specified [default], authors-final)")
     p.add_argument("--organ", nargs="+", default=[], help="organ names: loss focus and region, every case")
@@ -159,6 +171,7 @@ def add_parser(sub, common) -> None:
     _add_dataset_arguments(p)
     p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
     p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    add_trust_torchscript_argument(p)
     p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward pass")
     p.add_argument("--out", required=True, help="evaluation output folder")
     common(p)

@@ -519,7 +519,9 @@ def attack_dataset(
     from .pipeline import run_attack
 
     attack = make_attack(template.attack, template.preset, **template.params)  # bad parameters: exit 2 now
-    card, _ = load_model(template.model, card=template.card, device="cpu")
+    card, _ = load_model(
+        template.model, card=template.card, device="cpu", trust_torchscript=template.trust_torchscript
+    )
     settings = {
         "kind": "attack-dataset",
         "title": f"{attack.name} against {card.name}",
@@ -608,6 +610,7 @@ def evaluate_dataset(
     reporter: Reporter,
     sw_batch_size: int = 4,
     adv_dir: Path | None = None,
+    trust_torchscript: bool = False,
 ) -> RunSummary:
     """Segment every clean and saved adversarial volume with the model; score them like `attack` does."""
     from .cards import load_model
@@ -616,7 +619,7 @@ def evaluate_dataset(
     from .preprocess import to_model_space
     from .segment import predict_labels
 
-    card, network = load_model(model, card=card_source, device=device)
+    card, network = load_model(model, card=card_source, device=device, trust_torchscript=trust_torchscript)
     adv_name = str(Path(adv_dir).resolve()) if adv_dir else None
     settings = {
         "kind": "evaluate",

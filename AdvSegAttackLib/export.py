@@ -19,10 +19,12 @@ stored values give back the attacked HU exactly). Nothing is ever written into t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,8 @@ from .io import (
     IMAGE_SUFFIXES,
     full_suffix,
     read_image,
+    read_label,
+    same_grid,
     sha256_file,
     write_image,
     write_json_atomic,
@@ -55,129 +59,41 @@ REMOVED = "(removed by --phi remove)"
 GRID_TOLERANCE_MM = 1e-3  # NIfTI keeps the affine in float32: ~1e-5 mm error at 1 m from the origin
 
 # --- DICOM de-identification (--phi remove) ------------------------------------------------------------------
-# Actions of the DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile for the attributes this
-# module touches. Z: kept but emptied (type 2 in the CT IOD); X: removed; U: UIDs replaced (see `remove_phi`).
-PHI_DUMMY = {"PatientName": "ANONYMIZED"}  # PatientID gets a random "ADVSEG-…" value per export
-PHI_EMPTY = (
-    "PatientBirthDate",
-    "PatientSex",
-    "ReferringPhysicianName",
-    "AccessionNumber",
-    "StudyID",
-    "StudyDate",
-    "StudyTime",
-    "ContentDate",
-    "ContentTime",
-)
-PHI_REMOVE = (
-    # patient
-    "PatientBirthTime",
-    "PatientAge",
-    "PatientSize",
-    "PatientWeight",
-    "PatientAddress",
-    "PatientTelephoneNumbers",
-    "PatientMotherBirthName",
-    "PatientBirthName",
-    "OtherPatientIDs",
-    "OtherPatientNames",
-    "OtherPatientIDsSequence",
-    "IssuerOfPatientID",
-    "MilitaryRank",
-    "BranchOfService",
-    "MedicalRecordLocator",
-    "EthnicGroup",
-    "Occupation",
-    "AdditionalPatientHistory",
-    "PatientComments",
-    "PregnancyStatus",
-    "LastMenstrualDate",
-    "PatientReligiousPreference",
-    "CountryOfResidence",
-    "RegionOfResidence",
-    "CurrentPatientLocation",
-    "PatientState",
-    "PatientInsurancePlanCodeSequence",
-    "MedicalAlerts",
-    "Allergies",
-    "SmokingStatus",
-    "ResponsiblePerson",
-    "ResponsibleOrganization",
-    "ReferencedPatientSequence",
-    "AdmissionID",
-    "AdmittingDiagnosesDescription",
-    "AdmittingDiagnosesCodeSequence",
-    # institution, staff, equipment
-    "InstitutionName",
-    "InstitutionAddress",
-    "InstitutionalDepartmentName",
-    "ReferringPhysicianAddress",
-    "ReferringPhysicianTelephoneNumbers",
-    "ReferringPhysicianIdentificationSequence",
-    "PhysiciansOfRecord",
-    "PhysiciansOfRecordIdentificationSequence",
-    "PerformingPhysicianName",
-    "PerformingPhysicianIdentificationSequence",
-    "NameOfPhysiciansReadingStudy",
-    "PhysiciansReadingStudyIdentificationSequence",
-    "OperatorsName",
-    "OperatorIdentificationSequence",
-    "RequestingPhysician",
-    "RequestingService",
-    "ScheduledPerformingPhysicianName",
-    "StationName",
-    "DeviceSerialNumber",
-    "DetectorID",
-    "PerformedLocation",
-    "PerformedStationName",
-    "PerformedStationAETitle",
-    # study, request, procedure (free text and references to the original study)
-    "StudyDescription",
-    "SeriesDescription",
-    "ProtocolName",
-    "ImageComments",
-    "DerivationDescription",
-    "AcquisitionComments",
-    "RequestedProcedureDescription",
-    "RequestedProcedureID",
-    "ReasonForStudy",
-    "ReasonForTheRequestedProcedure",
-    "RequestAttributesSequence",
-    "PerformedProcedureStepID",
-    "PerformedProcedureStepDescription",
-    "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime",
-    "PerformedProcedureStepEndDate",
-    "PerformedProcedureStepEndTime",
-    "ScheduledProcedureStepDescription",
-    "ScheduledProcedureStepID",
-    "FillerOrderNumberImagingServiceRequest",
-    "PlacerOrderNumberImagingServiceRequest",
-    "ReferencedStudySequence",
-    "ReferencedPerformedProcedureStepSequence",
-    "ReferencedImageSequence",
-    "SourceImageSequence",
-    # dates and times other than the emptied ones
-    "SeriesDate",
-    "SeriesTime",
-    "AcquisitionDate",
-    "AcquisitionTime",
-    "AcquisitionDateTime",
-    "InstanceCreationDate",
-    "InstanceCreationTime",
-    "OverlayDate",
-    "OverlayTime",
-    "CurveDate",
-    "CurveTime",
-    "TimezoneOffsetFromUTC",
-)
+# The Basic Application Level Confidentiality Profile of DICOM PS3.15 Annex E: the actions of Table E.1-1's
+# "Basic Profile" column, taken from the maintained copy of the table in `dicom-anonymizer` (Kitware, BSD-3),
+# applied by `remove_phi` (its own engine keeps one UID map per process and does not clean nested data).
+PROFILE_TABLE = "dicomfields_2026c"  # the table as of DICOM 2026c
+PROFILE_ACTIONS = {
+    "D_TAGS": "D",
+    "Z_TAGS": "Z",
+    "X_TAGS": "X",
+    "U_TAGS": "U",
+    "Z_D_TAGS": "Z/D",
+    "X_Z_TAGS": "X/Z",
+    "X_D_TAGS": "X/D",
+    "X_Z_D_TAGS": "X/Z/D",
+    "X_Z_U_STAR_TAGS": "X/Z/U*",
+}
 CLASS_UIDS = ("SOPClassUID", "RelatedGeneralSOPClassUID", "OriginalSpecializedSOPClassUID")
-IDENTIFYING_VRS = ("PN", "DA", "DT", "TM", "AS")  # any left after the lists above is removed as well
-DEIDENTIFICATION_METHOD = [
+IDENTIFYING_VRS = ("PN", "DA", "DT", "TM", "AS")  # outside the table these are removed as well
+DUMMY_VALUES = {
+    "DA": "19000101",
+    "TM": "000000",
+    "DT": "19000101000000",
+    "AS": "000Y",
+    "DS": "0",
+    "IS": "0",
+    "UR": "http://anonymized.invalid",
+    "AT": 0,
+}
+TEXT_VRS = ("AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UT")
+NUMBER_VRS = ("FD", "FL", "SL", "SS", "SV", "UL", "US", "UV")
+ANONYMIZED = "ANONYMIZED"
+DEIDENTIFICATION_METHOD = [  # LO values: at most 64 characters each
     "AdvSegAttack export --phi remove",
-    "PS3.15 E.1 basic profile actions on listed attributes",
-    "private tags, sequences, overlays, names, dates removed",
-    "UIDs replaced; pixel data not checked for burned-in text",
+    "PS3.15 E.1 Basic Profile (table 2026c); X/.. as X, Z/D as Z",
+    "private tags, sequences, overlays, curves, names, dates removed",
+    "UIDs replaced; pixels not checked for burned-in text",
 ]
 # Pixel-module attributes that describe the source's stored values and would be wrong for the new ones.
 STALE_PIXEL_ATTRIBUTES = (
@@ -190,6 +106,7 @@ STALE_PIXEL_ATTRIBUTES = (
     "IconImageSequence",
 )
 MANIPULATED_NOTE = "Adversarially manipulated by AdvSegAttack: not for clinical use"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 @dataclass(frozen=True)
@@ -246,36 +163,110 @@ def _ds_text(value: float) -> str:
     raise ValueError(f"{value!r} does not fit a DICOM decimal string")
 
 
-def remove_phi(dataset, new_uid: Callable[[str], str], patient_id: str) -> None:
-    """Apply the de-identification of `--phi remove` to one source slice's dataset, in place.
+def sop_class_uid(dataset) -> tuple[str, str | None]:
+    """The slice's SOP Class UID and, when its own is missing or empty (real archives hold such series), what
+    replaced it: the file meta's MediaStorageSOPClassUID, else CT Image Storage."""
+    own = str(dataset.get("SOPClassUID", "") or "").strip()
+    if own:
+        return own, None
+    meta = getattr(dataset, "file_meta", None)
+    stored = str(meta.get("MediaStorageSOPClassUID", "") or "").strip() if meta is not None else ""
+    if stored:
+        return stored, "the file meta's MediaStorageSOPClassUID"
+    return CT_IMAGE_STORAGE, "CT Image Storage"
 
-    Private tags, every sequence, overlay/curve groups (60xx, 50xx), the attributes in `PHI_REMOVE` and any
-    remaining attribute of VR PN, DA, DT, TM or AS are removed; `PHI_EMPTY` are emptied; PatientName becomes
-    "ANONYMIZED" and PatientID `patient_id`; every UID except the SOP class UIDs is replaced by `new_uid(old)`
-    (the same old UID always gets the same new one, so the series keeps one Frame of Reference).
+
+@functools.cache
+def basic_profile() -> tuple[dict[int, str], tuple[tuple[int, int, int, int, str], ...]]:
+    """Table E.1-1's Basic Profile actions: {tag: action} and (group, element, group mask, element mask,
+    action) for the repeating groups (curves 50xx, overlays 60xx)."""
+    from dicomanonymizer.dicomfields_selector import dicom_anonymization_database_selector
+
+    table = dicom_anonymization_database_selector(PROFILE_TABLE)
+    single: dict[int, str] = {}
+    masked = []
+    for category, action in PROFILE_ACTIONS.items():
+        for tag in table[category]:
+            if len(tag) == 2:
+                single[(tag[0] << 16) | tag[1]] = action
+            else:
+                masked.append((*tag, action))
+    return single, tuple(masked)
+
+
+def profile_action(tag: int) -> str | None:
+    """The Basic Profile action of a tag (D, Z, X, U or a compound one such as X/Z), None when unlisted."""
+    single, masked = basic_profile()
+    group, element = tag >> 16, tag & 0xFFFF
+    if tag in single:
+        return single[tag]
+    return next((a for g, e, gm, em, a in masked if group & gm == g & gm and element & em == e & em), None)
+
+
+def _new_uids(element, new_uid: Callable[[str], str]) -> str | list[str]:
+    """The element's UIDs mapped by `new_uid`, also when a reader did not know it as UI (LO, bytes of UN)."""
+    values = list(element.value) if element.VM > 1 else [element.value]
+    texts = [v.decode("ascii", "replace") if isinstance(v, bytes) else str(v) for v in values]
+    uids = [new_uid(uid.strip("\0 ")) for text in texts for uid in text.split("\\")]
+    return uids if len(uids) > 1 else uids[0]
+
+
+def _dummy(element, new_uid: Callable[[str], str]) -> object:
+    """A non-empty value of the element's VR that identifies nobody (action D)."""
+    if element.VR == "UI":
+        return _new_uids(element, new_uid)
+    if element.VR in TEXT_VRS:
+        return ANONYMIZED
+    if element.VR in NUMBER_VRS:
+        return 0
+    return DUMMY_VALUES.get(element.VR, bytes(8))  # OB, OW, OD, OF, OL, OV, UN
+
+
+def remove_phi(dataset, new_uid: Callable[[str], str], patient_id: str) -> None:
+    """De-identify one source slice's data set in place (`--phi remove`): the PS3.15 Basic Profile, stricter.
+
+    First every private tag, every sequence (they can nest names, dates and references; none is Type 1 or 2
+    in the CT Image IOD) and the curve and overlay groups (50xx, 60xx) are removed. Then each remaining
+    attribute gets its `profile_action`: X removed, Z emptied, D a dummy value, U a new UID (`new_uid(old)`,
+    the same old UID always the same new one, so the series keeps one Frame of Reference); a compound action
+    is its first one (X/Z, X/D, X/Z/D and X/Z/U* are Type 3 in the CT Image IOD; Z/D is Type 2). Attributes
+    the table does not list are kept, except names, dates, times and ages (removed) and UIDs other than SOP
+    class UIDs (replaced). PatientName becomes "ANONYMIZED", PatientID `patient_id`; PatientIdentityRemoved,
+    DeidentificationMethod(CodeSequence) and LongitudinalTemporalInformationModified record what was done.
     """
+    import pydicom
+
     dataset.remove_private_tags()
     for element in list(dataset):
         group = element.tag.group
         if element.VR == "SQ" or 0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF:
             del dataset[element.tag]
-    for keyword in PHI_REMOVE:
-        if keyword in dataset:
-            delattr(dataset, keyword)
     for element in list(dataset):
-        if element.VR in IDENTIFYING_VRS and element.keyword not in PHI_EMPTY + tuple(PHI_DUMMY):
+        action = profile_action(int(element.tag))
+        if action is None:
+            if element.VR in IDENTIFYING_VRS:
+                del dataset[element.tag]
+            elif element.VR == "UI" and element.keyword not in CLASS_UIDS and element.value:
+                element.value = _dummy(element, new_uid)
+        elif action[0] == "X":
             del dataset[element.tag]
-    for keyword in PHI_EMPTY:
-        if keyword in dataset:
-            dataset.data_element(keyword).value = ""
-    for keyword, value in PHI_DUMMY.items():
-        setattr(dataset, keyword, value)
+        elif action[0] == "Z":
+            element.value = None
+        elif element.value in (None, "", b""):  # D or U: an empty value stays empty (nothing to hide)
+            continue
+        elif action == "U":
+            dataset.add_new(element.tag, "UI", _new_uids(element, new_uid))
+        else:
+            element.value = _dummy(element, new_uid)
+    dataset.PatientName = ANONYMIZED
     dataset.PatientID = patient_id
-    for element in list(dataset):
-        if element.VR == "UI" and element.keyword not in CLASS_UIDS and element.value:
-            element.value = new_uid(str(element.value))
     dataset.PatientIdentityRemoved = "YES"
     dataset.DeidentificationMethod = DEIDENTIFICATION_METHOD
+    code = pydicom.Dataset()
+    code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+    code.CodeMeaning = "Basic Application Confidentiality Profile"
+    dataset.DeidentificationMethodCodeSequence = [code]
+    dataset.LongitudinalTemporalInformationModified = "REMOVED"
 
 
 @dataclass(frozen=True)
@@ -359,7 +350,7 @@ def write_dicom_series(
         )
     source_image = read_image(source_folder) if source_image is None else source_image
     _check_same_grid(adversarial, source_image, source_folder)
-    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True, force=True)  # force: files without file meta
     if phi == "remove" and str(first.get("BurnedInAnnotation", "")).upper() == "YES":
         raise InputError(
             f"{source_folder} declares burned-in annotation (0028,0301 YES): --phi remove cannot remove "
@@ -379,15 +370,23 @@ def write_dicom_series(
     patient_id = "ADVSEG-" + hashlib.sha256(study_uid.encode()).hexdigest()[:8].upper()
     out_folder.mkdir(parents=True, exist_ok=True)
     rows, columns = adversarial.GetSize()[1], adversarial.GetSize()[0]
+    replacements = 0  # slices whose SOPClassUID was empty
     for k, path in enumerate(files):
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         shape = (dataset.get("Rows"), dataset.get("Columns"))
         if int(dataset.get("NumberOfFrames", 1) or 1) != 1 or shape != (rows, columns):
             raise InputError(f"{path} is not a single {columns}x{rows} slice of the attacked volume's grid.")
         position = np.array([float(v) for v in dataset.ImagePositionPatient])
         if not np.allclose(position, source_image.TransformIndexToPhysicalPoint((0, 0, k)), atol=1e-3):
             raise InputError(f"{path}: its ImagePositionPatient is not that of slice {k} of {source_folder}.")
-        source_sop = (str(dataset.SOPClassUID), str(dataset.SOPInstanceUID))
+        sop_class, replaced_by = sop_class_uid(dataset)
+        if replaced_by and not replacements:
+            print(
+                f"advseg: {path}: SOPClassUID is empty; written as {replaced_by} ({sop_class}).",
+                file=sys.stderr,
+            )
+        replacements += bool(replaced_by)
+        source_sop = (sop_class, str(dataset.get("SOPInstanceUID", "")))
         for keyword in STALE_PIXEL_ATTRIBUTES:
             if keyword in dataset:
                 delattr(dataset, keyword)
@@ -397,6 +396,7 @@ def write_dicom_series(
             reference = pydicom.Dataset()
             reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = source_sop
             dataset.SourceImageSequence = [reference]
+        dataset.SOPClassUID = sop_class
         dataset.StudyInstanceUID, dataset.SeriesInstanceUID = study_uid, series_uid
         dataset.SOPInstanceUID = generate_uid()
         image_type = list(dataset.get("ImageType", []) or [])
@@ -434,6 +434,8 @@ def write_dicom_series(
         "study_instance_uid": study_uid,
         "series_instance_uid": series_uid,
         "series_description": description.short,
+        "sop_class_uid": sop_class,
+        "sop_class_replaced_in_slices": replacements,
         "stored_as": "int16" if encoding.signed else "uint16",
         "rescale_slope": encoding.slope,
         "rescale_intercept": encoding.intercept,
@@ -483,6 +485,38 @@ def _default_dicom_source(case: CaseFolder, provenance: dict) -> Path:
     return source
 
 
+def _read_case_files(case: CaseFolder, phi: str) -> tuple[dict, dict, sitk.Image]:
+    """(provenance, metrics, adversarial volume) after reading every file the bundle will hold.
+
+    Each label map (NIfTI and .seg.nrrd, through the engine's readers) must be one on the adversarial
+    volume's grid, the JSON files objects, and the preview (copied with --phi keep) a readable PNG; anything
+    else is an InputError naming the file, before anything is written.
+    """
+    documents = []
+    for path in (case.provenance, case.metrics):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (UnicodeDecodeError, ValueError) as error:
+            raise InputError(f"{path} is not valid JSON ({error}).") from None
+        if not isinstance(documents[-1], dict):
+            raise InputError(f"{path} is not a JSON object.")
+    adversarial = read_image(case.adversarial)
+    for path in (case.pred_clean_nifti, case.pred_clean_seg, case.pred_adv_nifti, case.pred_adv_seg):
+        if not same_grid(read_label(path, allow_empty=True), adversarial, GRID_TOLERANCE_MM):
+            raise InputError(
+                f"{path} is not on the grid of {case.adversarial} (size, spacing, origin, direction)."
+            )
+    if phi == "keep" and case.preview.is_file():
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(case.preview) as png:
+                png.verify()
+        except (OSError, SyntaxError, ValueError, UnidentifiedImageError) as error:
+            raise InputError(f"{case.preview} is not a readable PNG image ({error}).") from None
+    return documents[0], documents[1], adversarial
+
+
 def _check_same_grid(adversarial: sitk.Image, source: sitk.Image, folder: Path) -> None:
     same = (
         adversarial.GetSize() == source.GetSize()
@@ -497,14 +531,22 @@ def _check_same_grid(adversarial: sitk.Image, source: sitk.Image, folder: Path) 
         )
 
 
-def _redacted_provenance(provenance: dict) -> dict:
-    """The provenance without local paths and the command line (they can name the patient)."""
-    redacted = json.loads(json.dumps(provenance))
-    redacted["command_line"] = REMOVED
-    for key in ("input", "reference_label"):
-        if isinstance(redacted.get(key), dict) and "path" in redacted[key]:
-            redacted[key]["path"] = REMOVED
-    return redacted
+def without_local_paths(document: dict) -> dict:
+    """A copy of a case's provenance or metrics without the command line and local paths (folder names often
+    name the patient): every text holding a path separator or starting with "~" becomes REMOVED, except
+    units ("k/255", "on/off"); hashes, parameters and numbers stay."""
+
+    def clean(value, key: str | None = None):
+        if isinstance(value, dict):
+            return {name: clean(item, name) for name, item in value.items()}
+        if isinstance(value, list):
+            return [clean(item, key) for item in value]
+        if isinstance(value, str) and key != "unit":
+            if key == "command_line" or "/" in value or "\\" in value or value.startswith("~"):
+                return REMOVED
+        return value
+
+    return clean(document)
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -627,13 +669,7 @@ def export_case(
             "--dicom-source is only used with --format dicom; add dicom to --format or leave it out."
         )
     case = read_case(case_dir)
-    try:
-        provenance = case.load_provenance()
-        metrics = case.load_metrics()
-    except ValueError as error:
-        raise InputError(
-            f"{case.root}: provenance.json or metrics.json is not valid JSON ({error})."
-        ) from None
+    provenance, metrics, adversarial = _read_case_files(case, phi)
     out = Path(out_dir)
     protected = {_resolve(case.root): "the case folder"}
     for key, what in (("input", "the attack's input"), ("reference_label", "the reference label")):
@@ -651,13 +687,14 @@ def export_case(
         source_folder = (
             Path(dicom_source) if dicom_source is not None else _default_dicom_source(case, provenance)
         )
-    adversarial = read_image(case.adversarial)
     source_image = read_image(source_folder) if source_folder is not None else None
     if source_folder is not None:
         _check_same_grid(adversarial, source_image, source_folder)
 
     volume_suffixes = [s for f, s in (("nifti", ".nii.gz"), ("nrrd", ".nrrd")) if f in formats]
-    copies = [case.metrics, case.provenance] if phi == "keep" else [case.metrics]
+    copies = [case.metrics, case.provenance] if phi == "keep" else []
+    if phi == "remove":  # what the bundle says about the case, here and in README.txt and the DICOM series
+        provenance, metrics = without_local_paths(provenance), without_local_paths(metrics)
     if phi == "keep" and case.preview.is_file():
         copies.append(case.preview)
     total = 1 + 3 * len(volume_suffixes) + 2 + (adversarial.GetDepth() if source_folder else 0)
@@ -675,7 +712,8 @@ def export_case(
         for path in copies:
             shutil.copyfile(path, staging / path.name)
         if phi == "remove":
-            write_json_atomic(staging / case.provenance.name, _redacted_provenance(provenance))
+            write_json_atomic(staging / case.provenance.name, provenance)
+            write_json_atomic(staging / case.metrics.name, metrics)
         step()
         for stem, nifti in (
             (ADVERSARIAL.removesuffix(".nii.gz"), case.adversarial),

@@ -193,12 +193,16 @@ def _label_from_seg_nrrd(path: Path, label_names: Sequence[str] | None) -> sitk.
 
 
 def read_label(
-    path: str | Path, reference: sitk.Image | None = None, label_names: Sequence[str] | None = None
+    path: str | Path,
+    reference: sitk.Image | None = None,
+    label_names: Sequence[str] | None = None,
+    allow_empty: bool = False,
 ) -> sitk.Image:
     """An integer label map (uint8/uint16) from NIfTI/NRRD/MHA, a DICOM folder or a Slicer `.seg.nrrd`.
 
     `.seg.nrrd` segments are mapped to label values by name when `label_names` knows them. A label on another
     grid than `reference` is resampled (nearest neighbour) when it covers the same physical space, else refused.
+    A map without any labelled voxel is refused unless `allow_empty` (a model's prediction may be empty).
     """
     path = Path(path)
     if full_suffix(path) == ".seg.nrrd":
@@ -211,7 +215,7 @@ def read_label(
     voxels = sitk.GetArrayViewFromImage(label)
     if not np.isfinite(voxels).all() or np.any(voxels < 0) or np.any(np.rint(voxels) != voxels):
         raise InputError(f"{path} is not a label map: its voxels must be non-negative integers.")
-    if voxels.max() == 0:
+    if voxels.max() == 0 and not allow_empty:
         raise InputError(f"{path} is an empty label map: it has no labelled voxel.")
     label = sitk.Cast(label, sitk.sitkUInt16 if voxels.max() > 255 else sitk.sitkUInt8)
     if reference is not None and not same_grid(label, reference):

@@ -60,6 +60,7 @@ class AttackRequest:
     sw_batch_size: int = 4
     preview: bool = True
     command_line: str = ""
+    trust_torchscript: bool = False  # load a TorchScript --model (it is code; see cards.load_model)
 
 
 def region_mask(
@@ -227,7 +228,9 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         _check_source_space_request(request)
     reporter.progress("load", 0, 1)
     source = read_image(request.image)
-    card, network = load_model(request.model, card=request.card, device=request.device)
+    card, network = load_model(
+        request.model, card=request.card, device=request.device, trust_torchscript=request.trust_torchscript
+    )
     reference = read_label(request.label, source, card.label_names) if request.label else None
     space = to_model_space(source, card)
     reporter.progress("load", 1, 1)

@@ -25,6 +25,7 @@ from pathlib import Path
 from .errors import InputError
 from .io import sha256_file
 from .labels import BTCV_LABEL_NAMES
+from .nofollow import inside
 from .session import (
     ANSWERS,
     CASE_SUFFIX,
@@ -44,7 +45,7 @@ ORGAN_CHOICES: tuple[str, ...] = tuple(BTCV_LABEL_NAMES[1:])
 
 
 def _load_manifest(session: Path) -> dict[str, str]:
-    path = session / MANIFEST
+    path = inside(session, session / MANIFEST)
     try:
         files = json.loads(path.read_text(encoding="utf-8"))["files"]
         if not isinstance(files, dict):
@@ -143,7 +144,7 @@ class ReaderSession:
         problems: list[str] = []
         verified: dict[Path, tuple[int, int]] = {}
         for name in names:
-            path = session / name
+            path = inside(session, session / name)
             if not path.is_file():
                 problems.append(f"{path} is missing.")
                 continue
@@ -201,7 +202,7 @@ class ReaderSession:
         """
         if case_id not in self.order:
             raise InputError(f"case {case_id!r} is not in the order of {self.reader}.")
-        path = case_file(self.session, case_id)
+        path = inside(self.session, case_file(self.session, case_id))
         try:
             status = path.stat()
         except OSError:

@@ -22,6 +22,7 @@ from scipy import stats
 
 from .errors import InputError
 from .io import write_json_atomic, write_text_atomic
+from .nofollow import inside
 from .session import READERS, REPORT, load_key, load_order, parse_ratings, ratings_path
 
 ALPHA = 0.05
@@ -604,11 +605,11 @@ def analyze_session(session: str | Path, margin: float | None = None) -> dict:
     session = Path(session)
     if margin is not None and not 0 < margin < 0.5:
         raise InputError(f"--margin {margin} must be between 0 and 0.5 (exclusive).")
+    report = inside(session, session / REPORT)  # written atomically: a link there is refused, never followed
     rows, readers, problems = collect_rows(session)
     summary = analyze(rows, readers, margin)
     summary["session"] = session_details(session, readers, rows)
     summary["problems"] = problems
-    report = session / REPORT
     write_text_atomic(report / "report.md", render_markdown(summary, problems))
     write_text_atomic(
         report / "report.html", render_html(summary, problems, _figures(rows, summary, readers))

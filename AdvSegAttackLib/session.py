@@ -46,6 +46,7 @@ import SimpleITK as sitk
 from .casefolder import read_case
 from .errors import InputError
 from .io import read_image, sha256_file, staged_output_dir, write_json_atomic
+from .nofollow import inside, irregular_entries, open_nofollow
 
 CASES = "cases"
 CASE_SUFFIX = ".nii"  # uncompressed: a compressed size would differ between real and manipulated
@@ -459,6 +460,9 @@ def verify_session(session: str | Path) -> list[str]:
     """Problems (one sentence each) of a session altered after building; an empty list when intact."""
     session = Path(session)
     manifest_path = session / MANIFEST
+    links = irregular_entries(session)
+    if links:
+        return links
     try:
         recorded = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
@@ -482,7 +486,7 @@ def verify_session(session: str | Path) -> list[str]:
 
 
 def load_key(session: str | Path) -> dict:
-    path = Path(session) / KEY_FILE
+    path = inside(session, Path(session) / KEY_FILE)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
@@ -491,7 +495,7 @@ def load_key(session: str | Path) -> dict:
 
 def load_order(session: str | Path, reader: str) -> list[str]:
     path = Path(session) / READERS / reader / ORDER
-    if reader in ("", ".", "..") or "/" in reader or "\\" in reader or not path.is_file():
+    if reader in ("", ".", "..") or "/" in reader or "\\" in reader or not inside(session, path).is_file():
         raise InputError(f"{reader!r} is not a reader of session {session} (no {path}).")
     try:
         return list(json.loads(path.read_text(encoding="utf-8"))["cases"])
@@ -500,7 +504,8 @@ def load_order(session: str | Path, reader: str) -> list[str]:
 
 
 def ratings_path(session: str | Path, reader: str) -> Path:
-    return Path(session) / READERS / reader / RATINGS
+    """The reader's ratings file; InputError when it (or readers/, readers/<reader>/) is a link or special file."""
+    return inside(session, Path(session) / READERS / reader / RATINGS)
 
 
 def parse_ratings(path: Path) -> tuple[list[dict], list[str], bool]:
@@ -548,7 +553,7 @@ def next_case(session: str | Path, reader: str) -> str | None:
 
 def _repair(path: Path) -> None:
     """Truncate a half-written last line (a crash during a write) back to the last complete line."""
-    with open(path, "rb+") as handle:
+    with os.fdopen(open_nofollow(path, os.O_RDWR), "rb+") as handle:
         data = handle.read()
         if data and not data.endswith(b"\n"):
             handle.truncate(data.rfind(b"\n") + 1)
@@ -593,7 +598,7 @@ def append_rating(
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     }
     line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         written = 0
         while written < len(line):

@@ -28,7 +28,7 @@ import SimpleITK as sitk
 import torch
 
 from .adversarial_training import AdversarialTraining, CropAttacker, adversarial_loss
-from .cards import ModelCard, save_model
+from .cards import ModelCard, load_weights_only, save_model
 from .distributed import SINGLE_PROCESS, DistributedContext, barrier
 from .errors import InputError
 from .io import atomic_path
@@ -215,7 +215,7 @@ def train(
     state_path = out_dir / STATE_FILE
     state = None
     if resume and distributed.is_main and state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_weights_only(state_path)
     if distributed.enabled:  # rank 0's state for every rank: other nodes need not see `out_dir`
         shared = [state]
         torch.distributed.broadcast_object_list(shared, src=0)

@@ -9,6 +9,8 @@ import gzip
 import hashlib
 import json
 import shutil
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import save_tiny_model
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
@@ -25,14 +27,19 @@ from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.export import (
     DICOM_FOLDER,
     EXPORT_FORMATS,
-    PHI_EMPTY,
-    PHI_REMOVE,
+    MANIPULATED_NOTE,
+    AttackDescription,
+    basic_profile,
     encode_pixels,
     export_case,
+    profile_action,
+    sop_class_uid,
+    write_dicom_series,
 )
-from AdvSegAttackLib.io import read_image, sha256_file, write_image
+from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
 PHI = {
     "PatientName": "DOE^JANE",
     "PatientID": "MRN-0042",
@@ -67,8 +74,29 @@ def oblique_crop(real_ct_small: Path) -> sitk.Image:
     return image
 
 
-def write_ct_series(image: sitk.Image, folder: Path, implicit_vr: bool = False) -> Path:
-    """A CT series as a scanner writes it: uint16 stored = HU + 2048, PHI, a private tag, shuffled file names."""
+def save_dicom(ds: pydicom.Dataset, path: Path, implicit_vr: bool = False, file_format: bool = True) -> None:
+    """Write `ds` with pydicom 3 or 2 (as in Slicer 5.10); `file_format=False`: no preamble, no file meta."""
+    if PYDICOM_3 and file_format:
+        pydicom.dcmwrite(path, ds, enforce_file_format=True)
+    elif PYDICOM_3:
+        pydicom.dcmwrite(path, ds, implicit_vr=implicit_vr, little_endian=True)
+    else:
+        ds.is_implicit_VR, ds.is_little_endian = implicit_vr, True
+        pydicom.dcmwrite(path, ds, write_like_original=not file_format)
+
+
+def write_ct_series(
+    image: sitk.Image,
+    folder: Path,
+    implicit_vr: bool = False,
+    file_meta: bool = True,
+    edit: Callable[[pydicom.Dataset], None] | None = None,
+) -> Path:
+    """A CT series as a scanner writes it: uint16 stored = HU + 2048, PHI, a private tag, shuffled file names.
+
+    `file_meta=False` writes bare data sets (no preamble, no file meta, as old archives hold); `edit` changes
+    each data set before it is written.
+    """
     folder.mkdir(parents=True)
     direction = np.array(image.GetDirection()).reshape(3, 3)
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
@@ -97,14 +125,18 @@ def write_ct_series(image: sitk.Image, folder: Path, implicit_vr: bool = False) 
         ds.SmallestImagePixelValue = 0
         ds.BurnedInAnnotation = "NO"
         ds.PixelData = (voxels[k].astype(np.int32) + 2048).astype("<u2").tobytes()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
-            CT_IMAGE_STORAGE,
-            ds.SOPInstanceUID,
-        )
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
+        ds["PixelData"].VR = "OW"
+        if file_meta:
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = (
+                CT_IMAGE_STORAGE,
+                ds.SOPInstanceUID,
+            )
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
+        if edit:
+            edit(ds)
         name = hashlib.sha256(ds.SOPInstanceUID.encode()).hexdigest()[:10]  # file order != slice order
-        pydicom.dcmwrite(folder / f"{name}.dcm", ds, enforce_file_format=True)
+        save_dicom(ds, folder / f"{name}.dcm", implicit_vr, file_format=file_meta)
     return folder
 
 
@@ -378,6 +410,232 @@ def test_pixel_encoding_is_exact_for_integers_and_bounded_otherwise():
         encode_pixels(np.array([-1e6, 1e6, 0.5]))
 
 
-def test_phi_attribute_lists_name_real_dicom_attributes():
-    unknown = [k for k in (*PHI_EMPTY, *PHI_REMOVE) if tag_for_keyword(k) is None]
-    assert unknown == []
+def phi_value(tag: int, vr: str, uids: dict[int, str]) -> object:
+    """An identifying value of `vr` for `tag` ("DOE" in every text; one UID per tag for the whole series)."""
+    if vr == "UI":
+        return uids.setdefault(tag, generate_uid())
+    if vr == "SQ":
+        item = pydicom.Dataset()
+        item.PatientName, item.PatientComments = "DOE^NESTED", "DOE nested MRN-0042"
+        return [item]
+    numbers = {"US": 7, "SS": 7, "UL": 7, "SL": 7, "FL": 1.5, "FD": 1.5, "DS": "7.5", "IS": "7"}
+    text = {"PN": "DOE^JANE", "DA": "19610704", "TM": "101500", "DT": "19610704101500", "AS": "062Y"}
+    text |= {"CS": "DOE", "AE": "DOEAE", "UR": "http://phi.example/DOE"}
+    if vr in ("OB", "OW", "UN"):
+        return b"DOE!"
+    return numbers.get(vr, text.get(vr, f"DOE {tag:08X}"))
+
+
+def outside_profile(vr: str) -> int:
+    """The first current attribute of `vr` that Table E.1-1 does not list."""
+    return next(
+        tag
+        for tag, entry in sorted(DicomDictionary.items())
+        if entry[0] == vr and not entry[3] and profile_action(tag) is None and tag >> 16 not in (0, 2, 4)
+    )
+
+
+OVERLAY = [  # a 70x80 graphics overlay whose bits and comment carry text (60xx groups)
+    (0x0010, "US", 70),
+    (0x0011, "US", 80),
+    (0x0040, "CS", "G"),
+    (0x0050, "SS", [1, 1]),
+    (0x0100, "US", 1),
+    (0x0102, "US", 0),
+    (0x3000, "OB", b"DOE!" * 175),
+    (0x24000, "LT", "DOE overlay comment"),  # group 6002 (GDCM cannot read a comment beside overlay data)
+]
+
+
+def fill_every_profile_attribute(uids: dict[int, str]) -> Callable[[pydicom.Dataset], None]:
+    """An `edit` for write_ct_series: every attribute of the Basic Profile table, overlays, curves, a name and
+    a date the table does not list, and private data nested in a sequence."""
+    single, _ = basic_profile()
+
+    def fill(ds: pydicom.Dataset) -> None:
+        for tag in single:
+            if tag >> 16 in (0x0000, 0x0002, 0x0004) or tag == tag_for_keyword("SOPInstanceUID"):
+                continue  # command, file meta and directory groups; each slice has its own SOP UID
+            try:
+                vr = dictionary_VR(tag).split(" or ")[0]
+            except KeyError:
+                vr = "LO"  # newer than this pydicom's dictionary
+            ds.add_new(tag, vr, phi_value(tag, vr, uids))
+        ds.add_new(0x50000005, "US", 1)  # curve dimensions
+        ds.add_new(0x50003000, "OB", b"DOE!")  # curve data
+        for element, vr, value in OVERLAY:
+            ds.add_new(0x60000000 | element, vr, value)
+        for vr in ("PN", "DA"):
+            ds.add_new(outside_profile(vr), vr, phi_value(0, vr, uids))
+        ds.AnatomicRegionSequence = phi_value(0, "SQ", uids)  # a sequence the table does not list
+        ds.AnatomicRegionSequence[0].add_new(0x00190010, "LO", "ACME")
+        ds.AnatomicRegionSequence[0].add_new(0x00191001, "LO", "DOE private nested")
+
+    return fill
+
+
+def test_basic_profile_every_action_holds_tag_class_by_tag_class(real_ct_small, tmp_path):
+    uids: dict[int, str] = {}
+    crop = oblique_crop(real_ct_small)[:, :, :4]
+    source = write_ct_series(crop, tmp_path / "source", edit=fill_every_profile_attribute(uids))
+    adversarial = read_image(source) + 5
+    description = AttackDescription("AdvSegAttack pgd eps=8", "AdvSegAttack pgd eps=8; seed 0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warns about values invalid for their VR: none is written
+        summary = write_dicom_series(adversarial, source, tmp_path / "out", description, "remove")
+
+    single, _ = basic_profile()
+    sources = {int(d.InstanceNumber): d for d in (pydicom.dcmread(p) for p in source.iterdir())}
+    written = sorted((tmp_path / "out").iterdir())
+    exported = [pydicom.dcmread(p) for p in written]
+    ours = {"SeriesDescription", "DerivationDescription", "ImageComments", "PatientName", "PatientID"}
+    new_uids: dict[str, set[str]] = {}
+    for ds in exported:
+        original = sources[int(ds.InstanceNumber)]
+        for tag, action in single.items():
+            if tag >> 16 in (0x0000, 0x0002, 0x0004) or keyword_for_tag(tag) in ours:
+                continue
+            before, after = original.get(tag), ds.get(tag)
+            name = f"({tag >> 16:04X},{tag & 0xFFFF:04X}) {action}"
+            if action[0] == "X" or before.VR == "SQ":  # every sequence is removed (stricter than D/Z/U)
+                assert after is None, name
+            elif action == "Z" or action == "Z/D":
+                assert after is not None and after.value in ("", None), name
+            elif action == "D":
+                assert after.value not in ("", None) and after.value != before.value, name
+            else:
+                assert action == "U" and after.value != before.value, name
+                assert pydicom.uid.UID(str(after.value)).is_valid, name
+                new_uids.setdefault(str(before.value), set()).add(str(after.value))
+        for keyword in ("StudyComments", "ImagingServiceRequestComments", "RequestedProcedureComments"):
+            assert keyword not in ds  # issue 12: left in by the hand-written list
+        assert "IdentifyingComments" not in ds
+        assert ds.PatientName == "ANONYMIZED" and ds.PatientID.startswith("ADVSEG-")
+        assert ds.SeriesDescription == description.short and ds.DerivationDescription == description.full
+        assert ds.ImageComments == MANIPULATED_NOTE and list(ds.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        assert ds.PatientIdentityRemoved == "YES" and ds.LongitudinalTemporalInformationModified == "REMOVED"
+        assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+        assert [e.keyword for e in ds if e.VR == "SQ"] == ["DeidentificationMethodCodeSequence"]
+        assert not any(e.tag.is_private or 0x5000 <= e.tag.group <= 0x60FF for e in ds)
+        assert outside_profile("PN") not in ds and outside_profile("DA") not in ds
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Modality"):
+            assert ds.data_element(keyword).value == original.data_element(keyword).value  # kept (K)
+        assert ds.BurnedInAnnotation == "NO" and ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    # U: every source UID became one new UID, the same in every slice, shared by no other source UID
+    assert all(len(new) == 1 for new in new_uids.values()) and len(new_uids) >= len(uids) - 1
+    assert len({next(iter(new)) for new in new_uids.values()}) == len(new_uids)
+    assert not {next(iter(new)) for new in new_uids.values()} & set(uids.values())
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
+        assert len({str(ds.data_element(keyword).value) for ds in exported}) == 1
+    assert str(exported[0].StudyInstanceUID) == summary["study_instance_uid"]
+    assert len({str(ds.SOPInstanceUID) for ds in exported}) == len(exported) == 4
+    for path in written:  # no identifying byte anywhere before the pixels
+        header = path.read_bytes().split(b"\xe0\x7f\x10\x00")[0]
+        assert b"DOE" not in header and b"MRN" not in header, path
+    again = read_image(tmp_path / "out")
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(again), sitk.GetArrayFromImage(adversarial))
+    np.testing.assert_allclose(again.GetOrigin(), adversarial.GetOrigin(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(again.GetDirection(), adversarial.GetDirection(), atol=1e-6, rtol=0)
+
+
+AWKWARD = {
+    # real archives: the crash of issue 12 was an empty SOPClassUID, in both --phi modes
+    "empty SOPClassUID": {"edit": lambda ds: setattr(ds, "SOPClassUID", "")},
+    "no file meta, implicit VR": {"file_meta": False, "implicit_vr": True},
+    "no PatientName": {"edit": lambda ds: delattr(ds, "PatientName")},
+}
+
+
+@pytest.mark.parametrize("phi", ["remove", "keep"])
+@pytest.mark.parametrize("kind", sorted(AWKWARD))
+def test_awkward_archive_series_export_exactly(kind, phi, made, real_ct_small, tmp_path, capsys):
+    series = write_ct_series(oblique_crop(real_ct_small), tmp_path / "source", **AWKWARD[kind])
+    bundle = tmp_path / "bundle"
+    manifest = export_case(made["case"], bundle, ["dicom"], dicom_source=series, phi=phi)
+    log = capsys.readouterr().err
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(read_image(bundle / DICOM_FOLDER)),
+        sitk.GetArrayFromImage(read_image(made["case"] / "adversarial.nii.gz")),
+    )
+    for ds in dicom_files(bundle):
+        assert ds.SOPClassUID == ds.file_meta.MediaStorageSOPClassUID == CT_IMAGE_STORAGE
+        assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert ds.ImageComments.startswith("Adversarially manipulated")
+    assert manifest["dicom"]["sop_class_uid"] == CT_IMAGE_STORAGE
+    if kind == "empty SOPClassUID":  # pydicom 2 wrote the empty class into the file meta as well
+        meta = pydicom.dcmread(next(series.iterdir()), force=True).file_meta
+        kept = meta.get("MediaStorageSOPClassUID")
+        assert manifest["dicom"]["sop_class_replaced_in_slices"] == 12
+        replaced_by = "the file meta's MediaStorageSOPClassUID" if kept else "CT Image Storage"
+        assert f"SOPClassUID is empty; written as {replaced_by}" in log
+    else:
+        assert manifest["dicom"]["sop_class_replaced_in_slices"] == 0 and "SOPClassUID" not in log
+
+
+def test_sop_class_falls_back_to_file_meta_then_ct_image_storage():
+    """GDCM cannot place the slices of a series without file meta and SOP class (so it never gets here);
+    the last fallback is for data sets read without either."""
+    ds = pydicom.Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2.1"  # Enhanced CT: kept as it is
+    assert sop_class_uid(ds) == ("1.2.840.10008.5.1.4.1.1.2.1", None)
+    ds.SOPClassUID = ""
+    assert sop_class_uid(ds) == (CT_IMAGE_STORAGE, "CT Image Storage")
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    assert sop_class_uid(ds) == ("1.2.840.10008.5.1.4.1.1.7", "the file meta's MediaStorageSOPClassUID")
+    del ds.SOPClassUID
+    assert sop_class_uid(ds)[0] == "1.2.840.10008.5.1.4.1.1.7"
+
+
+def test_linked_corrupt_or_misplaced_case_files_are_refused_and_nothing_written(made, tmp_path, capsys):
+    case = Path(shutil.copytree(made["case"], tmp_path / "case"))
+    out = tmp_path / "bundle"
+    listing = sorted(tmp_path.iterdir())
+    secret = tmp_path / "secret.txt"
+    secret.write_text("an arbitrary file of the user", encoding="utf-8")
+    good = (case / "pred_clean.seg.nrrd").read_bytes()
+
+    (case / "pred_clean.seg.nrrd").unlink()
+    (case / "pred_clean.seg.nrrd").symlink_to(secret)
+    assert "pred_clean.seg.nrrd is a symbolic link" in error_of(capsys, str(case), "--out", str(out))
+    (case / "pred_clean.seg.nrrd").unlink()
+
+    (case / "pred_clean.seg.nrrd").write_bytes(good[: len(good) // 2])  # truncated
+    assert "pred_clean.seg.nrrd could not be read" in error_of(capsys, str(case), "--out", str(out))
+
+    label = read_image(made["case"] / "pred_clean.nii.gz")[:, :, :6]
+    write_segmentation(label, case / "pred_clean.seg.nrrd", ["background", "spleen"], [[0, 0, 0], [1, 2, 3]])
+    message = error_of(capsys, str(case), "--out", str(out))
+    assert "pred_clean.seg.nrrd is not on the grid of" in message and "adversarial.nii.gz" in message
+    (case / "pred_clean.seg.nrrd").write_bytes(good)
+
+    (case / "pred_adv.nii.gz").write_bytes((made["case"] / "pred_adv.nii.gz").read_bytes()[:200])
+    assert "pred_adv.nii.gz" in error_of(capsys, str(case), "--out", str(out), "--phi", "keep")
+    assert not out.exists() and sorted(p for p in tmp_path.iterdir() if p != secret) == listing
+
+
+def test_phi_remove_strips_every_local_path(made, tmp_path):
+    """Card and texture-weights folders, diagnostics and the command line name local folders (often the
+    patient's): none reaches provenance.json, metrics.json, README.txt, manifest.json or the DICOM headers."""
+    case = Path(shutil.copytree(made["case"], tmp_path / "case"))
+    provenance = json.loads((case / "provenance.json").read_text(encoding="utf-8"))
+    provenance["attack"]["parameters"]["weights"] = {
+        "value": "/home/doe_jane/weights",
+        "unit": "",
+        "flag": "--weights",
+    }
+    provenance["model"]["source"] = "~/models/doe_jane"
+    (case / "provenance.json").write_text(json.dumps(provenance), encoding="utf-8")
+    metrics = json.loads((case / "metrics.json").read_text(encoding="utf-8"))
+    metrics["attack"] = {"name": "texture", "diagnostics": {"weights": "folder C:\\Users\\doe_jane\\w"}}
+    (case / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    bundle = tmp_path / "bundle"
+    export_case(case, bundle, ["dicom", "nifti"])
+    for path in bundle.rglob("*"):
+        if path.is_file() and path.suffix != ".gz":
+            data = path.read_bytes().split(b"\xe0\x7f\x10\x00")[0].lower()
+            assert b"doe_jane" not in data and str(tmp_path).encode() not in data, path
+    kept = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
+    assert kept["attack"]["parameters"]["eps"] == provenance["attack"]["parameters"]["eps"]  # the rest stays
+    assert kept["input"]["sha256"] == provenance["input"]["sha256"] and kept["model"]["name"] == "tiny"
+    assert "weights=(removed" in (bundle / "README.txt").read_text(encoding="utf-8").replace(" = ", "=")

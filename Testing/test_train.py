@@ -77,3 +77,16 @@ def test_train_refuses_zero_steps(flag, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(tmp_path / "m"), flag, "0", *TINY])
     assert exit_info.value.code == 2
+
+
+class Payload:
+    """Any object that needs unpickling."""
+
+
+def test_resume_state_that_needs_unpickling_is_refused(tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    torch.save({"step": 1, "model": Payload()}, out / STATE_FILE)
+    status = main(["train", "--out", str(out), "--phantoms", "1", "--steps", "2", *TINY])
+    assert status == 2 and f"{out / STATE_FILE} needs unpickling" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [STATE_FILE]

@@ -9,7 +9,7 @@
 3. A folder of full-size Texture-Reformer weights: `E1.pth … E5.pth`, `D1.pth … D5.pth`, plain state dicts
    of the normalised VGG-19 encoders and their mirror decoders.
 
-Every `.pth` is read with `torch.load(..., weights_only=True)`; a missing, unexpected or wrongly shaped
+Every `.pth` is read with `torch.load(..., weights_only=True)` (`cards.load_weights_only`); a missing, unexpected or wrongly shaped
 tensor is an `InputError` naming the file.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..cards import load_weights_only
 from ..errors import InputError
 from .networks import LEVELS, TextureAutoencoders
 
@@ -136,11 +137,7 @@ def _load_pth_folder(folder: Path, size: str, names, source: str) -> TextureAuto
 def _read_pth_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise InputError(f"{path} is missing (all ten encoder/decoder files of levels 1-5 are needed).")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # any unreadable or non-weights-only pickle (e.g. a materialised git symlink)
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path} is not a readable weights-only PyTorch file ({first_line}).") from None
+    data = load_weights_only(path)
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not all(
