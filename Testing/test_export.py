@@ -15,12 +15,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import save_tiny_model
+from conftest import engine_cli as main
+from conftest import write_case_folder
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.export import (
     DICOM_FOLDER,
@@ -32,7 +32,15 @@ from AdvSegAttackLib.export import (
 )
 from AdvSegAttackLib.io import read_image, sha256_file, write_image
 
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+# A conformant DICOM file (preamble, file meta): pydicom 3 and pydicom 2.4 (Slicer 5.10) spell it differently.
+WRITE_AS_DICOM_FILE = (
+    {"enforce_file_format": True}
+    if int(pydicom.__version__.split(".")[0]) >= 3
+    else {"write_like_original": False}
+)
 PHI = {
     "PatientName": "DOE^JANE",
     "PatientID": "MRN-0042",
@@ -104,33 +112,26 @@ def write_ct_series(image: sitk.Image, folder: Path, implicit_vr: bool = False) 
         )
         ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
         name = hashlib.sha256(ds.SOPInstanceUID.encode()).hexdigest()[:10]  # file order != slice order
-        pydicom.dcmwrite(folder / f"{name}.dcm", ds, enforce_file_format=True)
+        pydicom.dcmwrite(folder / f"{name}.dcm", ds, **WRITE_AS_DICOM_FILE)
     return folder
-
-
-def attack(image: str | Path, model: Path, out: Path) -> Path:
-    code = main(
-        ["attack", "--image", str(image), "--model", str(model), "--attack", "pgd", "--steps", "1",
-         "--eps", "8", "--out", str(out), "--device", "cpu", "--progress", "jsonl"]
-    )  # fmt: skip
-    assert code == 0
-    return out
 
 
 @pytest.fixture(scope="module")
 def made(real_ct_small, tmp_path_factory) -> dict[str, Path]:
-    """A DICOM series (in a folder named after the patient), its case, and a NIfTI-source case of the same CT."""
+    """A DICOM series (in a folder named after the patient), its case, and a NIfTI-source case of the same CT.
+
+    The case folders are written the way `advseg attack` writes them, with SimpleITK only (no torch), so
+    that these tests also run with Slicer's Python and packages (`make test`)."""
     root = tmp_path_factory.mktemp("export")
-    model = save_tiny_model(root / "model", spacing_mm=6.0, roi=16)
     crop = oblique_crop(real_ct_small)
     series = write_ct_series(crop, root / "DOE_JANE_CT")
     nifti = write_image(crop, root / "crop.nii.gz")
+    parameters = {"eps": 8.0, "alpha": 0.01, "steps": 1}  # the engine's PGD options, in its order
     return {
         "series": series,
-        "case": attack(series, model, root / "case"),
+        "case": write_case_folder(series, root / "case", "pgd", parameters),
         "nifti": nifti,
-        "nifti_case": attack(nifti, model, root / "nifti_case"),
-        "model": model,
+        "nifti_case": write_case_folder(nifti, root / "nifti_case", "pgd", parameters),
         "root": root,
     }
 
@@ -145,11 +146,12 @@ def dicom_files(bundle: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p) for p in sorted((bundle / DICOM_FOLDER).iterdir())]
 
 
-def test_all_formats_round_trip_voxels_geometry_uids_and_remove_phi(made, tmp_path, capsys):
+def test_all_formats_round_trip_voxels_geometry_uids_and_remove_phi(made, tmp_path):
     before = {"series": tree_hashes(made["series"]), "case": tree_hashes(made["case"])}
     bundle = tmp_path / "bundle"
-    code = main(["export", str(made["case"]), "--out", str(bundle), "--format", *EXPORT_FORMATS])
-    assert code == 0, capsys.readouterr().err
+    export_case(
+        made["case"], bundle, list(EXPORT_FORMATS)
+    )  # the library, so that this runs without torch too
     assert {"series": tree_hashes(made["series"]), "case": tree_hashes(made["case"])} == before
 
     adversarial = read_image(made["case"] / "adversarial.nii.gz")

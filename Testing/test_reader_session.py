@@ -20,6 +20,8 @@ from AdvSegAttackLib.io import sha256_file
 from AdvSegAttackLib.reader_session import ORGAN_CHOICES, ReaderSession, case_file
 from AdvSegAttackLib.session import RatingsWarning, build_session, load_key, load_order, ratings_path
 
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
+
 REPO = Path(__file__).resolve().parent.parent
 
 
