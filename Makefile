@@ -48,7 +48,7 @@ test: lint
 
 test-slicer-python:
 	@if [ -z "$(SLICER_PYTHON)" ]; then \
-		echo "No Python 3.12 here: the tests with Slicer 5.10's Python and packages did not run."; \
+		echo "No Python 3.12 (pyenv 3.12.1 or python3.12 on PATH): the tests on Slicer 5.10's Python and packages did not run (CI=true needs them)."; \
 		test "$$CI" != true; \
 	else \
 		$(MAKE) --no-print-directory $(SLICER_VENV)/.installed && \

@@ -1034,68 +1034,72 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         return os.path.join(MODULE_DIR, "Resources", advDependencies.SLICER_CONSTRAINTS_FILE)
 
     def ensureDependencies(self) -> bool:
-        """Install what the engine needs, with the user's consent; never called at start-up.
+        """Install what the engine needs, after one consent dialog; never called at start-up.
 
-        torch comes from the PyTorch extension (the right CUDA build for the driver). The packages of
-        Resources/requirements.txt are then installed by pip with the installed torch and every package
-        Slicer ships pinned at their installed versions (read from metadata; torch is not imported), after
-        one dialog that lists exactly what pip will install (from a dry run).
+        torch comes from the PyTorch extension's PyTorch Utils (the right CUDA build for the driver). The
+        packages of Resources/requirements.txt are installed by pip with the installed torch and every
+        package Slicer ships pinned at their installed versions (read from metadata; torch is not imported
+        before the install). The dialog lists everything: with torch already installed, the exact versions
+        pip will install (from a dry run); without it, torch and the requirements, whose versions pip then
+        chooses to fit that torch.
 
         :return: False if the user declined.
         :raises ValueError: one sentence when the packages cannot be installed alongside this torch.
         """
-        if advDependencies.installedVersion("torch") is None:
+        torchVersion = advDependencies.installedVersion("torch")
+        if torchVersion is not None and advDependencies.missingRequirements(
+            ["torch" + advDependencies.TORCH_REQUIREMENT]
+        ):
+            raise ValueError(
+                _(
+                    "The installed PyTorch {version} is older than {requirement}; uninstall it in the PyTorch Utils "
+                    "module, restart and press Apply again."
+                ).format(version=torchVersion, requirement=advDependencies.TORCH_REQUIREMENT)
+            )
+        missing = advDependencies.missingRequirements(
+            advDependencies.readRequirements(self.requirementsPath())
+        )
+        if torchVersion is not None and not missing:
+            return True
+        torchUtils = None
+        if torchVersion is None:
             try:
                 import PyTorchUtils
             except ModuleNotFoundError as error:
                 raise ValueError(
                     _(
-                        "This module needs the PyTorch extension; install it from the Extensions Manager and "
-                        "restart."
+                        "This module needs the PyTorch extension; install it from the Extensions Manager and restart."
                     )
                 ) from error
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=True, torchVersionRequirement=advDependencies.TORCH_REQUIREMENT
-            )
-            if torch is None:
-                return False
-        elif advDependencies.missingRequirements(["torch" + advDependencies.TORCH_REQUIREMENT]):
-            raise ValueError(
-                _(
-                    "The installed PyTorch {version} is older than {requirement}; uninstall it in the PyTorch Utils "
-                    "module, restart and press Apply again."
-                ).format(
-                    version=advDependencies.installedVersion("torch"),
-                    requirement=advDependencies.TORCH_REQUIREMENT,
-                )
-            )
-        missing = advDependencies.missingRequirements(
-            advDependencies.readRequirements(self.requirementsPath())
-        )
-        if not missing:
-            return True
-        pins = advDependencies.installedPins(advDependencies.readPins(self.slicerConstraintsPath()))
+            torchUtils = PyTorchUtils.PyTorchUtilsLogic()
+        slicerPackages = advDependencies.readPins(self.slicerConstraintsPath())
+        pins = advDependencies.installedPins(slicerPackages)
         workDir = tempfile.mkdtemp(prefix="AdvSegAttack-pip-", dir=slicer.app.temporaryPath)
         try:
             constraints = advDependencies.writeConstraints(os.path.join(workDir, "constraints.txt"), pins)
-            try:
-                with slicer.util.WaitCursor():
-                    plan = advDependencies.resolveInstall(
-                        missing, constraints, [advEngine.pythonSlicerExecutable()], workDir
-                    )
-            except RuntimeError as error:
-                raise ValueError(
-                    _(
-                        "pip found no versions of {packages} that work with the installed torch and Slicer's own "
-                        "packages (or could not reach the package index): {error}"
-                    ).format(packages=", ".join(missing), error=error)
-                ) from None
+            if torchUtils is None:
+                installing = [
+                    f"{name} {version}" for name, version in self._installPlan(missing, constraints, workDir)
+                ]
+            else:
+                installing = [advDependencies.TORCH_FROM_PYTORCH_UTILS, *missing]
             if not slicer.util.confirmOkCancelDisplay(
-                advDependencies.consentText(plan, pins), windowTitle=_("Install Python packages")
+                advDependencies.consentText(installing, pins), windowTitle=_("Install Python packages")
             ):
                 return False
-            self._log("pip install " + " ".join(advDependencies.pipInstallArguments(missing, constraints)))
-            slicer.util.pip_install(advDependencies.pipInstallArguments(missing, constraints))
+            if torchUtils is not None:
+                torch = torchUtils.installTorch(
+                    askConfirmation=False, torchVersionRequirement=advDependencies.TORCH_REQUIREMENT
+                )
+                if torch is None:
+                    return False
+                pins = advDependencies.installedPins(slicerPackages)  # now with the torch just installed
+                constraints = advDependencies.writeConstraints(constraints, pins)
+            if missing:
+                self._log(
+                    "pip install " + " ".join(advDependencies.pipInstallArguments(missing, constraints))
+                )
+                slicer.util.pip_install(advDependencies.pipInstallArguments(missing, constraints))
         finally:
             shutil.rmtree(workDir, ignore_errors=True)
         stillMissing = advDependencies.missingRequirements(missing)
@@ -1106,6 +1110,25 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
                 )
             )
         return True
+
+    @staticmethod
+    def _installPlan(missing, constraints, workDir) -> list:
+        """What pip would install (a dry run with the constraints), as (name, version) pairs.
+
+        :raises ValueError: with pip's own sentence when no versions fit the installed torch and Slicer.
+        """
+        try:
+            with slicer.util.WaitCursor():
+                return advDependencies.resolveInstall(
+                    missing, constraints, [advEngine.pythonSlicerExecutable()], workDir
+                )
+        except RuntimeError as error:
+            raise ValueError(
+                _(
+                    "pip found no versions of {packages} that work with the installed torch and Slicer's own "
+                    "packages (or could not reach the package index): {error}"
+                ).format(packages=", ".join(missing), error=error)
+            ) from None
 
     def _log(self, text: str) -> None:
         logging.info(text)

@@ -170,11 +170,13 @@ def test_installed_torch_is_never_replaced(index, tmp_path):
 
 
 def test_consent_text_lists_everything():
-    text = dependencies.consentText(
-        [("monai", "1.5.2"), ("einops", "0.8.1")], ["torch==2.5.1", "numpy==2.0.2"]
-    )
+    text = dependencies.consentText(["monai 1.5.2", "einops 0.8.1"], ["torch==2.5.1", "numpy==2.0.2"])
     assert "  monai 1.5.2\n  einops 0.8.1" in text
     assert "torch 2.5.1, numpy 2.0.2" in text
+    withTorch = dependencies.consentText(
+        [dependencies.TORCH_FROM_PYTORCH_UTILS, "monai>=1.4"], ["numpy==2.0.2"]
+    )
+    assert "  torch: the build PyTorch Utils picks" in withTorch and "  monai>=1.4" in withTorch
     assert (
         dependencies.pipError("Collecting x\nERROR: Cannot install x\nERROR: ResolutionImpossible")
         == "Cannot install x"

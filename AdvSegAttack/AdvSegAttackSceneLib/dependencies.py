@@ -94,6 +94,7 @@ def installedPins(names, version=importlib.metadata.version) -> list[str]:
 
     :param names: the packages Slicer ships (`readPins` of the constraints file gives them).
     """
+    importlib.invalidate_caches()  # see what was installed since this process started (torch, just now)
     pins, seen = [], set()
     for name in [*names, *TORCH_DISTRIBUTIONS]:
         key = canonicalName(name)
@@ -138,14 +139,22 @@ def installPlan(reportText: str) -> list[tuple[str, str]]:
     return [(item["metadata"]["name"], item["metadata"]["version"]) for item in report.get("install", [])]
 
 
-def consentText(plan: list[tuple[str, str]], pins: list[str]) -> str:
-    """The one consent dialog: everything that will be installed, and what is kept as it is."""
-    installing = "\n".join(f"  {name} {version}" for name, version in plan)
+TORCH_FROM_PYTORCH_UTILS = "torch: the build PyTorch Utils picks for your GPU driver (several GB with CUDA)"
+
+
+def consentText(installing: list[str], pins: list[str]) -> str:
+    """The one consent dialog: everything that will be installed, and what is kept as it is.
+
+    :param installing: one line per package, e.g. "monai 1.5.2" (from `installPlan`), or a requirement when
+      the exact version is not known yet (before torch is installed).
+    :param pins: the constraints (``name==version``) that stay as they are.
+    """
+    lines = "\n".join(f"  {line}" for line in installing)
     kept = ", ".join(pin.replace("==", " ") for pin in pins)
     return (
         "AdvSegAttack needs these Python packages, which will now be downloaded and installed "
-        f"(a few minutes):\n\n{installing}\n\n"
-        f"Kept exactly as they are (torch from PyTorch Utils and Slicer's own packages): {kept}."
+        f"(a few minutes):\n\n{lines}\n\n"
+        f"Kept exactly as they are (torch and Slicer's own packages): {kept}."
     )
 
 
