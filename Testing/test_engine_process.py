@@ -201,3 +201,15 @@ def test_progress_protocol_lines_round_trip_through_the_run():
     assert [json.loads(line)["event"] for line in sink.text.splitlines()] == ["progress", "error"]
     assert events[0].describe() == "Attacking: step 3/20, loss 0.71"
     assert run.finish(2).message == "Die Datei „x“ fehlt."
+
+
+def test_the_module_and_the_engine_agree_on_the_watchdog_variable():
+    from AdvSegAttackLib import watchdog
+    from AdvSegAttackLib.errors import InputError
+
+    assert engine.PARENT_PID_VARIABLE == watchdog.PARENT_PID_VARIABLE
+    assert watchdog.start_parent_watchdog({}) is None  # not started from Slicer: nothing is watched
+    for value in ("slicer", "-3", "0"):
+        with pytest.raises(InputError, match=f"ADVSEG_PARENT_PID={value!r} is not a process ID"):
+            watchdog.start_parent_watchdog({watchdog.PARENT_PID_VARIABLE: value})
+    assert engine.PARENT_PID_VARIABLE not in engine.childEnvironment(None, base={"ADVSEG_PARENT_PID": "1"})

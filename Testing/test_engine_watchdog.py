@@ -73,6 +73,7 @@ def events(path: Path) -> list[dict]:
     ]
 
 
+@pytest.mark.slow  # 10-20 s each: the engine imports torch and MONAI before the attack starts
 @pytest.mark.parametrize("killed", ["slicer", "launcher"])
 def test_engine_stops_and_leaves_nothing_when_its_parent_is_killed(killed, tmp_path):
     from AdvSegAttackLib.phantom import write_phantom
