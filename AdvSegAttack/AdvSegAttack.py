@@ -1,15 +1,19 @@
 """AdvSegAttack: adversarial attacks on CT segmentation models, clean vs attacked side by side.
 
+Needs 3D Slicer 5.10 or newer (Python 3.12); on an older Slicer the module only shows one sentence saying so,
+and this file runs on Python 3.9 up to that check (`make lint` checks it with vermin and a real Python 3.9).
 The attack runs in a child process (``PythonSlicer -m AdvSegAttackLib.cli attack ... --progress jsonl``),
 so the application stays responsive and Cancel kills it; the results are loaded on the main thread.
-Export runs the engine's ``export`` the same way. The "Reader study" section is the blinded reader mode:
-one case at a time under its neutral ID (engine: `AdvSegAttackLib.reader_session`; scene:
-`AdvSegAttackSceneLib.reader`), with the attack panels hidden.
+Export runs the engine's ``export`` the same way (one `EngineProcess` class for both). The "Reader study"
+section is the blinded reader mode (`AdvSegAttackReaderLogic`; engine: `AdvSegAttackLib.reader_session`;
+scene: `AdvSegAttackSceneLib.reader`), with the attack panels hidden.
 Nothing heavy happens at import: torch, MONAI and the engine are only needed by the child process, and
-missing packages are installed (with the user's consent) on the first Apply.
+missing packages are installed (with the user's consent, torch and Slicer's own packages held as they are)
+on the first Apply.
 """
 
 import enum
+import functools
 import glob
 import logging
 import os
@@ -23,19 +27,7 @@ from typing import Annotated, Union
 import qt
 import slicer
 import vtk
-from AdvSegAttackSceneLib import engine as advEngine
-from AdvSegAttackSceneLib import progress as advProgress
-from AdvSegAttackSceneLib import reader as advReader
-from AdvSegAttackSceneLib import scene as advScene
-from slicer import (
-    vtkMRMLLabelMapVolumeNode,
-    vtkMRMLScalarVolumeNode,
-    vtkMRMLSegmentationNode,
-    vtkMRMLTableNode,
-)
-from slicer.i18n import tr as _
-from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from AdvSegAttackSceneLib.supported import unsupportedReason
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -43,6 +35,36 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+
+try:
+    from slicer.i18n import tr as _
+    from slicer.i18n import translate
+except ImportError:  # Slicer before 5.4: no translations (the module then only says which Slicer it needs)
+
+    def _(text):
+        return text
+
+    def translate(context, text):
+        return text
+
+
+# None in a supported Slicer; otherwise the one sentence the module shows instead of its panel.
+UNSUPPORTED_REASON = unsupportedReason((slicer.app.majorVersion, slicer.app.minorVersion), sys.version_info)
+
+if UNSUPPORTED_REASON is None:  # the rest may need Python 3.10 and Slicer 5.10
+    from AdvSegAttackSceneLib import dependencies as advDependencies
+    from AdvSegAttackSceneLib import engine as advEngine
+    from AdvSegAttackSceneLib import process as advProcess
+    from AdvSegAttackSceneLib import progress as advProgress
+    from AdvSegAttackSceneLib import reader as advReader
+    from AdvSegAttackSceneLib import scene as advScene
+    from slicer import (
+        vtkMRMLLabelMapVolumeNode,
+        vtkMRMLScalarVolumeNode,
+        vtkMRMLSegmentationNode,
+        vtkMRMLTableNode,
+    )
+    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 HOMEPAGE = "https://github.com/AdvSegAttack/SlicerAdvSegAttack"
@@ -64,8 +86,12 @@ class AdvSegAttack(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Attack a CT segmentation model with SA², VAFA or pixel-space attacks and compare the clean and the "
             "attacked volume and segmentation side by side, with Dice, HD95 and how visible the change is. "
-            'See the <a href="{homepage}">documentation</a>. For research only; not for clinical use.'
+            "Needs 3D Slicer 5.10 or newer (Python 3.12); the engine on its own (the advseg command) runs on "
+            'Python 3.10 or newer. See the <a href="{homepage}">documentation</a>. For research only; not for '
+            "clinical use."
         ).format(homepage=HOMEPAGE)
+        if UNSUPPORTED_REASON is not None:
+            self.parent.helpText = UNSUPPORTED_REASON + "<br><br>" + self.parent.helpText
         self.parent.acknowledgementText = _(
             "Built on the published SA² (Hanif et al., ISBI 2025, MIT) and VAFA (MICCAI 2023) methods, MONAI and "
             "PyTorch. Slicer integration follows the patterns of the TotalSegmentator, MONAIAuto3DSeg and "
@@ -136,56 +162,56 @@ class RegionChoice(enum.Enum):
         }[self.value]
 
 
-_DEFAULT = {name: spec.default for name, spec in advEngine.PARAMETERS.items()}
+if UNSUPPORTED_REASON is None:  # the wrapper needs Slicer 5.4 and the catalogue needs Python 3.10
+    _DEFAULT = {name: spec.default for name, spec in advEngine.PARAMETERS.items()}
 
+    @parameterNodeWrapper
+    class AdvSegAttackParameterNode:
+        """Everything the module remembers in the scene.
 
-@parameterNodeWrapper
-class AdvSegAttackParameterNode:
-    """Everything the module remembers in the scene.
+        Fields bound to widgets carry the same name as the widget's ``SlicerParameterName`` in the .ui file;
+        the ones in ``PARAMETERS_SET_IN_CODE`` are set by the widget or the logic.
+        """
 
-    Fields bound to widgets carry the same name as the widget's ``SlicerParameterName`` in the .ui file;
-    the ones in ``PARAMETERS_SET_IN_CODE`` are set by the widget or the logic.
-    """
-
-    inputVolume: vtkMRMLScalarVolumeNode
-    # typing.Union (not "|"): the wrapper recognises node unions by typing.get_origin(...) == typing.Union.
-    referenceSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
-    model: ModelChoice = ModelChoice.ABDOMEN_UNET
-    modelPath: str = ""
-    organ: str = ""
-    attack: AttackType = AttackType.SAA
-    preset: PresetChoice = PresetChoice.SPECIFIED
-    rho: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["rho"]
-    steps: Annotated[int, WithinRange(1, 1000)] = _DEFAULT["steps"]
-    eps: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["eps"]
-    std: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["std"]
-    qMax: Annotated[float, WithinRange(1.0, 255.0)] = _DEFAULT["qMax"]
-    qInit: Annotated[str, Choice(list(advEngine.Q_INITS))] = _DEFAULT["qInit"]
-    blockSize: Annotated[int, WithinRange(2, 256)] = _DEFAULT["blockSize"]
-    lambdaDice: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaDice"]
-    useSsimLoss: bool = _DEFAULT["useSsimLoss"]
-    lambdaSsim: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaSsim"]
-    stepSize: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["stepSize"]
-    alpha: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["alpha"]
-    band: Annotated[str, Choice(list(advEngine.BANDS))] = _DEFAULT["band"]
-    noiseMu: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseMu"]
-    noiseSigma: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseSigma"]
-    blend: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["blend"]
-    featherMm: Annotated[float, WithinRange(0.0, 50.0)] = _DEFAULT["featherMm"]
-    textureSearch: bool = _DEFAULT["textureSearch"]
-    ssimFloor: Annotated[float, WithinRange(0.01, 1.0)] = _DEFAULT["ssimFloor"]
-    region: RegionChoice = RegionChoice.WHOLE
-    dilationMm: Annotated[float, WithinRange(0.0, 200.0)] = advEngine.DEFAULT_DILATION_MM
-    targeted: bool = False
-    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    # Results, set by the logic when a run has finished.
-    adversarialVolume: vtkMRMLScalarVolumeNode
-    cleanSegmentation: vtkMRMLSegmentationNode
-    attackedSegmentation: vtkMRMLSegmentationNode
-    metricsTable: vtkMRMLTableNode
-    perturbationTable: vtkMRMLTableNode
-    differenceVolume: vtkMRMLScalarVolumeNode
-    showDifference: bool = False
+        inputVolume: vtkMRMLScalarVolumeNode
+        # typing.Union (not "|"): the wrapper recognises node unions by typing.get_origin(...) == typing.Union.
+        referenceSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
+        model: ModelChoice = ModelChoice.ABDOMEN_UNET
+        modelPath: str = ""
+        organ: str = ""
+        attack: AttackType = AttackType.SAA
+        preset: PresetChoice = PresetChoice.SPECIFIED
+        rho: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["rho"]
+        steps: Annotated[int, WithinRange(1, 1000)] = _DEFAULT["steps"]
+        eps: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["eps"]
+        std: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["std"]
+        qMax: Annotated[float, WithinRange(1.0, 255.0)] = _DEFAULT["qMax"]
+        qInit: Annotated[str, Choice(list(advEngine.Q_INITS))] = _DEFAULT["qInit"]
+        blockSize: Annotated[int, WithinRange(2, 256)] = _DEFAULT["blockSize"]
+        lambdaDice: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaDice"]
+        useSsimLoss: bool = _DEFAULT["useSsimLoss"]
+        lambdaSsim: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaSsim"]
+        stepSize: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["stepSize"]
+        alpha: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["alpha"]
+        band: Annotated[str, Choice(list(advEngine.BANDS))] = _DEFAULT["band"]
+        noiseMu: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseMu"]
+        noiseSigma: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseSigma"]
+        blend: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["blend"]
+        featherMm: Annotated[float, WithinRange(0.0, 50.0)] = _DEFAULT["featherMm"]
+        textureSearch: bool = _DEFAULT["textureSearch"]
+        ssimFloor: Annotated[float, WithinRange(0.01, 1.0)] = _DEFAULT["ssimFloor"]
+        region: RegionChoice = RegionChoice.WHOLE
+        dilationMm: Annotated[float, WithinRange(0.0, 200.0)] = advEngine.DEFAULT_DILATION_MM
+        targeted: bool = False
+        seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+        # Results, set by the logic when a run has finished.
+        adversarialVolume: vtkMRMLScalarVolumeNode
+        cleanSegmentation: vtkMRMLSegmentationNode
+        attackedSegmentation: vtkMRMLSegmentationNode
+        metricsTable: vtkMRMLTableNode
+        perturbationTable: vtkMRMLTableNode
+        differenceVolume: vtkMRMLScalarVolumeNode
+        showDifference: bool = False
 
 
 # Parameter-node fields without a widget binding in the .ui (checked by Testing/test_slicer_static.py).
@@ -257,14 +283,21 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None
+        self.readerLogic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._labelNames = []
         self._bestFraction = 0.0
 
     def setup(self) -> None:
-        """Build the panel from the .ui file and connect it."""
+        """Build the panel from the .ui file and connect it (on an older Slicer: only say which is needed)."""
         ScriptedLoadableModuleWidget.setup(self)
+        if UNSUPPORTED_REASON is not None:
+            label = qt.QLabel(UNSUPPORTED_REASON)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/AdvSegAttack.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -275,6 +308,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.progressCallback = self._onProgress
         self.logic.finishedCallback = self._onFinished
         self.logic.exportFinishedCallback = self._onExportFinished
+        self.readerLogic = AdvSegAttackReaderLogic()
 
         for name, (labelName, widgetName) in PARAMETER_WIDGETS.items():
             toolTip = advEngine.PARAMETERS[name].toolTip()
@@ -325,7 +359,8 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.exportFinishedCallback = None
             self.logic.cancel()
             self.logic.cancelExport()
-            self.logic.stopReaderSession()
+        if self.readerLogic:
+            self.readerLogic.stop()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -333,7 +368,8 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         """Called each time the user opens this module."""
-        self.initializeParameterNode()
+        if self.logic:
+            self.initializeParameterNode()
 
     def exit(self) -> None:
         """Called each time the user opens a different module."""
@@ -349,8 +385,8 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """
         self.logic.cancel()
         self.logic.cancelExport()
-        if self.logic.isReading():
-            self.logic.stopReaderSession()
+        if self.readerLogic.isReading():
+            self.readerLogic.stop()
             self._setReaderMode(False)
         self.setParameterNode(None)
 
@@ -360,17 +396,20 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def onReload(self) -> None:
-        """Reload the Qt-free helpers too (developer mode "Reload")."""
+        """Reload the Qt-free helpers too (developer mode "Reload"), in the order they import each other."""
         import importlib
 
         if self.logic:
             self.logic.cancel()
-        if self.logic:
             self.logic.cancelExport()
-            self.logic.stopReaderSession()
+        if self.readerLogic:
+            self.readerLogic.stop()
         for name in (
+            "AdvSegAttackSceneLib.supported",
             "AdvSegAttackSceneLib.progress",
             "AdvSegAttackSceneLib.engine",
+            "AdvSegAttackSceneLib.dependencies",
+            "AdvSegAttackSceneLib.process",
             "AdvSegAttackSceneLib.scene",
             "AdvSegAttackSceneLib.reader",
         ):
@@ -700,7 +739,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Open the session for this reader and show the first unanswered case (after closing the scene)."""
         name = self.ui.readerNameLineEdit.text.strip()
         folder = self.ui.readerSessionPathLineEdit.currentPath.strip()
-        if self.logic.sceneHasData() and not slicer.util.confirmOkCancelDisplay(
+        if self.readerLogic.sceneHasData() and not slicer.util.confirmOkCancelDisplay(
             _(
                 "The reader mode closes the current scene (unsaved changes are lost), so that nothing in it "
                 "can give a case away. Continue?"
@@ -708,7 +747,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             windowTitle=_("Reader study"),
         ):
             return
-        ok, caseId = self._readerAction(lambda: self.logic.startReaderSession(folder, name))
+        ok, caseId = self._readerAction(lambda: self.readerLogic.start(folder, name))
         if not ok:
             return
         settings = qt.QSettings()
@@ -716,20 +755,20 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         settings.setValue(READER_SESSION_SETTINGS_KEY, folder)
         self.ui.readerOrganComboBox.clear()
         self.ui.readerOrganComboBox.addItem(_("(not given)"), "")
-        for organ in self.logic.readerOrganChoices():
+        for organ in self.readerLogic.organChoices():
             self.ui.readerOrganComboBox.addItem(organ, organ)
         self._setReaderMode(True)
         self._showReaderCase(caseId)
 
     def onReaderStopButton(self) -> None:
         """Leave the reader mode (answers are already saved; Start/Resume continues later)."""
-        self.logic.stopReaderSession()
+        self.readerLogic.stop()
         self._setReaderMode(False)
 
     def _showReaderCase(self, caseId) -> None:
-        answered, total = self.logic.readerProgress()
+        answered, total = self.readerLogic.progress()
         self._resetReaderAnswer()
-        problems = self.logic.readerProblems()
+        problems = self.readerLogic.problems()
         status = " ".join(problems)
         if caseId is None:
             self.ui.readerCounterLabel.text = _("All {total} cases answered.").format(total=total)
@@ -769,7 +808,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Next is enabled once a verdict and a confidence are given."""
         answered = self.ui.readerRealRadioButton.checked or self.ui.readerManipulatedRadioButton.checked
         confident = self.ui.readerConfidenceComboBox.currentIndex > 0
-        self.ui.readerNextButton.enabled = bool(self.logic.readerCaseId() and answered and confident)
+        self.ui.readerNextButton.enabled = bool(self.readerLogic.caseId() and answered and confident)
 
     def onReaderNextButton(self) -> None:
         """Save the answer (on disk before anything else happens), then show the next case."""
@@ -777,7 +816,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         organCombo = self.ui.readerOrganComboBox
         verdict = "manipulated" if self.ui.readerManipulatedRadioButton.checked else "real"
         ok, caseId = self._readerAction(
-            lambda: self.logic.answerReaderCase(
+            lambda: self.readerLogic.answer(
                 verdict,
                 int(combo.itemData(combo.currentIndex)),
                 comment=self.ui.readerCommentLineEdit.text,
@@ -793,6 +832,26 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 # AdvSegAttackLogic
 #
+
+
+def engineRoot():
+    """Folder holding the engine package ``AdvSegAttackLib`` (installed or source checkout)."""
+    return advEngine.findEngineRoot(MODULE_DIR)
+
+
+def ensureEngineImportable() -> None:
+    """Make ``import AdvSegAttackLib`` work in this process (needed for a source checkout).
+
+    The folder is appended to ``sys.path``, so that it never shadows a package Slicer already finds (an
+    installed extension's folder is on the path already).
+    """
+    root = engineRoot()
+    if root is None:
+        raise ValueError(
+            _("The AdvSegAttackLib engine was not found next to the module; reinstall the extension.")
+        )
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
 
 
 class AttackResult:
@@ -817,47 +876,98 @@ class ExportResult:
         self.files = list(files or [])
 
 
-class _ExportRun:
-    """State of the child process of one export."""
+class EngineProcess:
+    """The engine in a child process (`qt.QProcess`): output goes to an `EngineRun` (Qt-free, in
+    `AdvSegAttackSceneLib.process`), Cancel kills the whole process tree, and ``completed(outcome)`` is
+    called once at the end; its return value becomes ``result``.
 
-    def __init__(self, bundle):
-        self.bundle = bundle
-        self.stdout = advProgress.ProgressLineBuffer()
-        self.stderrTail = []
-        self.errorMessage = ""
-        self.cancelled = False
-        self.finished = False
-        self.startError = ""
-        self.process = None
+    Used for the attack and for the export alike.
+    """
+
+    def __init__(self, run, completed):
+        self.run = run
+        self.completed = completed
         self.result = None
-
-
-class _Run:
-    """State of the child process of one attack."""
-
-    def __init__(self, workDir, inputVolume, attack, labelNames, labelColors):
-        self.workDir = workDir
-        self.outDir = os.path.join(workDir, "case")
-        self.inputVolume = inputVolume
-        self.attack = attack
-        self.labelNames = labelNames
-        self.labelColors = labelColors
-        self.stdout = advProgress.ProgressLineBuffer()
-        self.stderrTail = []
-        self.errorMessage = ""
-        self.doneOut = ""
-        self.cancelled = False
-        self.finished = False
-        self.startError = ""
         self.process = None
-        self.result = None
+
+    def isRunning(self) -> bool:
+        return not self.run.finished
+
+    def start(self) -> None:
+        """Start the process (returns at once)."""
+        launch = self.run.launch
+        process = qt.QProcess()
+        process.setProcessChannelMode(qt.QProcess.SeparateChannels)
+        environment = qt.QProcessEnvironment()
+        for name, value in launch.environment.items():
+            environment.insert(name, value)
+        process.setProcessEnvironment(environment)
+        process.setWorkingDirectory(launch.workingDirectory)
+        process.readyReadStandardOutput.connect(self._readStdout)
+        process.readyReadStandardError.connect(self._readStderr)
+        process.finished.connect(self._onFinished)
+        process.errorOccurred.connect(self._onError)
+        self.process = process
+        process.start(launch.program, launch.arguments)
+
+    def waitForFinished(self):
+        """Block until the process has ended; return ``result``."""
+        if self.process is not None and not self.run.finished:
+            self.process.waitForFinished(-1)
+        self._onFinished()
+        return self.result
+
+    def cancel(self) -> None:
+        """Kill the process and its children (``PythonSlicer`` is a launcher: the engine is its child)."""
+        if self.run.finished:
+            return
+        self.run.cancelled = True
+        process = self.process
+        if process is not None and process.state() != qt.QProcess.NotRunning:
+            try:
+                advProcess.killProcessTree(int(process.processId()))
+            except ImportError:  # no psutil: the engine's watchdog ends it once the launcher is gone
+                logging.warning("AdvSegAttack: psutil is missing; only the launcher is killed.")
+                process.kill()
+            process.waitForFinished(5000)
+        self._onFinished()
+
+    def _readStdout(self) -> None:
+        self.run.feedStdout(bytes(self.process.readAllStandardOutput().data()))
+
+    def _readStderr(self) -> None:
+        self.run.feedStderr(bytes(self.process.readAllStandardError().data()))
+
+    def _onError(self, error) -> None:
+        if error == qt.QProcess.FailedToStart and not self.run.finished:
+            self.run.failedToStart(
+                _("Could not start {program}; is this a complete Slicer installation?").format(
+                    program=self.run.launch.program
+                )
+            )
+            self._complete()
+
+    def _onFinished(self, *args) -> None:
+        if self.run.finished:
+            return
+        if self.process is not None:
+            self._readStdout()
+            self._readStderr()
+        crashed = self.process is None or self.process.exitStatus() == qt.QProcess.CrashExit
+        self.run.finish(self.process.exitCode() if self.process is not None else -1, crashed)
+        self._complete()
+
+    def _complete(self) -> None:
+        if self.result is None:
+            self.result = self.completed(self.run.outcome)
 
 
 class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
-    """Runs attacks through the engine's CLI in a child process and loads the results.
+    """Runs attacks and exports through the engine's CLI in a child process and loads the results.
 
-    Usable without the widget (batch mode, tests): set ``logCallback``, ``progressCallback`` and
-    ``finishedCallback`` if needed, or call :meth:`process` which waits for the result.
+    Usable without the widget (batch mode, tests): set ``logCallback``, ``progressCallback``,
+    ``finishedCallback`` and ``exportFinishedCallback`` if needed, or call :meth:`process` which waits
+    for the result.
     """
 
     def __init__(self) -> None:
@@ -866,40 +976,23 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         self.progressCallback = None
         self.finishedCallback = None
         self.exportFinishedCallback = None
-        self._run = None
-        self._exportRun = None
-        self._readerSession = None
-        self._readerCase = None
-        self._readerShownAt = 0.0
-        self._annotationsBefore = None
+        self._attackProcess = None
+        self._exportProcess = None
 
     def getParameterNode(self):
+        if UNSUPPORTED_REASON is not None:
+            raise ValueError(UNSUPPORTED_REASON)
         return AdvSegAttackParameterNode(super().getParameterNode())
 
     # -- Engine, model and dependencies ------------------------------------------------------------
 
-    @staticmethod
-    def engineRoot():
-        """Folder holding the engine package ``AdvSegAttackLib`` (installed or source checkout)."""
-        return advEngine.findEngineRoot(MODULE_DIR)
-
-    def ensureEngineImportable(self) -> None:
-        """Make ``import AdvSegAttackLib`` work in this process (needed for a source checkout)."""
-        root = self.engineRoot()
-        if root is None:
-            raise ValueError(
-                _("The AdvSegAttackLib engine was not found next to the module; reinstall the extension.")
-            )
-        if str(root) not in sys.path:
-            sys.path.insert(0, str(root))
-
     def cardLabels(self, model):
         """Organ names and colours of a model (empty lists if unknown)."""
         try:
-            self.ensureEngineImportable()
+            ensureEngineImportable()
         except ValueError:
             return [], []
-        return advEngine.cardLabels(model, self.engineRoot())
+        return advEngine.cardLabels(model, engineRoot())
 
     @staticmethod
     def modelReference(parameterNode) -> str:
@@ -916,6 +1009,8 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
 
     def whyCannotRun(self, parameterNode):
         """None if Apply can start, else the reason (for the tooltip)."""
+        if UNSUPPORTED_REASON is not None:
+            return UNSUPPORTED_REASON
         if not parameterNode.inputVolume:
             return _("Select an input CT volume.")
         try:
@@ -930,53 +1025,84 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def requirementsPath() -> str:
+        """The engine's packages beyond torch and what Slicer ships."""
         return os.path.join(MODULE_DIR, "Resources", "requirements.txt")
 
-    def ensureDependencies(self) -> bool:
-        """Install what the engine needs, with the user's consent; never called at start-up.
+    @staticmethod
+    def slicerConstraintsPath() -> str:
+        """The packages Slicer 5.10 ships, with its versions (the names are held at this Slicer's versions)."""
+        return os.path.join(MODULE_DIR, "Resources", advDependencies.SLICER_CONSTRAINTS_FILE)
 
-        torch comes from the PyTorch extension (right CUDA build for the driver), then the packages of
-        Resources/requirements.txt through pip.
+    def ensureDependencies(self) -> bool:
+        """Install what the engine needs, after one consent dialog; never called at start-up.
+
+        torch comes from the PyTorch extension's PyTorch Utils (the right CUDA build for the driver). The
+        packages of Resources/requirements.txt are installed by pip with the installed torch and every
+        package Slicer ships pinned at their installed versions (read from metadata; torch is not imported
+        before the install). The dialog lists everything: with torch already installed, the exact versions
+        pip will install (from a dry run); without it, torch and the requirements, whose versions pip then
+        chooses to fit that torch.
 
         :return: False if the user declined.
+        :raises ValueError: one sentence when the packages cannot be installed alongside this torch.
         """
-        try:
-            import PyTorchUtils
-        except ModuleNotFoundError as error:
+        torchVersion = advDependencies.installedVersion("torch")
+        if torchVersion is not None and advDependencies.missingRequirements(
+            ["torch" + advDependencies.TORCH_REQUIREMENT]
+        ):
             raise ValueError(
                 _(
-                    "This module needs the PyTorch extension; install it from the Extensions Manager and restart."
-                )
-            ) from error
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(
-                askConfirmation=True, torchVersionRequirement=advEngine.TORCH_REQUIREMENT
+                    "The installed PyTorch {version} is older than {requirement}; uninstall it in the PyTorch Utils "
+                    "module, restart and press Apply again."
+                ).format(version=torchVersion, requirement=advDependencies.TORCH_REQUIREMENT)
             )
-            if torch is None:
-                return False
-        else:
-            tooOld = advEngine.missingRequirements(["torch" + advEngine.TORCH_REQUIREMENT])
-            if tooOld:
+        missing = advDependencies.missingRequirements(
+            advDependencies.readRequirements(self.requirementsPath())
+        )
+        if torchVersion is not None and not missing:
+            return True
+        torchUtils = None
+        if torchVersion is None:
+            try:
+                import PyTorchUtils
+            except ModuleNotFoundError as error:
                 raise ValueError(
                     _(
-                        "The installed PyTorch is older than {requirement}; uninstall it in the PyTorch Utils "
-                        "module, restart and press Apply again."
-                    ).format(requirement=advEngine.TORCH_REQUIREMENT)
+                        "This module needs the PyTorch extension; install it from the Extensions Manager and restart."
+                    )
+                ) from error
+            torchUtils = PyTorchUtils.PyTorchUtilsLogic()
+        slicerPackages = advDependencies.readPins(self.slicerConstraintsPath())
+        pins = advDependencies.installedPins(slicerPackages)
+        workDir = tempfile.mkdtemp(prefix="AdvSegAttack-pip-", dir=slicer.app.temporaryPath)
+        try:
+            constraints = advDependencies.writeConstraints(os.path.join(workDir, "constraints.txt"), pins)
+            if torchUtils is None:
+                installing = [
+                    f"{name} {version}" for name, version in self._installPlan(missing, constraints, workDir)
+                ]
+            else:
+                installing = [advDependencies.TORCH_FROM_PYTORCH_UTILS, *missing]
+            if not slicer.util.confirmOkCancelDisplay(
+                advDependencies.consentText(installing, pins), windowTitle=_("Install Python packages")
+            ):
+                return False
+            if torchUtils is not None:
+                torch = torchUtils.installTorch(
+                    askConfirmation=False, torchVersionRequirement=advDependencies.TORCH_REQUIREMENT
                 )
-        missing = advEngine.missingRequirements(advEngine.readRequirements(self.requirementsPath()))
-        if not missing:
-            return True
-        if not slicer.util.confirmOkCancelDisplay(
-            _(
-                "AdvSegAttack needs these Python packages, which will now be downloaded and installed "
-                "(a few minutes):\n\n{packages}"
-            ).format(packages="\n".join(missing)),
-            windowTitle=_("Install Python packages"),
-        ):
-            return False
-        slicer.util.pip_install(" ".join(missing))
-        stillMissing = advEngine.missingRequirements(missing)
+                if torch is None:
+                    return False
+                pins = advDependencies.installedPins(slicerPackages)  # now with the torch just installed
+                constraints = advDependencies.writeConstraints(constraints, pins)
+            if missing:
+                self._log(
+                    "pip install " + " ".join(advDependencies.pipInstallArguments(missing, constraints))
+                )
+                slicer.util.pip_install(advDependencies.pipInstallArguments(missing, constraints))
+        finally:
+            shutil.rmtree(workDir, ignore_errors=True)
+        stillMissing = advDependencies.missingRequirements(missing)
         if stillMissing:
             raise RuntimeError(
                 _("Installing {packages} failed; restart Slicer and try again.").format(
@@ -985,15 +1111,41 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             )
         return True
 
-    # -- Running -------------------------------------------------------------------------------------
+    @staticmethod
+    def _installPlan(missing, constraints, workDir) -> list:
+        """What pip would install (a dry run with the constraints), as (name, version) pairs.
 
-    def isRunning(self) -> bool:
-        return self._run is not None and not self._run.finished
+        :raises ValueError: with pip's own sentence when no versions fit the installed torch and Slicer.
+        """
+        try:
+            with slicer.util.WaitCursor():
+                return advDependencies.resolveInstall(
+                    missing, constraints, [advEngine.pythonSlicerExecutable()], workDir
+                )
+        except RuntimeError as error:
+            raise ValueError(
+                _(
+                    "pip found no versions of {packages} that work with the installed torch and Slicer's own "
+                    "packages (or could not reach the package index): {error}"
+                ).format(packages=", ".join(missing), error=error)
+            ) from None
 
     def _log(self, text: str) -> None:
         logging.info(text)
         if self.logCallback:
             self.logCallback(text)
+
+    def _engineRun(self, task, arguments, workingDirectory, onEvent):
+        """An `EngineRun` for ``PythonSlicer <arguments>`` in `workingDirectory`, stopped by the engine's
+        watchdog if this Slicer process goes away."""
+        launch = advProcess.engineLaunch(arguments, engineRoot(), workingDirectory, parentPid=os.getpid())
+        self._log(launch.commandLine())
+        return advProcess.EngineRun(task, launch, onEvent=onEvent, onLog=self._log)
+
+    # -- Running -------------------------------------------------------------------------------------
+
+    def isRunning(self) -> bool:
+        return self._attackProcess is not None and self._attackProcess.isRunning()
 
     def startFromParameterNode(self, parameterNode, device="auto", waitForCompletion=False):
         """Start an attack with the settings of a parameter node (see :meth:`startAttack`)."""
@@ -1037,7 +1189,7 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
 
         :param inputVolume: clean CT volume node (written to a temporary NRRD; never modified).
         :param model: bundled model name or path of a card, checkpoint or MONAI bundle.
-        :param attack: engine attack name (saa, saa-2d, vafa, vafa-2d, pgd, fgsm, bim, gn).
+        :param attack: engine attack name (saa, saa-2d, vafa, vafa-2d, pgd, fgsm, bim, gn, texture).
         :param parameters: attack parameters by name (see ``AdvSegAttackSceneLib.engine.PARAMETERS``);
           the ones the attack does not use are ignored.
         :param reference: optional ground-truth segmentation or labelmap node.
@@ -1048,12 +1200,14 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         :param waitForCompletion: block until the process ends (batch use, tests) and return the
           `AttackResult`; otherwise return None at once and report through ``finishedCallback``.
         """
+        if UNSUPPORTED_REASON is not None:
+            raise ValueError(UNSUPPORTED_REASON)
         if self.isRunning():
             raise ValueError(_("An attack is already running; cancel it first."))
         if inputVolume is None or inputVolume.GetImageData() is None:
             raise ValueError(_("Select an input CT volume with image data."))
-        self.ensureEngineImportable()
-        labelNames, labelColors = advEngine.cardLabels(model, self.engineRoot())
+        ensureEngineImportable()
+        labelNames, labelColors = advEngine.cardLabels(model, engineRoot())
         workDir = tempfile.mkdtemp(prefix="AdvSegAttack-", dir=slicer.app.temporaryPath)
         try:
             imagePath = os.path.join(workDir, "input.nrrd")
@@ -1083,150 +1237,61 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
                 device=device,
                 preset=preset,
             )
-            arguments = request.arguments()
+            run = self._engineRun("attack", request.arguments(), workDir, self._onAttackEvent)
         except Exception:
             shutil.rmtree(workDir, ignore_errors=True)
             raise
+        completed = functools.partial(
+            self._attackCompleted, workDir, inputVolume, attack, labelNames, labelColors, request.out
+        )
+        self._attackProcess = EngineProcess(run, completed)
+        self._attackProcess.start()
+        return self._attackProcess.waitForFinished() if waitForCompletion else None
 
-        run = _Run(workDir, inputVolume, attack, labelNames, labelColors)
-        self._run = run
-        program = advEngine.pythonSlicerExecutable()
-        process = self._engineProcess()
-        run.process = process
-        process.readyReadStandardOutput.connect(lambda: self._onStdout(run))
-        process.readyReadStandardError.connect(lambda: self._onStderr(run))
-        process.finished.connect(lambda *args: self._onFinished(run))
-        process.errorOccurred.connect(lambda error: self._onProcessError(run, error))
-        self._log(" ".join([program, *arguments]))
-        process.start(program, arguments)
-        if not waitForCompletion:
-            return None
-        process.waitForFinished(-1)
-        self._onFinished(run)
-        return run.result
-
-    def _engineProcess(self):
-        """A QProcess set up to run the engine: PYTHONPATH starts with the engine root, unbuffered output."""
-        environment = advEngine.childEnvironment(self.engineRoot(), base={})
-        process = qt.QProcess()
-        process.setProcessChannelMode(qt.QProcess.SeparateChannels)
-        processEnvironment = qt.QProcessEnvironment.systemEnvironment()
-        pythonPath = [environment["PYTHONPATH"], processEnvironment.value("PYTHONPATH")]
-        processEnvironment.insert("PYTHONPATH", os.pathsep.join(p for p in pythonPath if p))
-        processEnvironment.insert("PYTHONUNBUFFERED", "1")
-        process.setProcessEnvironment(processEnvironment)
-        process.setWorkingDirectory(str(self.engineRoot()))  # `-m` also finds the engine from here
-        return process
-
-    def _onStdout(self, run) -> None:
-        data = bytes(run.process.readAllStandardOutput().data())
-        for event in run.stdout.feed(data):
-            self._handleEvent(run, event)
-
-    def _handleEvent(self, run, event) -> None:
+    def _onAttackEvent(self, event) -> None:
         if event.kind == advProgress.PROGRESS:
             if self.progressCallback:
                 self.progressCallback(event.fraction, event.describe())
         elif event.kind == advProgress.DONE:
-            run.doneOut = event.out
             if self.progressCallback:
                 self.progressCallback(1.0, _("Loading results"))
         elif event.kind == advProgress.ERROR:
-            run.errorMessage = event.message
             self._log(f"Error: {event.message}")
-        else:
-            self._log(event.message)
 
-    def _onStderr(self, run) -> None:
-        text = bytes(run.process.readAllStandardError().data()).decode("utf-8", errors="replace")
-        for line in text.splitlines():
-            if line.strip():
-                run.stderrTail = (run.stderrTail + [line])[-50:]
-                self._log(line)
-
-    def _onProcessError(self, run, error) -> None:
-        if error == qt.QProcess.FailedToStart:
-            run.startError = _("Could not start {program}; is this a complete Slicer installation?").format(
-                program=advEngine.pythonSlicerExecutable()
-            )
-            self._onFinished(run)
-
-    def _onFinished(self, run) -> None:
-        """Turn the end of the process into an `AttackResult` (loading the results on success)."""
-        if run.finished:
-            return
-        run.finished = True
-        if run.process is not None and not run.startError:
-            self._onStdout(run)
-            self._onStderr(run)
-        for event in run.stdout.flush():
-            self._handleEvent(run, event)
-        exitCode = run.process.exitCode() if run.process is not None else -1
-        crashed = run.process is not None and run.process.exitStatus() == qt.QProcess.CrashExit
-        if run.cancelled:
+    def _attackCompleted(self, workDir, inputVolume, attack, labelNames, labelColors, outDir, outcome):
+        """Turn the end of the attack process into an `AttackResult` (loading the results on success)."""
+        if outcome.cancelled:
             result = AttackResult(cancelled=True, message=_("Cancelled."))
-        elif run.startError:
-            result = AttackResult(message=run.startError)
-        elif run.errorMessage:
-            result = AttackResult(message=run.errorMessage)
-        elif crashed or exitCode != 0:
-            message = _(
-                "The attack process stopped with exit status {code}; see the log for details."
-            ).format(code=exitCode)
-            if run.stderrTail:
-                message += " " + _("Last message: {line}").format(line=run.stderrTail[-1].strip())
-            result = AttackResult(message=message)
+        elif not outcome.succeeded:
+            result = AttackResult(message=outcome.message)
         else:
-            result = self._loadResults(run)
+            try:
+                loaded = advScene.loadCase(
+                    slicer.mrmlScene,
+                    outcome.out or outDir,
+                    inputVolume,
+                    attack=attack,
+                    labelNames=labelNames or None,
+                    labelColors=labelColors or None,
+                )
+                result = AttackResult(success=True, loaded=loaded)
+            except Exception as error:  # the engine's InputError and our RuntimeError carry one sentence
+                logging.exception("AdvSegAttack: loading the results failed")
+                result = AttackResult(message=str(error))
         for name in ("input.nrrd", "reference.nii.gz"):
-            path = os.path.join(run.workDir, name)
+            path = os.path.join(workDir, name)
             if os.path.exists(path):
                 os.remove(path)
-        if not result.success:
-            shutil.rmtree(run.workDir, ignore_errors=True)
-        run.result = result
+        if not result.success:  # a killed engine may leave its staging folder here: remove everything
+            shutil.rmtree(workDir, ignore_errors=True)
         if self.finishedCallback:
             self.finishedCallback(result)
-
-    def _loadResults(self, run) -> AttackResult:
-        outDir = run.doneOut or run.outDir
-        try:
-            loaded = advScene.loadCase(
-                slicer.mrmlScene,
-                outDir,
-                run.inputVolume,
-                attack=run.attack,
-                labelNames=run.labelNames or None,
-                labelColors=run.labelColors or None,
-            )
-        except Exception as error:  # the engine's InputError and our RuntimeError carry one sentence
-            logging.exception("AdvSegAttack: loading the results failed")
-            return AttackResult(message=str(error))
-        return AttackResult(success=True, loaded=loaded)
+        return result
 
     def cancel(self) -> None:
-        """Kill the running attack (and its children); nothing is loaded into the scene."""
-        run = self._run
-        if run is None or run.finished:
-            return
-        run.cancelled = True
-        process = run.process
-        if process is not None and process.state() != qt.QProcess.NotRunning:
-            self._killChildren(process.processId())
-            process.kill()
-            process.waitForFinished(5000)
-        self._onFinished(run)
-
-    @staticmethod
-    def _killChildren(pid) -> None:
-        """PythonSlicer is a launcher that starts the real Python as a child: kill the whole tree."""
-        try:
-            import psutil
-
-            for child in psutil.Process(pid).children(recursive=True):
-                child.kill()
-        except Exception:  # psutil missing or the process already gone: the launcher kill below suffices
-            pass
+        """Kill the running attack (the whole process tree); nothing is loaded into the scene."""
+        if self._attackProcess is not None:
+            self._attackProcess.cancel()
 
     def process(self, inputVolume, model, attack, **kwargs):
         """Run an attack and wait for it (batch mode); return the `LoadedCase`.
@@ -1322,7 +1387,7 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         return folders.pop() if len(folders) == 1 and "" not in folders else None
 
     def isExporting(self) -> bool:
-        return self._exportRun is not None and not self._exportRun.finished
+        return self._exportProcess is not None and self._exportProcess.isRunning()
 
     def exportCase(
         self,
@@ -1368,24 +1433,12 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             return result if waitForCompletion else None
         if "dicom" in formats and not dicomSource:
             dicomSource = self.dicomSourceFolder(parameterNode.inputVolume)
-        self.ensureEngineImportable()
+        ensureEngineImportable()
         arguments = self.exportArguments(caseFolder, bundle, formats, dicomSource, phi)
-        run = _ExportRun(bundle)
-        self._exportRun = run
-        program = advEngine.pythonSlicerExecutable()
-        process = self._engineProcess()
-        run.process = process
-        process.readyReadStandardOutput.connect(lambda: self._onExportStdout(run))
-        process.readyReadStandardError.connect(lambda: self._onExportStderr(run))
-        process.finished.connect(lambda *args: self._onExportFinished(run))
-        process.errorOccurred.connect(lambda error: self._onExportProcessError(run, error))
-        self._log(" ".join([program, *arguments]))
-        process.start(program, arguments)
-        if not waitForCompletion:
-            return None
-        process.waitForFinished(-1)
-        self._onExportFinished(run)
-        return run.result
+        run = self._engineRun("export", arguments, caseFolder, self._onExportEvent)
+        self._exportProcess = EngineProcess(run, functools.partial(self._exportCompleted, bundle))
+        self._exportProcess.start()
+        return self._exportProcess.waitForFinished() if waitForCompletion else None
 
     def _writeFromScene(self, parameterNode, folder) -> list:
         written = [
@@ -1401,116 +1454,86 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
                 written.append(advScene.writeSegmentationNode(node, os.path.join(folder, name)))
         return written
 
-    def _onExportStdout(self, run) -> None:
-        data = bytes(run.process.readAllStandardOutput().data())
-        for event in run.stdout.feed(data):
-            self._handleExportEvent(run, event)
-
-    def _handleExportEvent(self, run, event) -> None:
+    def _onExportEvent(self, event) -> None:
         if event.kind == advProgress.PROGRESS:
             if self.progressCallback:
                 self.progressCallback(event.stageFraction, _("Exporting"))
         elif event.kind == advProgress.ERROR:
-            run.errorMessage = event.message
             self._log(f"Error: {event.message}")
-        elif event.kind == advProgress.LOG:
-            self._log(event.message)
 
-    def _onExportStderr(self, run) -> None:
-        text = bytes(run.process.readAllStandardError().data()).decode("utf-8", errors="replace")
-        for line in text.splitlines():
-            if line.strip():
-                run.stderrTail = (run.stderrTail + [line])[-50:]
-                self._log(line)
-
-    def _onExportProcessError(self, run, error) -> None:
-        if error == qt.QProcess.FailedToStart:
-            run.startError = _("Could not start {program}; is this a complete Slicer installation?").format(
-                program=advEngine.pythonSlicerExecutable()
-            )
-            self._onExportFinished(run)
-
-    def _onExportFinished(self, run) -> None:
-        if run.finished:
-            return
-        run.finished = True
-        if run.process is not None and not run.startError:
-            self._onExportStdout(run)
-            self._onExportStderr(run)
-        for event in run.stdout.flush():
-            self._handleExportEvent(run, event)
-        exitCode = run.process.exitCode() if run.process is not None else -1
-        crashed = run.process is not None and run.process.exitStatus() == qt.QProcess.CrashExit
-        if run.cancelled:
+    def _exportCompleted(self, bundle, outcome):
+        """Turn the end of the export process into an `ExportResult`."""
+        if outcome.cancelled:
             # A killed export leaves its hidden staging folder beside the bundle; nothing else.
-            parent, name = os.path.split(os.path.normpath(run.bundle))
+            parent, name = os.path.split(os.path.normpath(bundle))
             for staging in glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(name)}.export-*")):
                 shutil.rmtree(staging, ignore_errors=True)
             result = ExportResult(cancelled=True, message=_("Cancelled."))
-        elif run.startError:
-            result = ExportResult(message=run.startError)
-        elif run.errorMessage:
-            result = ExportResult(message=run.errorMessage)
-        elif crashed or exitCode != 0 or not os.path.isdir(run.bundle):
-            message = _(
-                "The export process stopped with exit status {code}; see the log for details."
-            ).format(code=exitCode)
-            if run.stderrTail:
-                message += " " + _("Last message: {line}").format(line=run.stderrTail[-1].strip())
-            result = ExportResult(message=message)
+        elif not outcome.succeeded:
+            result = ExportResult(message=outcome.message)
+        elif not os.path.isdir(bundle):
+            result = ExportResult(
+                message=_("The export finished but {bundle} was not written.").format(bundle=bundle)
+            )
         else:
             files = sorted(
-                os.path.relpath(os.path.join(root, name), run.bundle)
-                for root, _dirs, names in os.walk(run.bundle)
+                os.path.relpath(os.path.join(root, name), bundle)
+                for root, _dirs, names in os.walk(bundle)
                 for name in names
             )
-            result = ExportResult(success=True, bundle=run.bundle, files=files)
-        run.result = result
+            result = ExportResult(success=True, bundle=bundle, files=files)
         if self.exportFinishedCallback:
             self.exportFinishedCallback(result)
+        return result
 
     def cancelExport(self) -> None:
         """Kill the running export; its staging folder is removed and no bundle is left."""
-        run = self._exportRun
-        if run is None or run.finished:
-            return
-        run.cancelled = True
-        process = run.process
-        if process is not None and process.state() != qt.QProcess.NotRunning:
-            self._killChildren(process.processId())
-            process.kill()
-            process.waitForFinished(5000)
-        self._onExportFinished(run)
+        if self._exportProcess is not None:
+            self._exportProcess.cancel()
 
-    # -- Reader study ----------------------------------------------------------------------------------
 
-    def sceneHasData(self) -> bool:
+class AdvSegAttackReaderLogic:
+    """The blinded reader mode: one case of a reader session at a time, under its neutral ID only.
+
+    The session (order, answers, resume) is the engine's `AdvSegAttackLib.reader_session.ReaderSession`;
+    the scene side is `AdvSegAttackSceneLib.reader`. This class ties them to the application: it clears
+    the scene, switches the layout and the slice-view annotations, and times each case.
+    """
+
+    def __init__(self) -> None:
+        self._session = None
+        self._case = None
+        self._shownAt = 0.0
+        self._annotationsBefore = None
+
+    @staticmethod
+    def sceneHasData() -> bool:
         """True if the scene holds any data node (volume, segmentation, table, markup, …)."""
         return advReader.sceneHasUserData(slicer.mrmlScene)
 
     def isReading(self) -> bool:
-        return self._readerSession is not None
+        return self._session is not None
 
-    def readerCaseId(self):
+    def caseId(self):
         """Neutral ID of the case on screen, or None."""
-        return self._readerCase.caseId if self._readerCase is not None else None
+        return self._case.caseId if self._case is not None else None
 
-    def readerProgress(self):
-        """(answered, total) cases of the open reader session."""
-        session = self._readerSession
-        return session.progress if session is not None else (0, 0)
+    def progress(self):
+        """(answered, total) cases of the open session."""
+        return self._session.progress if self._session is not None else (0, 0)
 
-    def readerProblems(self) -> list:
+    def problems(self) -> list:
         """Damaged lines found in the reader's ratings file when the session was opened (ignored)."""
-        return list(self._readerSession.problems) if self._readerSession is not None else []
+        return list(self._session.problems) if self._session is not None else []
 
-    def readerOrganChoices(self) -> list:
-        self.ensureEngineImportable()
+    @staticmethod
+    def organChoices() -> list:
+        ensureEngineImportable()
         from AdvSegAttackLib.reader_session import ORGAN_CHOICES
 
         return list(ORGAN_CHOICES)
 
-    def startReaderSession(self, sessionDir, reader, clearScene=True):
+    def start(self, sessionDir, reader, clearScene=True):
         """Open a blinded session for `reader` and show the first unanswered case (resume).
 
         The session is checked first (an altered session, unknown reader or wrong folder raises and leaves
@@ -1520,11 +1543,13 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         :return: the neutral ID of the case shown, or None if the reader has answered every case.
         :raises ValueError: one sentence for a bad folder, reader or altered session.
         """
-        self.ensureEngineImportable()
+        if UNSUPPORTED_REASON is not None:
+            raise ValueError(UNSUPPORTED_REASON)
+        ensureEngineImportable()
         from AdvSegAttackLib.errors import InputError
         from AdvSegAttackLib.reader_session import ReaderSession
 
-        self.stopReaderSession()
+        self.stop()
         if not str(sessionDir).strip():
             raise ValueError(_("Choose the session folder the coordinator gave you."))
         if not str(reader).strip():
@@ -1539,36 +1564,36 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         if layoutManager is not None:
             layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
         self._annotationsBefore = self._setSliceAnnotations(False)
-        self._readerSession = session
+        self._session = session
         try:
-            return self.showNextReaderCase()
+            return self.showNextCase()
         except Exception:
-            self.stopReaderSession()
+            self.stop()
             raise
 
-    def showNextReaderCase(self):
+    def showNextCase(self):
         """Remove the case on screen and show the first unanswered one; None when all are answered."""
         from AdvSegAttackLib.errors import InputError
 
-        advReader.unloadReaderCase(slicer.mrmlScene, self._readerCase)
-        self._readerCase = None
-        caseId = self._readerSession.current()
+        advReader.unloadReaderCase(slicer.mrmlScene, self._case)
+        self._case = None
+        caseId = self._session.current()
         if caseId is None:
             return None
         try:
-            path = self._readerSession.image_path(caseId)
+            path = self._session.image_path(caseId)
         except InputError as error:
             raise ValueError(str(error)) from None
-        self._readerCase = advReader.loadReaderCase(slicer.mrmlScene, path, caseId)
-        advReader.showReaderCase(slicer.mrmlScene, self._readerCase)
+        self._case = advReader.loadReaderCase(slicer.mrmlScene, path, caseId)
+        advReader.showReaderCase(slicer.mrmlScene, self._case)
         layoutManager = slicer.app.layoutManager()
         if layoutManager is not None:
             for viewName in layoutManager.sliceViewNames():
                 layoutManager.sliceWidget(viewName).sliceLogic().FitSliceToAll()
-        self._readerShownAt = time.monotonic()
+        self._shownAt = time.monotonic()
         return caseId
 
-    def answerReaderCase(self, verdict, confidence, comment="", organ=None):
+    def answer(self, verdict, confidence, comment="", organ=None):
         """Save the answer to the case on screen (flushed to disk), then show the next case.
 
         Time on case is measured from when the case was shown to this call, in seconds.
@@ -1581,12 +1606,12 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         """
         from AdvSegAttackLib.errors import InputError
 
-        if self._readerSession is None or self._readerCase is None:
+        if self._session is None or self._case is None:
             raise ValueError(_("No case is shown; start or resume the reader session first."))
-        seconds = round(time.monotonic() - self._readerShownAt, 3)
+        seconds = round(time.monotonic() - self._shownAt, 3)
         try:
-            self._readerSession.answer(
-                self._readerCase.caseId,
+            self._session.answer(
+                self._case.caseId,
                 verdict,
                 confidence,
                 comment=comment,
@@ -1595,29 +1620,23 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             )
         except InputError as error:
             raise ValueError(str(error)) from None
-        return self.showNextReaderCase()
+        return self.showNextCase()
 
-    def stopReaderSession(self) -> None:
+    def stop(self) -> None:
         """Leave the reader mode: remove the case on screen and restore the slice annotations."""
-        if self._readerCase is not None and not slicer.mrmlScene.IsClosing():  # a closing scene removes it
-            advReader.unloadReaderCase(slicer.mrmlScene, self._readerCase)
-        self._readerCase = None
-        self._readerSession = None
+        if self._case is not None and not slicer.mrmlScene.IsClosing():  # a closing scene removes it
+            advReader.unloadReaderCase(slicer.mrmlScene, self._case)
+        self._case = None
+        self._session = None
         if self._annotationsBefore is not None:
             self._setSliceAnnotations(self._annotationsBefore)
             self._annotationsBefore = None
 
     @staticmethod
     def _setSliceAnnotations(enabled):
-        """Switch the slice views' corner annotations on or off; returns the previous state (None if this
-        Slicer has neither the corner-text logic of Slicer ≥ 5.9 nor the DataProbe annotations before it)."""
-        applicationLogic = slicer.app.applicationLogic()
-        cornerText = getattr(applicationLogic, "GetCornerTextLogic", None)
-        cornerText = cornerText() if cornerText else None
-        if cornerText is not None:
-            before = bool(cornerText.GetSliceViewAnnotationsEnabled())
-            cornerText.SetSliceViewAnnotationsEnabled(bool(enabled))
-            return before
+        """Switch the slice views' corner annotations (node names, patient data; drawn by the DataProbe
+        module's ``sliceAnnotations``) on or off; returns the previous state, or None without DataProbe
+        (for example with ``--no-main-window``)."""
         dataProbe = getattr(slicer.modules, "DataProbeInstance", None)
         annotations = getattr(getattr(dataProbe, "infoWidget", None), "sliceAnnotations", None)
         if annotations is None:
@@ -1644,6 +1663,9 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        if UNSUPPORTED_REASON is not None:
+            self.delayDisplay(UNSUPPORTED_REASON)
+            return
         self.setUp()
         self.test_ParameterNodeAndCommandLine()
         self.setUp()
@@ -1652,6 +1674,8 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         self.test_ReaderMode()
         self.setUp()
         self.test_AttackPhantom()
+        self.setUp()
+        self.test_CancelAttack()
 
     def test_ParameterNodeAndCommandLine(self):
         """Defaults of the parameter node and the command line built from them."""
@@ -1670,7 +1694,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             image="in.nrrd", out="out", model=logic.modelReference(node), attack=node.attack.value
         )
         self.assertIn("--progress", request.arguments())
-        self.assertIsNotNone(logic.engineRoot())
+        self.assertIsNotNone(engineRoot())
         self.delayDisplay("Test passed")
 
     @staticmethod
@@ -1734,7 +1758,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             slicer.mrmlScene.Clear()
             source = slicer.util.addVolumeFromArray(clean, ijkToRAS, name="CT")
             logic = AdvSegAttackLogic()
-            logic.ensureEngineImportable()
+            ensureEngineImportable()
             loaded = advScene.loadCase(
                 slicer.mrmlScene, caseDir, source, labelNames=labelNames, labelColors=labelColors
             )
@@ -1780,8 +1804,10 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         """The engine's command line (attack, export) needs torch and the packages of requirements.txt."""
         import importlib.util
 
-        logic.ensureEngineImportable()
-        missing = advEngine.missingRequirements(advEngine.readRequirements(logic.requirementsPath()))
+        ensureEngineImportable()
+        missing = advDependencies.missingRequirements(
+            advDependencies.readRequirements(logic.requirementsPath())
+        )
         return importlib.util.find_spec("torch") is not None and not missing
 
     def test_ReaderMode(self):
@@ -1795,8 +1821,8 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         self.delayDisplay("Reader mode")
-        logic = AdvSegAttackLogic()
-        logic.ensureEngineImportable()
+        logic = AdvSegAttackReaderLogic()
+        ensureEngineImportable()
         from AdvSegAttackLib.io import sha256_file
         from AdvSegAttackLib.session import build_session, load_key, ratings_path
 
@@ -1833,9 +1859,9 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             build_session(cases, readers=1, seed=3, out=sessionDir)
 
             with self.assertRaises(ValueError):
-                logic.startReaderSession(sessionDir, "nobody")
-            first = logic.startReaderSession(sessionDir, "reader1")
-            self.assertEqual(logic.readerProgress(), (0, 4))
+                logic.start(sessionDir, "nobody")
+            first = logic.start(sessionDir, "reader1")
+            self.assertEqual(logic.progress(), (0, 4))
             self.assertEqual(
                 [v.GetName() for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")], [first]
             )
@@ -1846,10 +1872,10 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
                 (advReader.ABDOMEN_WINDOW_HU, advReader.ABDOMEN_LEVEL_HU),
             )
             with self.assertRaises(ValueError):
-                logic.answerReaderCase("real", 3, organ="liver")  # an organ only for "manipulated"
-            second = logic.answerReaderCase("manipulated", 4, comment="edges", organ="liver")
-            third = logic.answerReaderCase("real", 2)
-            self.assertEqual(logic.readerProgress(), (2, 4))
+                logic.answer("real", 3, organ="liver")  # an organ only for "manipulated"
+            second = logic.answer("manipulated", 4, comment="edges", organ="liver")
+            third = logic.answer("real", 2)
+            self.assertEqual(logic.progress(), (2, 4))
             self.assertEqual(
                 [v.GetName() for v in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")], [third]
             )
@@ -1867,13 +1893,13 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             self.assertIn(third, text)
             for token in forbidden:
                 self.assertNotIn(token.lower(), text.lower())
-            logic.stopReaderSession()
+            logic.stop()
             self.assertIsNone(slicer.mrmlScene.GetFirstNodeByName(third))
 
-            reopened = AdvSegAttackLogic()  # as after restarting Slicer
-            self.assertEqual(reopened.startReaderSession(sessionDir, "reader1"), third)
-            self.assertEqual(reopened.readerProgress(), (2, 4))
-            reopened.stopReaderSession()
+            reopened = AdvSegAttackReaderLogic()  # as after restarting Slicer
+            self.assertEqual(reopened.start(sessionDir, "reader1"), third)
+            self.assertEqual(reopened.progress(), (2, 4))
+            reopened.stop()
             with open(ratings_path(sessionDir, "reader1"), encoding="utf-8") as file:
                 saved = [json.loads(line) for line in file]
             self.assertEqual([r["case_id"] for r in saved], [first, second])
@@ -1890,8 +1916,10 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         import importlib.util
 
         logic = AdvSegAttackLogic()
-        logic.ensureEngineImportable()
-        missing = advEngine.missingRequirements(advEngine.readRequirements(logic.requirementsPath()))
+        ensureEngineImportable()
+        missing = advDependencies.missingRequirements(
+            advDependencies.readRequirements(logic.requirementsPath())
+        )
         if importlib.util.find_spec("torch") is None or missing:
             self.delayDisplay(
                 "Skipping the end-to-end attack: torch or engine dependencies are not installed"
@@ -1923,6 +1951,43 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             self.assertGreater(loaded.cleanSegmentation.GetSegmentation().GetNumberOfSegments(), 0)
             self.assertGreater(loaded.metricsTable.GetNumberOfRows(), 0)
             self.assertEqual(loaded.adversarialVolume.GetName(), f"{volume.GetName()} adversarial (saa)")
+        finally:
+            shutil.rmtree(phantomDir, ignore_errors=True)
+        self.delayDisplay("Test passed")
+
+    def test_CancelAttack(self):
+        """Cancel mid-attack ends the launcher and the engine, and nothing reaches the scene (needs torch)."""
+        logic = AdvSegAttackLogic()
+        if not self._engineCommandLineWorks(logic):
+            self.delayDisplay("Skipping Cancel: torch or engine dependencies are not installed")
+            return
+        import psutil
+
+        from AdvSegAttackLib.phantom import write_phantom
+
+        self.delayDisplay("Cancelling an attack")
+        phantomDir = tempfile.mkdtemp(prefix="AdvSegAttackCancel-", dir=slicer.app.temporaryPath)
+        try:
+            volume = slicer.util.loadVolume(str(write_phantom(0, phantomDir)[0]))
+            nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+            results, stages = [], []
+            logic.finishedCallback = results.append
+            logic.progressCallback = lambda fraction, text: stages.append(text)
+            logic.startAttack(volume, "abdomen-unet", "pgd", parameters={"steps": 1000}, device="cpu")
+            deadline = time.monotonic() + 300
+            while not any(text.startswith("Attacking") for text in stages) and time.monotonic() < deadline:
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            launcher = psutil.Process(int(logic._attackProcess.process.processId()))
+            engine = launcher.children(recursive=True)
+            self.assertTrue(engine, "PythonSlicer runs the engine as its child")
+            logic.cancel()
+            self.assertEqual(len(results), 1)
+            self.assertTrue(results[0].cancelled)
+            _gone, alive = psutil.wait_procs(engine, timeout=10)
+            self.assertEqual(alive, [])
+            self.assertFalse(logic.isRunning())
+            self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
         finally:
             shutil.rmtree(phantomDir, ignore_errors=True)
         self.delayDisplay("Test passed")

@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError
 from .progress import JsonLinesReporter, Reporter, TqdmReporter
+from .watchdog import start_parent_watchdog
 
 DEMO_MODEL = "abdomen-unet"
 
@@ -708,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "advseg " + shlex.join(sys.argv[1:] if argv is None else argv)
     reporter: Reporter = JsonLinesReporter() if args.progress == "jsonl" else TqdmReporter()
     try:
+        start_parent_watchdog()  # when Slicer started us: stop if it (or the launcher between us) goes away
         result = args.func(args, reporter)
     except InputError as error:
         reporter.error(str(error))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -62,3 +63,137 @@ def save_tiny_model(folder: Path, spacing_mm: float, roi: int) -> Path:
         roi_size=[roi] * 3,
     )
     return save_model(card, card.build_network(), folder / "tiny")
+
+
+@contextlib.contextmanager
+def application_scene(slicer):
+    """A real MRML scene (`slicer-core`, no Qt) set up the way the Slicer application sets up its scene:
+    default colour tables, slice orientation presets, the subject hierarchy, a layout logic, and a slice
+    logic for every slice view (in Slicer the layout manager makes one per view; it makes the view's slice
+    composite node). Yields (scene, layout node)."""
+    import vtk
+
+    scene = slicer.vtkMRMLScene()
+    colorLogic = slicer.vtkMRMLColorLogic()
+    colorLogic.SetMRMLScene(scene)
+    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
+    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    sliceLogics = []
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAdded(caller, event, node):
+        if node.IsA("vtkMRMLSliceNode"):
+            sliceLogic = slicer.vtkMRMLSliceLogic()
+            sliceLogic.SetMRMLScene(scene)
+            sliceLogic.SetSliceNode(node)
+            sliceLogics.append(sliceLogic)
+
+    observer = scene.AddObserver(slicer.vtkMRMLScene.NodeAddedEvent, onNodeAdded)
+    layoutLogic = slicer.vtkMRMLLayoutLogic()
+    layoutLogic.SetMRMLScene(scene)  # adds the layout node and the Red, Yellow and Green slice nodes
+    try:
+        yield scene, layoutLogic.GetLayoutNode()
+    finally:
+        scene.RemoveObserver(observer)
+        for logic in (*sliceLogics, layoutLogic, colorLogic):
+            logic.SetMRMLScene(None)
+        scene.Clear(True)
+
+
+def write_case_folder(
+    source: Path, folder: Path, attack: str = "pgd", parameters: dict | None = None, seed: int = 0
+) -> Path:
+    """A case folder of the engine's shape, made with SimpleITK only (no torch, no model): what
+    ``advseg attack`` would write for `source` (a volume file or a DICOM folder).
+
+    adversarial.nii.gz is the source's voxels plus a reproducible ±3 HU change, on the source's grid and
+    pixel type; the predictions are thresholds of the volume (liver = label 6, spleen = label 1) as label
+    maps and Slicer segmentations; metrics.json and provenance.json have the engine's fields.
+    """
+    import json
+    from datetime import datetime, timezone
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from AdvSegAttackLib import __version__
+    from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
+    from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+
+    folder.mkdir(parents=True)
+    image = read_image(source)
+    voxels = sitk.GetArrayFromImage(image)
+    change = np.random.default_rng(seed).integers(-3, 4, voxels.shape)
+    adversarial = sitk.GetImageFromArray((voxels + change).astype(voxels.dtype))
+    adversarial.CopyInformation(image)
+    write_image(adversarial, folder / "adversarial.nii.gz")
+    clean = np.zeros(voxels.shape, np.uint8)
+    clean[voxels > 40] = 6
+    clean[: max(1, voxels.shape[0] // 3), : voxels.shape[1] // 4, : voxels.shape[2] // 4] = 1
+    attacked = clean.copy()
+    attacked[:, : voxels.shape[1] // 2][attacked[:, : voxels.shape[1] // 2] == 6] = 0
+    for name, labels in (("pred_clean", clean), ("pred_adv", attacked)):
+        label = sitk.GetImageFromArray(labels)
+        label.CopyInformation(image)
+        write_image(label, folder / f"{name}.nii.gz")
+        write_segmentation(label, folder / f"{name}.seg.nrrd", BTCV_LABEL_NAMES, BTCV_LABEL_COLORS)
+    metrics = {
+        "reference": "clean prediction",
+        "organs": {
+            "spleen": {
+                "label": 1,
+                "dice_clean": 1.0,
+                "dice_adv": 1.0,
+                "hd95_clean_mm": 0.0,
+                "hd95_adv_mm": 0.0,
+            },
+            "liver": {
+                "label": 6,
+                "dice_clean": 1.0,
+                "dice_adv": 0.5,
+                "hd95_clean_mm": 0.0,
+                "hd95_adv_mm": 9.0,
+            },
+        },
+        "mean_dice_clean": 1.0,
+        "mean_dice_adv": 0.75,
+        "perturbation": {"ssim_3d": 0.99, "psnr_db": 50.0, "linf_hu": 3.0},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    now = datetime.now(timezone.utc).isoformat()
+    provenance = {
+        "tool": "AdvSegAttack",
+        "version": __version__,
+        "command_line": f"advseg attack --image {source} --attack {attack}",
+        "input": {"path": str(Path(source).resolve()), "sha256": sha256_file(source)},
+        "reference_label": None,
+        "target": "clean prediction",
+        "model": {"name": "none (written by the tests without a model)", "weights_sha256": None},
+        "attack": {
+            "name": attack,
+            "preset": None,
+            "parameters": {name: {"value": value, "unit": ""} for name, value in (parameters or {}).items()},
+        },
+        "organs": {},
+        "region": {"mode": "whole", "dilation_mm": None},
+        "targeted": False,
+        "seed": seed,
+        "device": "cpu",
+        "versions": {},
+        "start_time": now,
+        "end_time": now,
+    }
+    (folder / "provenance.json").write_text(json.dumps(provenance), encoding="utf-8")
+    preview = sitk.GetImageFromArray(np.full((8, 8), 128, np.uint8))
+    sitk.WriteImage(preview, str(folder / "preview.png"))
+    return folder
+
+
+def engine_cli(argv: list[str]) -> int:
+    """`advseg ARGV` in this process (`AdvSegAttackLib.cli.main`). Skips where torch is not installed (the
+    Python 3.12 run with Slicer 5.10's packages): the parser still imports the attack catalogue, which needs
+    torch until that catalogue is made torch-free (issue 14)."""
+    pytest.importorskip("torch", reason="advseg's parser imports the attack catalogue, which needs torch")
+    from AdvSegAttackLib.cli import main
+
+    return main(argv)

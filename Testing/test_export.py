@@ -17,12 +17,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import save_tiny_model
+from conftest import engine_cli as main
+from conftest import write_case_folder
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
-from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.export import (
     DICOM_FOLDER,
@@ -37,6 +37,8 @@ from AdvSegAttackLib.export import (
     write_dicom_series,
 )
 from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
+
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PYDICOM_3 = int(pydicom.__version__.split(".")[0]) >= 3
@@ -140,29 +142,22 @@ def write_ct_series(
     return folder
 
 
-def attack(image: str | Path, model: Path, out: Path) -> Path:
-    code = main(
-        ["attack", "--image", str(image), "--model", str(model), "--attack", "pgd", "--steps", "1",
-         "--eps", "8", "--out", str(out), "--device", "cpu", "--progress", "jsonl"]
-    )  # fmt: skip
-    assert code == 0
-    return out
-
-
 @pytest.fixture(scope="module")
 def made(real_ct_small, tmp_path_factory) -> dict[str, Path]:
-    """A DICOM series (in a folder named after the patient), its case, and a NIfTI-source case of the same CT."""
+    """A DICOM series (in a folder named after the patient), its case, and a NIfTI-source case of the same CT.
+
+    The case folders are written the way `advseg attack` writes them, with SimpleITK only (no torch), so
+    that these tests also run with Slicer's Python and packages (`make test`)."""
     root = tmp_path_factory.mktemp("export")
-    model = save_tiny_model(root / "model", spacing_mm=6.0, roi=16)
     crop = oblique_crop(real_ct_small)
     series = write_ct_series(crop, root / "DOE_JANE_CT")
     nifti = write_image(crop, root / "crop.nii.gz")
+    parameters = {"eps": 8.0, "alpha": 0.01, "steps": 1}  # the engine's PGD options, in its order
     return {
         "series": series,
-        "case": attack(series, model, root / "case"),
+        "case": write_case_folder(series, root / "case", "pgd", parameters),
         "nifti": nifti,
-        "nifti_case": attack(nifti, model, root / "nifti_case"),
-        "model": model,
+        "nifti_case": write_case_folder(nifti, root / "nifti_case", "pgd", parameters),
         "root": root,
     }
 
@@ -177,11 +172,12 @@ def dicom_files(bundle: Path) -> list[pydicom.Dataset]:
     return [pydicom.dcmread(p) for p in sorted((bundle / DICOM_FOLDER).iterdir())]
 
 
-def test_all_formats_round_trip_voxels_geometry_uids_and_remove_phi(made, tmp_path, capsys):
+def test_all_formats_round_trip_voxels_geometry_uids_and_remove_phi(made, tmp_path):
     before = {"series": tree_hashes(made["series"]), "case": tree_hashes(made["case"])}
     bundle = tmp_path / "bundle"
-    code = main(["export", str(made["case"]), "--out", str(bundle), "--format", *EXPORT_FORMATS])
-    assert code == 0, capsys.readouterr().err
+    export_case(
+        made["case"], bundle, list(EXPORT_FORMATS)
+    )  # the library, so that this runs without torch too
     assert {"series": tree_hashes(made["series"]), "case": tree_hashes(made["case"])} == before
 
     adversarial = read_image(made["case"] / "adversarial.nii.gz")
@@ -637,5 +633,5 @@ def test_phi_remove_strips_every_local_path(made, tmp_path):
             assert b"doe_jane" not in data and str(tmp_path).encode() not in data, path
     kept = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
     assert kept["attack"]["parameters"]["eps"] == provenance["attack"]["parameters"]["eps"]  # the rest stays
-    assert kept["input"]["sha256"] == provenance["input"]["sha256"] and kept["model"]["name"] == "tiny"
+    assert kept["input"]["sha256"] == provenance["input"]["sha256"] and kept["model"]["name"] == provenance["model"]["name"]
     assert "weights=(removed" in (bundle / "README.txt").read_text(encoding="utf-8").replace(" = ", "=")

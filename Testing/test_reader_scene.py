@@ -20,10 +20,13 @@ for _path in (REPO, MODULE_DIR):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
+from conftest import application_scene  # noqa: E402
 from test_reader_session import make_cases  # noqa: E402
 
 from AdvSegAttackLib.reader_session import ReaderSession  # noqa: E402
 from AdvSegAttackLib.session import build_session, load_key  # noqa: E402
+
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +45,10 @@ def study(tmp_path_factory):
 @pytest.fixture
 def mrml(slicerModule):
     """A fresh scene set up the way the Slicer application sets it up."""
-    slicer = slicerModule
-    scene = slicer.vtkMRMLScene()
-    colorLogic = slicer.vtkMRMLColorLogic()
-    colorLogic.SetMRMLScene(scene)
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
-    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
-    layoutLogic = slicer.vtkMRMLLayoutLogic()
-    layoutLogic.SetMRMLScene(scene)
     from AdvSegAttackSceneLib import reader
-    from AdvSegAttackSceneLib import scene as sceneLib
 
-    for view in ("Red", "Yellow", "Green"):  # what the application's slice logics create
-        sceneLib.sliceCompositeNode(scene, view)
-
-    yield slicer, scene, reader
-    layoutLogic.SetMRMLScene(None)
-    colorLogic.SetMRMLScene(None)
-    scene.Clear(True)
+    with application_scene(slicerModule) as (scene, _layoutNode):
+        yield slicerModule, scene, reader
 
 
 def _forbidden(study) -> list[str]:

@@ -28,6 +28,8 @@ from AdvSegAttackLib.session import (
     ratings_path,
 )
 
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
+
 REPO = Path(__file__).resolve().parent.parent
 
 

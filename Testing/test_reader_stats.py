@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import engine_cli as main
 from scipy import stats
 from test_session import make_case, make_source
 
-from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.reader_stats import (
     _roc_figure,
@@ -29,6 +29,8 @@ from AdvSegAttackLib.reader_stats import (
     tost_binomial,
 )
 from AdvSegAttackLib.session import build_session, load_key, load_order, ratings_path
+
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
 
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (37, 60), (1, 1), (250, 400)])

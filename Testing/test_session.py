@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import engine_cli as main
 
-from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.io import sha256_file
 from AdvSegAttackLib.session import (
@@ -31,6 +31,8 @@ from AdvSegAttackLib.session import (
     read_ratings,
     verify_session,
 )
+
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
 REPO = Path(__file__).resolve().parent.parent
 

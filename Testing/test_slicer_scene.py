@@ -24,8 +24,11 @@ for _path in (REPO, MODULE_DIR):
         sys.path.insert(0, str(_path))
 
 from AdvSegAttackSceneLib import engine, progress  # noqa: E402
+from conftest import application_scene  # noqa: E402
 
 from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES  # noqa: E402
+
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
 LABEL_NAMES = list(BTCV_LABEL_NAMES[:7])
 LABEL_COLORS = list(BTCV_LABEL_COLORS[:7])
@@ -157,26 +160,10 @@ def slicerModule():
 @pytest.fixture
 def mrml(slicerModule):
     """A fresh scene set up the way the Slicer application sets up its scene."""
-    slicer = slicerModule
-    scene = slicer.vtkMRMLScene()
-    colorLogic = slicer.vtkMRMLColorLogic()
-    colorLogic.SetMRMLScene(scene)
-    slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
-    slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)  # every Slicer scene has one
-    layoutLogic = slicer.vtkMRMLLayoutLogic()
-    layoutLogic.SetMRMLScene(scene)
     from AdvSegAttackSceneLib import scene as sceneLib
 
-    yield {
-        "slicer": slicer,
-        "scene": scene,
-        "layoutNode": layoutLogic.GetLayoutNode(),
-        "lib": sceneLib,
-        "_keep": (colorLogic, layoutLogic),
-    }
-    layoutLogic.SetMRMLScene(None)
-    colorLogic.SetMRMLScene(None)
-    scene.Clear(True)
+    with application_scene(slicerModule) as (scene, layoutNode):
+        yield {"slicer": slicerModule, "scene": scene, "layoutNode": layoutNode, "lib": sceneLib}
 
 
 def _loadInput(mrml, caseData, study=True):
@@ -747,20 +734,8 @@ def test_where_the_engine_and_python_are(tmp_path):
     assert found.endswith("PythonSlicer.exe")
 
 
-def test_requirements_and_model_cards(tmp_path, caseData, monkeypatch):
+def test_model_cards(tmp_path, caseData, monkeypatch):
     monkeypatch.delenv("ADVSEG_MODELS_DIR", raising=False)
-    requirements = tmp_path / "requirements.txt"
-    requirements.write_text(
-        "# comment\nnumpy>=1.0  # inline\n\ndefinitely-not-a-real-package-xyz>=1\nnumpy>=999\n",
-        encoding="utf-8",
-    )
-    lines = engine.readRequirements(requirements)
-    assert lines == ["numpy>=1.0", "definitely-not-a-real-package-xyz>=1", "numpy>=999"]
-    assert engine.missingRequirements(lines) == ["definitely-not-a-real-package-xyz>=1", "numpy>=999"]
-    shipped = engine.readRequirements(MODULE_DIR / "Resources" / "requirements.txt")
-    assert shipped and not any(
-        line.split(">")[0].strip().lower() in ("torch", "simpleitk") for line in shipped
-    )
     names, colors = engine.cardLabels(str(caseData["card"]))
     assert names == LABEL_NAMES and colors[6] == (221, 130, 101)
     assert engine.cardLabels(str(tmp_path / "missing.pt")) == ([], [])

@@ -52,7 +52,13 @@ def moduleTree() -> ast.Module:
 
 
 def classes(tree) -> dict[str, ast.ClassDef]:
-    return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}
+    """Classes at module level, including those defined only in a supported Slicer (``if UNSUPPORTED_REASON
+    is None:``)."""
+    statements = list(tree.body)
+    for node in tree.body:
+        if isinstance(node, ast.If):
+            statements += node.body
+    return {node.name: node for node in statements if isinstance(node, ast.ClassDef)}
 
 
 def baseNames(classDef: ast.ClassDef) -> list[str]:
@@ -355,9 +361,11 @@ def test_scene_library_is_qt_free():
 
 def test_child_process_is_started_with_an_argument_list():
     source = MODULE_FILE.read_text(encoding="utf-8")
-    assert "qt.QProcess()" in source
-    assert re.search(r"process\.start\(program, arguments\)", source)
+    assert source.count("qt.QProcess()") == 1, "one engine-process class starts every child process"
+    assert re.search(r"process\.start\(launch\.program, launch\.arguments\)", source)
     assert "shell=True" not in source and "os.system" not in source
+    for gone in ("_ExportRun", "class _Run", "_onExportStdout", "_onStderr", "_killChildren"):
+        assert gone not in source, gone
 
 
 # ------------------------------------------------------------------------------------------------
@@ -510,15 +518,118 @@ def test_icon_is_a_128_pixel_png():
     assert (width, height) == (128, 128)
 
 
-def test_requirements_leave_torch_and_simpleitk_to_slicer():
-    lines = [
-        line.split("#", 1)[0].strip()
-        for line in (MODULE_DIR / "Resources" / "requirements.txt").read_text(encoding="utf-8").splitlines()
+def sceneLibModule(name: str):
+    """A Qt-free module of AdvSegAttackSceneLib (importable without Slicer)."""
+    import importlib
+
+    sys.path.insert(0, str(MODULE_DIR))
+    try:
+        return importlib.import_module(f"AdvSegAttackSceneLib.{name}")
+    finally:
+        sys.path.remove(str(MODULE_DIR))
+
+
+def test_requirements_are_the_engine_dependencies_minus_torch_and_what_slicer_ships():
+    """requirements.txt (what the module installs) = pyproject's runtime dependencies, with the same lower
+    bounds, minus torch (PyTorch Utils) and minus the packages Slicer ships, whose Slicer 5.10 versions must
+    meet the engine's lower bounds."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    dependencies = sceneLibModule("dependencies")
+    canonical = dependencies.canonicalName
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    runtime = {canonical(r.name): r.specifier for r in map(Requirement, project["project"]["dependencies"])}
+    slicerPins = {
+        canonical(name): version
+        for name, version in dependencies.readPins(
+            MODULE_DIR / "Resources" / dependencies.SLICER_CONSTRAINTS_FILE
+        ).items()
+    }
+    requirements = dependencies.readRequirements(MODULE_DIR / "Resources" / "requirements.txt")
+    listed = {canonical(r.name): r.specifier for r in map(Requirement, requirements)}
+    assert listed == {
+        name: specifier for name, specifier in runtime.items() if name not in slicerPins and name != "torch"
+    }
+    shippedBySlicer = {name: runtime[name] for name in runtime if name in slicerPins}
+    assert set(shippedBySlicer) == {"numpy", "scipy", "simpleitk", "pydicom"}
+    for name, specifier in shippedBySlicer.items():
+        assert specifier.contains(slicerPins[name]), (
+            f"Slicer 5.10 ships {name} {slicerPins[name]}, not {specifier}"
+        )
+    assert {"einops", "psutil", "monai"} <= set(listed)
+    assert not any("==" in line for line in requirements), "lower bounds only, no exact pins"
+
+
+def pythonOf(version: str) -> str:
+    """A real Python `version` (pyenv on CI and the developers' machines, else on PATH); skips without one
+    (fails under CI=true)."""
+    import glob
+    import os
+    import shutil
+
+    found = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python")) or [
+        shutil.which(f"python{version}")
     ]
-    names = {re.split(r"[<>=!~ \[]", line, maxsplit=1)[0].lower() for line in lines if line}
-    assert names, "requirements.txt lists the engine's packages"
-    assert not names & {"torch", "simpleitk", "numpy"}
-    assert not any("==" in line for line in lines), "lower bounds only, no exact pins"
+    if found[-1]:
+        return found[-1]
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"no Python {version} on this machine")
+    pytest.skip(f"no Python {version} on this machine")
+
+
+def test_module_file_runs_on_python_39_up_to_the_version_check():
+    """On Slicer 5.6/5.8 (Python 3.9) the module must load and say which Slicer it needs: everything that runs
+    before the check imports on Python 3.9, and the check is the first thing after the imports."""
+    import subprocess
+
+    tree = moduleTree()
+    check = next(
+        index
+        for index, node in enumerate(tree.body)
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "UNSUPPORTED_REASON"
+    )
+    before = importedModules(tree.body[:check])
+    allowed = {"qt", "slicer", "vtk", "slicer.ScriptedLoadableModule", "slicer.util", "slicer.i18n"}
+    allowed.add("AdvSegAttackSceneLib.supported")
+    assert before - set(sys.stdlib_module_names) <= allowed, sorted(
+        before - set(sys.stdlib_module_names) - allowed
+    )
+    guarded = next(node for node in tree.body[check:] if isinstance(node, ast.If))
+    assert ast.unparse(guarded.test) == "UNSUPPORTED_REASON is None"
+    assert "AdvSegAttackSceneLib" in importedModules(guarded.body)  # engine, scene, … only after the check
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]);"
+        "compile(open(sys.argv[1], encoding='utf-8').read(), sys.argv[1], 'exec');"
+        "from AdvSegAttackSceneLib.supported import unsupportedReason;"
+        "print(unsupportedReason((5, 8), sys.version_info)); print(unsupportedReason((5, 10), (3, 12)))"
+    )
+    completed = subprocess.run(
+        [pythonOf("3.9"), "-c", code, str(MODULE_FILE), str(MODULE_DIR)], capture_output=True, text=True
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.splitlines() == [
+        "AdvSegAttack needs 3D Slicer 5.10 or newer (with Python 3.10 or newer); this is Slicer 5.8 with Python "
+        "3.9, so please install a current Slicer.",
+        "None",
+    ]
+
+
+def test_supported_slicer_is_stated_wherever_users_look():
+    import tomllib
+
+    supported = sceneLibModule("supported")
+    assert supported.MINIMUM_SLICER_VERSION == (5, 10)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["requires-python"] == ">=3.10" and supported.MINIMUM_PYTHON_VERSION == (3, 10)
+    statement = "3D Slicer 5.10 or newer"
+    assert statement in extensionVariables()["EXTENSION_DESCRIPTION"]
+    assert statement in s4ext()["description"]
+    assert statement in " ".join(ast.unparse(moduleTree()).split())
+    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    assert statement in readme and "Python 3.10" in readme
+    # The catalogue entry's schema has no field for a Slicer version ("additionalProperties": false).
+    assert set(catalog()) <= CATALOG_SCHEMA_PROPERTIES
 
 
 # ------------------------------------------------------------------------------------------------

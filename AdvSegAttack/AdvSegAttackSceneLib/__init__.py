@@ -1,7 +1,10 @@
 """Qt-free helpers of the AdvSegAttack Slicer module.
 
-- `progress`: the engine's JSON-lines progress protocol;
+- `supported`: which Slicer the module needs (runs before anything else, so it stays Python 3.9 code);
+- `progress`: the engine's JSON-lines progress protocol, and output split into whole lines;
 - `engine`: attack catalogue, command line of the child process, where the engine and PythonSlicer are;
+- `process`: one engine child process: launch, output, outcome, killing its process tree;
+- `dependencies`: installing the engine's packages with torch and Slicer's own packages pinned;
 - `scene`: case folder to MRML nodes, compare layout, difference map, export;
 - `reader`: one reader-study case in the scene under its neutral ID only.
 

@@ -6,8 +6,6 @@ Plain Python (no Qt, no MRML, no torch), shared by the module and the tests. The
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import json
 import os
 import re
@@ -18,6 +16,7 @@ from pathlib import Path
 
 ENGINE_PACKAGE = "AdvSegAttackLib"
 ENGINE_CLI_MODULE = "AdvSegAttackLib.cli"
+PARENT_PID_VARIABLE = "ADVSEG_PARENT_PID"  # read by AdvSegAttackLib.watchdog
 
 BUNDLED_MODELS: tuple[str, ...] = ("abdomen-unet",)
 REGIONS: tuple[str, ...] = ("whole", "organ", "bbox")
@@ -47,7 +46,6 @@ PRESETS: dict[str, dict[str, float | int | bool]] = {
 }
 DEFAULT_PRESET = "specified"
 DEFAULT_DILATION_MM = 10.0
-TORCH_REQUIREMENT = ">=2.1"
 
 
 @dataclass(frozen=True)
@@ -437,56 +435,22 @@ def findEngineRoot(moduleDir: str | os.PathLike) -> Path | None:
 
 
 def childEnvironment(
-    engineRoot: str | os.PathLike | None, base: dict[str, str] | None = None
+    engineRoot: str | os.PathLike | None,
+    base: dict[str, str] | None = None,
+    parentPid: int | None = None,
 ) -> dict[str, str]:
-    """Environment for the child process: ``PYTHONPATH`` starts with the engine root (if any)."""
+    """Environment for the child process: ``PYTHONPATH`` starts with the engine root (if any), output is
+    unbuffered, and ``ADVSEG_PARENT_PID`` names the process whose end must stop the engine (if given)."""
     env = dict(os.environ if base is None else base)
     if engineRoot:
         parts = [str(engineRoot)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    if parentPid is not None:
+        env[PARENT_PID_VARIABLE] = str(int(parentPid))
+    else:
+        env.pop(PARENT_PID_VARIABLE, None)
     return env
-
-
-_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
-
-
-def readRequirements(path: str | os.PathLike) -> list[str]:
-    """Requirement lines of a requirements.txt (comments and blank lines dropped)."""
-    lines = []
-    for raw in Path(path).read_text(encoding="utf-8").splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line:
-            lines.append(line)
-    return lines
-
-
-def missingRequirements(requirements: list[str]) -> list[str]:
-    """The requirements that are not installed, or installed in a version that does not satisfy them.
-
-    Uses `packaging` for version specifiers when it is available, otherwise only checks presence.
-    """
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pragma: no cover - packaging ships with pip
-        Requirement = None
-    importlib.invalidate_caches()  # see packages pip has just installed
-    missing = []
-    for requirement in requirements:
-        match = _REQUIREMENT_NAME.match(requirement)
-        if not match:
-            continue
-        name = match.group(1)
-        try:
-            installed = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(requirement)
-            continue
-        if Requirement is not None:
-            parsed = Requirement(requirement)
-            if parsed.specifier and not parsed.specifier.contains(installed, prereleases=True):
-                missing.append(requirement)
-    return missing
 
 
 def normalizeOrganName(name: str) -> str:

@@ -7,13 +7,13 @@ The engine prints one JSON object per line on stdout::
     {"event": "error", "message": "One sentence that names the file and what is wrong."}
 
 This module is plain Python (no Qt, no MRML), so the Slicer module and the tests share it. Output arrives
-from `qt.QProcess` in arbitrary chunks; `ProgressLineBuffer` reassembles lines (and split UTF-8 sequences)
-before parsing. Anything that is not a protocol object becomes a ``"log"`` event, never an exception.
+from `qt.QProcess` in arbitrary chunks: `LineSplitter` keeps the bytes of an unfinished line and decodes
+UTF-8 only at line ends (so a line split mid-character is never garbled), and `ProgressLineBuffer` parses
+the lines it completes. Anything that is not a protocol object becomes a ``"log"`` event, never an exception.
 """
 
 from __future__ import annotations
 
-import codecs
 import json
 import math
 from dataclasses import dataclass
@@ -156,6 +156,31 @@ def parseProgressLine(line: str | bytes) -> ProgressEvent | None:
     return ProgressEvent(LOG, message=text)
 
 
+class LineSplitter:
+    """Turns arbitrary chunks of process output (bytes) into complete text lines.
+
+    Bytes are kept until a newline arrives and each line is decoded as UTF-8 as a whole, so a chunk that
+    ends in the middle of a line or of a multi-byte character loses nothing. ``\r\n`` ends a line too.
+    """
+
+    def __init__(self):
+        self._pending = b""
+
+    def feed(self, data: bytes) -> list[str]:
+        """Add a chunk; return the lines it completed (without their line ends)."""
+        *lines, self._pending = (self._pending + bytes(data)).split(b"\n")
+        return [self._decode(line) for line in lines]
+
+    def flush(self) -> list[str]:
+        """The last line if it had no newline (empty list if nothing is left); resets the splitter."""
+        rest, self._pending = self._pending, b""
+        return [self._decode(rest)] if rest else []
+
+    @staticmethod
+    def _decode(line: bytes) -> str:
+        return line.removesuffix(b"\r").decode("utf-8", errors="replace")
+
+
 class ProgressLineBuffer:
     """Turns arbitrary chunks of process output into complete lines and parses them.
 
@@ -169,20 +194,16 @@ class ProgressLineBuffer:
     """
 
     def __init__(self):
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
+        self._lines = LineSplitter()
 
-    def feed(self, data: str | bytes) -> list[ProgressEvent]:
+    def feed(self, data: bytes) -> list[ProgressEvent]:
         """Add a chunk of output; return the events of the lines it completed."""
-        if isinstance(data, bytes):
-            data = self._decoder.decode(data)
-        self._pending += data
-        *lines, self._pending = self._pending.replace("\r\n", "\n").split("\n")
-        return [event for event in map(parseProgressLine, lines) if event is not None]
+        return self._parse(self._lines.feed(data))
 
     def flush(self) -> list[ProgressEvent]:
         """Parse whatever is left (a last line without a newline) and reset."""
-        rest = self._pending + self._decoder.decode(b"", final=True)
-        self._pending = ""
-        event = parseProgressLine(rest)
-        return [event] if event is not None else []
+        return self._parse(self._lines.flush())
+
+    @staticmethod
+    def _parse(lines: list[str]) -> list[ProgressEvent]:
+        return [event for event in map(parseProgressLine, lines) if event is not None]

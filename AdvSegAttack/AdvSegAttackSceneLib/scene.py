@@ -764,18 +764,20 @@ def registerCompareLayouts(layoutNode) -> None:
 
 
 def sliceCompositeNode(scene, layoutName: str):
-    """The slice composite node of a view (found by layout name; created the way slice logics do if the
-    view has none yet)."""
+    """The slice composite node of a view (the one its slice logic made: in Slicer, the layout manager
+    makes a slice logic for every view it shows).
+
+    :raises RuntimeError: if the view has no slice node, or no slice logic has given it a composite node.
+    """
     import slicer
 
-    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-        node = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
-        if node.GetLayoutName() == layoutName:
-            return node
-    node = slicer.vtkMRMLSliceCompositeNode()
-    node.SetLayoutName(layoutName)
-    node.SetSingletonTag(layoutName)
-    return scene.AddNode(node)
+    sliceNode = scene.GetSingletonNode(layoutName, "vtkMRMLSliceNode")
+    composite = slicer.vtkMRMLSliceLogic.GetSliceCompositeNode(sliceNode) if sliceNode is not None else None
+    if composite is None:
+        raise RuntimeError(
+            f"The view {layoutName} has no slice composite node; is a slice logic observing it?"
+        )
+    return composite
 
 
 def showSegmentationOnlyIn(segmentationNode, sliceNodes) -> None:
