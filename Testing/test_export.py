@@ -633,5 +633,8 @@ def test_phi_remove_strips_every_local_path(made, tmp_path):
             assert b"doe_jane" not in data and str(tmp_path).encode() not in data, path
     kept = json.loads((bundle / "provenance.json").read_text(encoding="utf-8"))
     assert kept["attack"]["parameters"]["eps"] == provenance["attack"]["parameters"]["eps"]  # the rest stays
-    assert kept["input"]["sha256"] == provenance["input"]["sha256"] and kept["model"]["name"] == provenance["model"]["name"]
+    assert (
+        kept["input"]["sha256"] == provenance["input"]["sha256"]
+        and kept["model"]["name"] == provenance["model"]["name"]
+    )
     assert "weights=(removed" in (bundle / "README.txt").read_text(encoding="utf-8").replace(" = ", "=")
