@@ -36,9 +36,19 @@ def full_suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a plain `open()` or `mkdir()` would give a new file (0o666) or folder (0o777) under the umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it; it is put back at once
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); rename it onto `path` if the block succeeds."""
+    """Yield a temporary path beside `path` (same suffix); rename it onto `path` if the block succeeds.
+
+    The file gets the mode of a file created normally (0o666 less the umask), not mkstemp's private 0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{full_suffix(path)}", dir=path.parent)
@@ -46,6 +56,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(umask_mode())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -392,6 +403,15 @@ def describe_image(image: sitk.Image) -> dict:
     }
 
 
+def make_staging_dir(out_dir: str | Path, tag: str) -> Path:
+    """A new hidden folder `.<name>.<tag>-XXXX` beside `out_dir`, with the umask's mode (mkdtemp makes 0o700)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{tag}-", dir=out_dir.parent))
+    staging.chmod(umask_mode(directory=True))
+    return staging
+
+
 @contextlib.contextmanager
 def staged_output_dir(out_dir: str | Path) -> Iterator[Path]:
     """Yield a hidden staging folder beside `out_dir`; on success move its files into `out_dir`.
@@ -401,8 +421,7 @@ def staged_output_dir(out_dir: str | Path) -> Iterator[Path]:
     import shutil
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    staging = make_staging_dir(out_dir, "staging")
     try:
         yield staging
         out_dir.mkdir(parents=True, exist_ok=True)

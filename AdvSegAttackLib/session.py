@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import string
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -33,7 +32,7 @@ import SimpleITK as sitk
 
 from .casefolder import read_case
 from .errors import InputError
-from .io import read_image, sha256_file, write_json_atomic
+from .io import make_staging_dir, read_image, sha256_file, write_json_atomic
 
 CASES = "cases"
 CASE_SUFFIX = ".nii"  # uncompressed: a compressed size would differ between real and manipulated
@@ -220,7 +219,7 @@ def build_session(
         orders = [order_without_repeats(ids, patient, rng) for _ in names]
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    building = make_staging_dir(out, "building")  # with the umask's mode: readers share the session
     try:
         pixel_type = _common_pixel_type(items)
         (building / CASES).mkdir()
@@ -246,9 +245,11 @@ def build_session(
                 for case_id in sorted(by_id)
             },
         }
+        (building / KEY).mkdir(mode=0o700)  # the key is private on purpose (mkdir's mode is also masked)
+        (building / KEY).chmod(0o700)
         write_json_atomic(building / KEY_FILE, key)
+        (building / KEY_FILE).chmod(0o600)
         write_json_atomic(building / MANIFEST, {"algorithm": "sha256", "files": _checksums(building)})
-        building.chmod(0o755)  # mkdtemp made it private; a session is shared with readers
         if out.exists():
             out.rmdir()
         os.replace(building, out)
