@@ -54,7 +54,7 @@ def write_error_log(error: BaseException, command_line: str) -> Path | None:
 def describe_error(error: BaseException) -> str:
     """`TypeName: first line of the message` (at most 300 characters), or the type name alone."""
     text = str(error).strip()
-    first = text.splitlines()[0][:300] if text else ""
+    first = text.splitlines()[0][:300].rstrip(".") if text else ""
     return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 

@@ -336,7 +336,10 @@ def read_label(
 
 
 def write_image(image: sitk.Image, path: str | Path) -> Path:
-    """Write an image (NIfTI, NRRD or MetaImage by suffix) atomically, compressed; returns the path."""
+    """Write an image (NIfTI, NRRD or MetaImage by suffix) atomically, compressed; returns the path.
+
+    OSError when the file on disk is incomplete (a NIfTI write that failed without an exception).
+    """
     path = Path(path)
     suffix = full_suffix(path)
     if suffix not in IMAGE_SUFFIXES or suffix in (".mhd", ".nhdr"):
@@ -345,6 +348,10 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
         )
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+        # ITK's NIfTI writer reports a failed write (disk full, file size limit) on stderr only: check the file
+        layout = _nifti_layout(tmp) if _nifti_suffix(tmp) else None
+        if _nifti_suffix(tmp) and (layout is None or not _nifti_is_complete(layout)):
+            raise OSError(f"{path} could not be written completely (disk full or a file size limit?).")
     return path
 
 
