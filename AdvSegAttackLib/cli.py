@@ -50,7 +50,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _print_table(rows: list[list[str]], header: list[str], out=sys.stdout) -> None:
+def _print_table(rows: list[list[str]], header: list[str], out=None) -> None:
+    out = out or sys.stdout  # looked up now, not at import (tests and Slicer replace sys.stdout)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
     print("  ".join("-" * w for w in widths), file=out)
@@ -465,8 +466,9 @@ def attack_inputs(args: argparse.Namespace) -> list:
     return [(args.image, "--image"), *label, *model_inputs(args.model), *model_inputs(args.card, "--card")]
 
 
-def print_attack_summary(metrics: dict, out=sys.stdout) -> None:
+def print_attack_summary(metrics: dict, out=None) -> None:
     """Per-organ table clean -> attacked ("-" where the reference lacks the organ) and the perturbation."""
+    out = out or sys.stdout
     rows = [
         [
             name,

@@ -212,10 +212,11 @@ def case_numbers(metrics: dict) -> dict:
             }
             for name, row in metrics.get("organs", {}).items()
         },
-        "mean_dice_clean": metrics.get("mean_dice_clean"),
-        "mean_dice_adv": metrics.get("mean_dice_adv"),
-        "mean_hd95_clean_mm": metrics.get("mean_hd95_clean_mm"),
-        "mean_hd95_adv_mm": metrics.get("mean_hd95_adv_mm"),
+        **{
+            f"mean_{key}{count}": metrics.get(f"mean_{key}{count}")
+            for key in ("dice_clean", "dice_adv", "hd95_clean_mm", "hd95_adv_mm")
+            for count in ("", "_organs")  # the mean and how many organs it covers
+        },
         "ssim_3d": perturbation.get("ssim_3d"),
         "ssim_axial_mean": perturbation.get("ssim_axial_mean"),
         "psnr_db": perturbation.get("psnr_db"),

@@ -530,7 +530,8 @@ def _readme(provenance: dict, metrics: dict, files: list[str], phi: str, dicom: 
         f"Source:     SHA-256 {(provenance.get('input') or {}).get('sha256')} (of the attack's input file, or of every file of its DICOM folder)",
         "",
         f"Effect (Dice against {metrics.get('reference')}, background excluded):",
-        f"  mean Dice clean {_fmt(metrics.get('mean_dice_clean'))} -> attacked {_fmt(metrics.get('mean_dice_adv'))}",
+        f"  mean Dice clean {_fmt(metrics.get('mean_dice_clean'))} -> attacked {_fmt(metrics.get('mean_dice_adv'))}"
+        f" (over {metrics.get('mean_dice_clean_organs', '?')} organs of the reference)",
         f"  SSIM 3-D {_fmt(perturbation.get('ssim_3d'), 4)}, PSNR {_fmt(perturbation.get('psnr_db'), 1)} dB, "
         f"L-inf {_fmt(perturbation.get('linf_hu'), 1)} HU",
         "",
