@@ -79,7 +79,7 @@ def _mean_text(metrics: dict, key: str, digits: int = 3) -> str:
 
 def cmd_info(args: argparse.Namespace, reporter: Reporter) -> dict:
     """What a volume, label map or model card is."""
-    from .io import describe_image, full_suffix, read_image, read_label
+    from .io import describe_image, full_suffix, json_safe, read_image, read_label
 
     path = Path(args.file)
     if (
@@ -99,7 +99,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> dict:
             info = _label_info(read_label(path), describe_image)
         else:
             info = {"kind": "image", **describe_image(image)}
-    print(json.dumps(info, indent=2))
+    print(json.dumps(json_safe(info), indent=2, allow_nan=False))
     return info
 
 

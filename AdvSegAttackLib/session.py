@@ -415,7 +415,7 @@ def append_rating(
         "organ": organ,
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     }
-    line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+    line = (json.dumps(record, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = 0

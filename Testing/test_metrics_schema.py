@@ -155,3 +155,13 @@ def test_scene_tables_and_export_readme_follow_the_schema(runs, tmp_path):
     assert main(["export", str(out["attack"]), "--out", str(bundle)]) == 0
     readme = (bundle / "README.txt").read_text(encoding="utf-8")
     assert f"(over {metrics['mean_dice_clean_organs']} organs of the reference)" in readme
+
+
+def test_model_card_json_is_strict(tmp_path):
+    from AdvSegAttackLib.cards import ModelCard
+
+    card = ModelCard(
+        name="c", architecture="unet", provenance={"training": {"validation_dice": {"mean": float("nan")}}}
+    )
+    (tmp_path / "card.json").write_text(card.to_json(), encoding="utf-8")  # what save_model writes
+    assert strict_json(tmp_path / "card.json")["provenance"]["training"]["validation_dice"] == {"mean": None}
