@@ -104,6 +104,8 @@ def bad_inputs(tmp_path: Path, real_ct_small: Path) -> dict[str, tuple[list[str]
     nan_array = np.zeros((20, 20, 20), np.float32)
     nan_array[5, 5, 5] = np.nan
     nan = write_image(sitk.GetImageFromArray(nan_array), tmp_path / "nan.nrrd")
+    nan_nifti = tmp_path / "nan.nii.gz"  # SimpleITK's NIfTI reader hands NaN over as 0
+    sitk.WriteImage(sitk.GetImageFromArray(nan_array), str(nan_nifti))
     empty = write_image(sitk.Image([122, 101, 30], sitk.sitkUInt8), tmp_path / "empty_label.nii.gz")
     unknown_card = tmp_path / "vnet.json"
     unknown_card.write_text(json.dumps({"name": "v", "architecture": "vnet"}), encoding="utf-8")
@@ -118,6 +120,7 @@ def bad_inputs(tmp_path: Path, real_ct_small: Path) -> dict[str, tuple[list[str]
         "2-D": (["--image", str(flat)], "flat.nii.gz is a 2-D image"),
         "4-D": (["--image", str(four)], "four.nii.gz is a 4-D image"),
         "NaN": (["--image", str(nan)], "nan.nrrd contains 1 NaN"),
+        "NaN in NIfTI": (["--image", str(nan_nifti)], "nan.nii.gz contains 1 NaN"),
         "empty label": ([*image, "--label", str(empty)], "empty_label.nii.gz is an empty label map"),
         "unknown architecture": ([*image, "--model", str(unknown_card)], "unknown architecture 'vnet'"),
         "checkpoint keys": ([*image, "--model", str(wrong_keys), "--card", "btcv-unet"], "keys do not fit"),
@@ -132,6 +135,7 @@ def bad_inputs(tmp_path: Path, real_ct_small: Path) -> dict[str, tuple[list[str]
         "2-D",
         "4-D",
         "NaN",
+        "NaN in NIfTI",
         "empty label",
         "unknown architecture",
         "checkpoint keys",
@@ -149,6 +153,15 @@ def test_bad_input_exits_2_with_one_sentence_and_no_output(case, tmp_path, real_
     assert not out.exists()
     # nothing staged is left; only the (released) lock file of the output folder may stay
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out") and p.name != ".out.lock"]
+
+
+def test_info_refuses_a_nifti_with_nan(tmp_path, capsys):
+    array = np.zeros((6, 7, 8), np.float32)
+    array[2, 3, 4] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert main(["info", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"advseg: error: {path} contains 1 NaN or infinite voxels."
 
 
 def test_jsonl_error_event_on_bad_input(tmp_path):
