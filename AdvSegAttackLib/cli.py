@@ -38,8 +38,6 @@ def resolve_device(name: str):
         raise InputError(f"--device {name}: CUDA is not available on this machine.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"--device {name!r}: use auto, cpu, cuda or cuda:N.")
     return device
 
 
@@ -234,13 +232,7 @@ def run_segment(
 
 def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
     device = resolve_device(args.device)
-    inputs = [
-        (args.image, "--image"),
-        (args.label, "--label"),
-        *model_inputs(args.model),
-        *model_inputs(args.card, "--card"),
-    ]
-    with claim_output_folder(args.out, inputs, SEGMENT_FILES):
+    with claim_output_folder(args.out, volume_and_model_inputs(args), SEGMENT_FILES):
         result = run_segment(
             Path(args.image),
             args.model,
@@ -279,12 +271,11 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
         raise InputError("give one --val-label per --val-image.")
     adversarial = from_args(args)
     distributed, device = init_distributed(resolve_device(args.device))
-    inputs = [(path, "--image") for path in args.image] + [(path, "--label") for path in args.label]
-    inputs += [(path, "--val-image") for path in args.val_image] + [
-        (path, "--val-label") for path in args.val_label
-    ]
+    volumes = {"--image": args.image, "--label": args.label, "--val-image": args.val_image}
+    volumes["--val-label"] = args.val_label
+    inputs = [(path, option) for option, paths in volumes.items() for path in paths]
+    inputs += model_inputs(args.init, "--init")
     try:
-        inputs += model_inputs(args.init, "--init")
         with claim_output_folder(args.out, inputs, (CARD_FILE, WEIGHTS_FILE, STATE_FILE), ctx=distributed):
             return _train(args, reporter, adversarial, distributed, device)
     finally:
@@ -460,10 +451,10 @@ def _attack_request(args: argparse.Namespace, out: Path):
     )
 
 
-def attack_inputs(args: argparse.Namespace) -> list:
-    """(path, what) of the files an attack reads: --image, --label, the model files, --card."""
-    label = [(args.label, "--label")] if getattr(args, "label", None) else []
-    return [(args.image, "--image"), *label, *model_inputs(args.model), *model_inputs(args.card, "--card")]
+def volume_and_model_inputs(args: argparse.Namespace) -> list:
+    """(path, what) of the files `segment`, `attack` and `demo` read: --image, --label, the model, --card."""
+    volumes = [(path, option) for path, option in ((args.image, "--image"), (args.label, "--label")) if path]
+    return [*volumes, *model_inputs(args.model), *model_inputs(getattr(args, "card", None), "--card")]
 
 
 def print_attack_summary(metrics: dict, out=None) -> None:
@@ -500,7 +491,7 @@ def cmd_attack(args: argparse.Namespace, reporter: Reporter) -> dict:
     from .pipeline import run_attack
 
     request = _attack_request(args, Path(args.out))
-    with claim_output_folder(args.out, attack_inputs(args), CASE_FILES):
+    with claim_output_folder(args.out, volume_and_model_inputs(args), CASE_FILES):
         metrics = run_attack(request, reporter)
     reporter.close()
     if args.progress != "jsonl":
@@ -571,8 +562,7 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
 
     out = Path(args.out)
     device = resolve_device(args.device)
-    inputs = [(path, what) for path, what in ((args.image, "--image"), (args.label, "--label")) if path]
-    with claim_output_folder(out, [*inputs, *model_inputs(args.model)], writes=["input", "case"]):
+    with claim_output_folder(out, volume_and_model_inputs(args), writes=["input", "case"]):
         if args.image:
             image, label = Path(args.image), Path(args.label) if args.label else None
         else:

@@ -110,11 +110,13 @@ def test_segment_and_attack_write_one_strict_schema(runs, capsys):
     assert attack["mean_dice_clean_organs"] == sum(
         bool(o["voxels_reference"]) for o in attack["organs"].values()
     )
-    region = attack["perturbation"]["region"]
-    assert "shape" not in attack["perturbation"] and len(region["bbox"]) == 3
-    assert all(
-        0 <= start < stop <= n for (start, stop), n in zip(region["bbox"], attack["size"], strict=True)
+    region = attack["perturbation"]["region"]  # --region bbox around the liver: its box holds the liver
+    assert "shape" not in attack["perturbation"] and "axial_axis" not in attack["perturbation"]
+    liver = np.nonzero(
+        sitk.GetArrayFromImage(sitk.ReadImage(str(root / "data" / "phantom_seed3_label.nii.gz"))) == 6
     )
+    for (start, stop), indices, n in zip(region["bbox"], reversed(liver), attack["size"], strict=True):
+        assert 0 <= start <= indices.min() and indices.max() < stop <= n  # x, y, z: the order of `size`
 
 
 def test_tables_print_a_dash_for_organs_absent_from_the_reference(runs, tmp_path, capsys):
