@@ -313,7 +313,7 @@ def aggregate_markdown(rows: Sequence[dict], title: str, total: int, ok_cases: i
         f"# {title}",
         "",
         f"{ok_cases} of {total} cases scored; mean ± sample sd over cases (n = cases counted"
-        " when fewer than all; HD95 only where the organ is in both maps).",
+        " when fewer than all; Dice only where the reference has the organ, HD95 only where both maps have it).",
         "",
         "| organ | cases | Dice clean | Dice attacked | HD95 clean (mm) | HD95 attacked (mm) |",
         "|---|---:|---:|---:|---:|---:|",
