@@ -63,7 +63,8 @@ def model_inputs(source: str | Path | None, what: str = "--model") -> list[Input
         card = load_card(source)
     except InputError:  # not a card: the command reports it with its own sentence
         return [(path, what)] if path.exists() else []
-    return [(p, f"{what} {source}") for p in (card.path, weights_path(card)) if p is not None]
+    files = ((card.path, f"the model card of {what}"), (weights_path(card), f"the weights of {what}"))
+    return [(file, name) for file, name in files if file is not None]
 
 
 def _overlap_sentence(

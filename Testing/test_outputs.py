@@ -153,13 +153,13 @@ def overwriting_runs(world: dict, tmp_path: Path) -> dict[str, tuple[list[str], 
                 str(card_folder),
             ],
             [card_folder],
-            "contains --init",
+            "contains the model card of --init",
         ),
         "train into the folder of its --init card": (
             ["train", "--init", str(card_folder / "card.json"), "--phantoms", "1", "--steps", "1", *TINY]
             + ["--out", str(card_folder)],
             [card_folder],
-            "contains --init",
+            "contains the model card of --init",
         ),
         "--out is the --image file": (
             ["attack", "--image", str(image_copy), *attack, "--out", str(image_copy)],
