@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .errors import InputError
-from .io import atomic_path, write_text_atomic
+from .io import atomic_path, json_safe, write_text_atomic
 from .labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 
 CARD_FILE = "card.json"
@@ -131,8 +131,9 @@ class ModelCard:
             ) from None
 
     def to_json(self) -> str:
+        """Strict JSON (a NaN in the provenance, e.g. a validation Dice without organs, becomes null)."""
         data = {k: v for k, v in dataclasses.asdict(self).items() if k != "path"}
-        return json.dumps(data, indent=2)
+        return json.dumps(json_safe(data), indent=2, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict, path: Path | None = None) -> ModelCard:

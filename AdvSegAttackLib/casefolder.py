@@ -18,6 +18,8 @@ PRED_ADV = "pred_adv"
 METRICS = "metrics.json"
 PROVENANCE = "provenance.json"
 PREVIEW = "preview.png"
+#: What `attack` writes into a case folder (glob patterns of names), for the output-folder check.
+CASE_FILES = (ADVERSARIAL, f"{PRED_CLEAN}.*", f"{PRED_ADV}.*", METRICS, PROVENANCE, PREVIEW)
 
 
 @dataclass(frozen=True)

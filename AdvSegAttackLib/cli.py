@@ -1,6 +1,9 @@
 """`advseg`: the command line of the engine (also `python -m AdvSegAttackLib.cli`, as Slicer starts it).
 
-Bad input prints one sentence and exits with status 2, leaving no partial output.
+Bad input prints one sentence and exits with status 2, leaving no partial output. Every command with `--out`
+first claims its output folder (`outputs.claim_output_folder`: no input overwritten, writable, locked). An
+unexpected error ends with one sentence naming a log file with the traceback and exit status 1 (`--debug`
+also prints the traceback); Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -10,10 +13,12 @@ import json
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, unexpected_error_sentence, write_error_log
+from .outputs import claim_output_folder, model_inputs
 from .progress import JsonLinesReporter, Reporter, TqdmReporter
 from .watchdog import start_parent_watchdog
 
@@ -32,6 +37,8 @@ def resolve_device(name: str):
         raise InputError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N).") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: CUDA is not available on this machine.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
     return device
 
 
@@ -42,7 +49,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _print_table(rows: list[list[str]], header: list[str], out=sys.stdout) -> None:
+def _print_table(rows: list[list[str]], header: list[str], out=None) -> None:
+    out = out or sys.stdout  # looked up now, not at import (tests and Slicer replace sys.stdout)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)), file=out)
     print("  ".join("-" * w for w in widths), file=out)
@@ -51,11 +59,18 @@ def _print_table(rows: list[list[str]], header: list[str], out=sys.stdout) -> No
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
+    """A number with `digits` decimals; "-" for None (JSON null: undefined, e.g. an organ not in the reference)."""
     import math
 
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{value:.{digits}f}"
+
+
+def _mean_text(metrics: dict, key: str, digits: int = 3) -> str:
+    """`0.874 (13 organs)`: a mean of metrics.json with the number of organs it covers."""
+    count = metrics.get(f"{key}_organs", 0)
+    return f"{_fmt(metrics.get(key), digits)} ({count} organ{'s' if count != 1 else ''})"
 
 
 # --- info -------------------------------------------------------------------------------------------------
@@ -63,7 +78,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def cmd_info(args: argparse.Namespace, reporter: Reporter) -> dict:
     """What a volume, label map or model card is."""
-    from .io import describe_image, full_suffix, read_image, read_label
+    from .io import describe_image, full_suffix, json_safe, read_image, read_label
 
     path = Path(args.file)
     if (
@@ -83,7 +98,7 @@ def cmd_info(args: argparse.Namespace, reporter: Reporter) -> dict:
             info = _label_info(read_label(path), describe_image)
         else:
             info = {"kind": "image", **describe_image(image)}
-    print(json.dumps(info, indent=2))
+    print(json.dumps(json_safe(info), indent=2, allow_nan=False))
     return info
 
 
@@ -123,13 +138,14 @@ def cmd_phantom(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Write a synthetic abdominal CT phantom and its BTCV label map."""
     from .phantom import write_phantom
 
-    image, label = write_phantom(
-        args.seed,
-        Path(args.out),
-        shape=tuple(args.shape),
-        spacing=tuple(args.spacing),
-        contrast=args.contrast,
-    )
+    with claim_output_folder(args.out, writes=[f"phantom_seed{args.seed}_*"]):
+        image, label = write_phantom(
+            args.seed,
+            Path(args.out),
+            shape=tuple(args.shape),
+            spacing=tuple(args.spacing),
+            contrast=args.contrast,
+        )
     print(f"wrote {image}\nwrote {label}")
     return {"image": str(image), "label": str(label)}
 
@@ -137,11 +153,14 @@ def cmd_phantom(args: argparse.Namespace, reporter: Reporter) -> dict:
 # --- segment ----------------------------------------------------------------------------------------------
 
 
-def segmentation_rows(report: dict) -> list[list[str]]:
+SEGMENT_FILES = ("pred.nii.gz", "pred.seg.nrrd", "metrics.json")
+
+
+def segmentation_rows(metrics: dict) -> list[list[str]]:
+    """Rows organ, label, Dice, HD95 of a `segment` metrics.json ("-" where the reference lacks the organ)."""
     return [
-        [name, str(o["label"]), _fmt(o["dice"]), _fmt(o["hd95_mm"], 1)]
-        for name, o in report["organs"].items()
-        if o["voxels_ref"] or o["voxels_pred"]
+        [name, str(o["label"]), _fmt(o.get("dice_clean")), _fmt(o.get("hd95_clean_mm"), 1)]
+        for name, o in metrics["organs"].items()
     ]
 
 
@@ -163,12 +182,13 @@ def run_segment(
     from .io import (
         read_image,
         read_label,
+        sha256_file,
         staged_output_dir,
         write_image,
+        write_json_atomic,
         write_segmentation,
-        write_text_atomic,
     )
-    from .metrics import segmentation_report
+    from .metrics import metrics_document, organ_metrics
     from .segment import segment_image
 
     image = read_image(image_path)
@@ -187,39 +207,51 @@ def run_segment(
         write_segmentation(
             predicted, staging / "pred.seg.nrrd", model_card.label_names, model_card.label_colors
         )
-        result: dict = {"image": str(image_path), "model": model_card.name}
-        if reference is not None:
-            spacing = tuple(reversed(image.GetSpacing()))
-            report = segmentation_report(
-                sitk.GetArrayFromImage(predicted),
-                sitk.GetArrayFromImage(reference),
-                model_card.label_names,
-                spacing,
-            )
-            result["reference"] = str(label_path)
-            result["segmentation"] = report
-        write_text_atomic(staging / "metrics.json", json.dumps(result, indent=2, allow_nan=True) + "\n")
+        organs = organ_metrics(
+            model_card.label_names,
+            tuple(reversed(image.GetSpacing())),  # SimpleITK arrays are (z, y, x)
+            sitk.GetArrayFromImage(predicted),
+            sitk.GetArrayFromImage(reference) if reference is not None else None,
+        )
+        result = metrics_document(
+            "segment",
+            model_card.name,
+            image.GetSize(),
+            image.GetSpacing(),
+            "reference label" if reference is not None else None,
+            organs,
+            input={"path": str(image_path), "sha256": sha256_file(image_path)},
+            reference_label=(
+                {"path": str(label_path), "sha256": sha256_file(label_path)}
+                if reference is not None
+                else None
+            ),
+        )
+        write_json_atomic(staging / "metrics.json", result)
     reporter.close()
     return result
 
 
 def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
     device = resolve_device(args.device)
-    result = run_segment(
-        Path(args.image),
-        args.model,
-        Path(args.out),
-        Path(args.label) if args.label else None,
-        device,
-        reporter,
-        card=args.card,
-        sw_batch_size=args.sw_batch_size,
-        trust_torchscript=args.trust_torchscript,
-    )
-    if "segmentation" in result and args.progress != "jsonl":
-        report = result["segmentation"]
-        _print_table(segmentation_rows(report), ["organ", "label", "Dice", "HD95 mm"])
-        print(f"mean organ Dice (background excluded): {_fmt(report['mean_dice'])}")
+    with claim_output_folder(args.out, volume_and_model_inputs(args), SEGMENT_FILES):
+        result = run_segment(
+            Path(args.image),
+            args.model,
+            Path(args.out),
+            Path(args.label) if args.label else None,
+            device,
+            reporter,
+            card=args.card,
+            sw_batch_size=args.sw_batch_size,
+            trust_torchscript=args.trust_torchscript,
+        )
+    if result["reference"] and args.progress != "jsonl":
+        _print_table(segmentation_rows(result), ["organ", "label", "Dice", "HD95 mm"])
+        print(
+            f"mean organ Dice (background excluded) {_mean_text(result, 'mean_dice_clean')}, "
+            f"mean HD95 {_mean_text(result, 'mean_hd95_clean_mm', 1)} mm; '-': not in the reference"
+        )
     print(f"wrote {Path(args.out) / 'pred.nii.gz'} and pred.seg.nrrd", file=sys.stderr)
     return result
 
@@ -230,7 +262,9 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
 def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Train a model card from labelled volumes and/or phantoms (adversarially; under torchrun with DDP)."""
     from .adversarial_training import from_args
+    from .cards import CARD_FILE, WEIGHTS_FILE
     from .distributed import init_distributed, shutdown
+    from .train import STATE_FILE
 
     if len(args.image) != len(args.label):
         raise InputError(
@@ -240,8 +274,13 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
         raise InputError("give one --val-label per --val-image.")
     adversarial = from_args(args)
     distributed, device = init_distributed(resolve_device(args.device))
+    volumes = {"--image": args.image, "--label": args.label, "--val-image": args.val_image}
+    volumes["--val-label"] = args.val_label
+    inputs = [(path, option) for option, paths in volumes.items() for path in paths]
+    inputs += model_inputs(args.init, "--init")
     try:
-        return _train(args, reporter, adversarial, distributed, device)
+        with claim_output_folder(args.out, inputs, (CARD_FILE, WEIGHTS_FILE, STATE_FILE), ctx=distributed):
+            return _train(args, reporter, adversarial, distributed, device)
     finally:
         shutdown(distributed)
 
@@ -418,34 +457,48 @@ def _attack_request(args: argparse.Namespace, out: Path):
     )
 
 
-def print_attack_summary(metrics: dict, out=sys.stdout) -> None:
-    """Per-organ table clean -> attacked and the perturbation numbers."""
+def volume_and_model_inputs(args: argparse.Namespace) -> list:
+    """(path, what) of the files `segment`, `attack` and `demo` read: --image, --label, the model, --card."""
+    volumes = [(path, option) for path, option in ((args.image, "--image"), (args.label, "--label")) if path]
+    return [*volumes, *model_inputs(args.model), *model_inputs(getattr(args, "card", None), "--card")]
+
+
+def print_attack_summary(metrics: dict, out=None) -> None:
+    """Per-organ table clean -> attacked ("-" where the reference lacks the organ) and the perturbation."""
+    out = out or sys.stdout
     rows = [
         [
             name,
-            _fmt(o["dice_clean"]),
-            _fmt(o["dice_adv"]),
-            _fmt(o["hd95_clean_mm"], 1),
-            _fmt(o["hd95_adv_mm"], 1),
+            _fmt(o.get("dice_clean")),
+            _fmt(o.get("dice_adv")),
+            _fmt(o.get("hd95_clean_mm"), 1),
+            _fmt(o.get("hd95_adv_mm"), 1),
         ]
         for name, o in metrics["organs"].items()
     ]
-    print(f"\nDice against {metrics['reference']} (background excluded):", file=out)
+    print(f"\nDice against {metrics['reference']} (background excluded; '-': not in it):", file=out)
     _print_table(rows, ["organ", "Dice clean", "Dice attacked", "HD95 clean mm", "HD95 attacked mm"], out)
     p = metrics["perturbation"]
     print(
-        f"mean Dice {_fmt(metrics['mean_dice_clean'])} -> {_fmt(metrics['mean_dice_adv'])}; "
+        f"mean Dice {_mean_text(metrics, 'mean_dice_clean')} -> {_mean_text(metrics, 'mean_dice_adv')}; "
+        f"mean HD95 mm {_mean_text(metrics, 'mean_hd95_clean_mm', 1)} -> {_mean_text(metrics, 'mean_hd95_adv_mm', 1)}",
+        file=out,
+    )
+    print(
         f"SSIM 3-D {_fmt(p['ssim_3d'], 4)}, axial {_fmt(p['ssim_axial_mean'], 4)}; PSNR {_fmt(p['psnr_db'], 1)} dB; "
-        f"L-inf {_fmt(p['linf_hu'], 1)} HU; voxels changed {100 * p['fraction_changed']:.1f} %",
+        f"L-inf {_fmt(p['linf_hu'], 1)} HU; voxels changed {_fmt(100 * p['fraction_changed'], 1)} %",
         file=out,
     )
 
 
 def cmd_attack(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Attack one CT volume and write a case folder."""
+    from .casefolder import CASE_FILES
     from .pipeline import run_attack
 
-    metrics = run_attack(_attack_request(args, Path(args.out)), reporter)
+    request = _attack_request(args, Path(args.out))
+    with claim_output_folder(args.out, volume_and_model_inputs(args), CASE_FILES):
+        metrics = run_attack(request, reporter)
     reporter.close()
     if args.progress != "jsonl":
         print_attack_summary(metrics)
@@ -460,9 +513,11 @@ def cmd_session_build(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Build a blinded reader session from case folders."""
     from .session import build_session
 
-    key = build_session(
-        args.cases, args.readers, args.seed, Path(args.out), args.never_both, args.all_versions
-    )
+    inputs = [(case, "the case folder") for case in args.cases]
+    with claim_output_folder(args.out, inputs, writes=None, must_be_new=True):
+        key = build_session(
+            args.cases, args.readers, args.seed, Path(args.out), args.never_both, args.all_versions
+        )
     reporter.close()
     unseen = sum(not item["readers"] for item in key["items"].values())
     if unseen:
@@ -532,22 +587,24 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
     from .pipeline import AttackRequest, run_attack
 
     out = Path(args.out)
-    if args.image:
-        image, label = Path(args.image), Path(args.label) if args.label else None
-    else:
-        image, label = write_phantom(args.seed, out / "input")
-        print(f"phantom of seed {args.seed} (never used in training): {image}", file=sys.stderr)
-    request = AttackRequest(
-        image=image,
-        model=args.model,
-        out=out / "case",
-        attack=args.attack,
-        label=label,
-        device=resolve_device(args.device),
-        command_line=args.command_line,
-        trust_torchscript=args.trust_torchscript,
-    )
-    metrics = run_attack(request, reporter)
+    device = resolve_device(args.device)
+    with claim_output_folder(out, volume_and_model_inputs(args), writes=["input", "case"]):
+        if args.image:
+            image, label = Path(args.image), Path(args.label) if args.label else None
+        else:
+            image, label = write_phantom(args.seed, out / "input")
+            print(f"phantom of seed {args.seed} (never used in training): {image}", file=sys.stderr)
+        request = AttackRequest(
+            image=image,
+            model=args.model,
+            out=out / "case",
+            attack=args.attack,
+            label=label,
+            device=device,
+            command_line=args.command_line,
+            trust_torchscript=args.trust_torchscript,
+        )
+        metrics = run_attack(request, reporter)
     reporter.close()
     print(f"\n{args.attack} (default parameters) against {args.model} on {image.name}")
     print_attack_summary(metrics)
@@ -567,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(p: argparse.ArgumentParser, device: bool = True) -> None:
         p.add_argument("--progress", choices=("tqdm", "jsonl"), default="tqdm", help="progress display")
+        p.add_argument(
+            "--debug",
+            action="store_true",
+            help="print the traceback of an unexpected error (it is always logged)",
+        )
         if device:
             p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
@@ -717,6 +779,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         reporter.error("cancelled.")
         return 130
+    except Exception as error:  # a bug or an environment failure: one sentence, the traceback in a log
+        log = write_error_log(error, args.command_line)
+        if args.debug:
+            traceback.print_exception(error, file=sys.stderr)
+        reporter.error(unexpected_error_sentence(error, log))
+        return 1
     out = getattr(args, "out", None)
     # under torchrun (which sets RANK) only rank 0 announces the shared output folder
     if isinstance(result, dict) and out and os.environ.get("RANK", "0") == "0":

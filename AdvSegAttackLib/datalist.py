@@ -7,12 +7,17 @@ to a data folder; it is read with MONAI's `load_decathlon_datalist`. A plain fol
 image's file name, or the nnU-Net name without the `_0000` channel suffix.
 
 A case whose files are missing is still listed, with `problem` set to one sentence: the dataset run
-marks it failed and goes on. A datalist that cannot be read at all is an `InputError`.
+marks it failed and goes on. A datalist that cannot be read at all is an `InputError`, and so is one with an
+item that is empty, names the data folder itself or a path outside it (after `..` and absolute paths are
+resolved), or gives two cases the same name (also when they differ only in upper/lower case). Case names
+are never empty, hidden (leading ".") or more than one path component: a dataset run deletes only
+`cases/<name>` folders (see `safe_case_name`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +43,11 @@ def case_name(image: Path) -> str:
     return image.name[: -len(suffix)] if suffix in IMAGE_SUFFIXES else image.name
 
 
+def safe_case_name(name: str) -> bool:
+    """True for a name that is one visible path component: not empty, no separator, no leading "."."""
+    return bool(name) and not name.startswith(".") and not any(c in name for c in "/\\\0")
+
+
 def _missing(case_name_: str, image: Path, label: Path | None) -> str | None:
     if not image.exists():
         return f"case {case_name_}: image {image} does not exist."
@@ -46,16 +56,28 @@ def _missing(case_name_: str, image: Path, label: Path | None) -> str | None:
     return None
 
 
-def _check_unique(cases: list[Case], source: str) -> list[Case]:
+def _check_names(cases: list[Case], source: str) -> list[Case]:
+    """InputError unless every case name is safe and unique (ignoring case: some file systems do)."""
     seen: dict[str, Path] = {}
     for case in cases:
-        if case.name in seen:
+        if not safe_case_name(case.name):
             raise InputError(
-                f"{source} names two cases {case.name!r} ({seen[case.name]} and {case.image});"
+                f"{source}: the image {case.image} gives the case name {case.name!r}; a case name must be a"
+                " file name that is not empty and does not start with '.'."
+            )
+        if case.name.casefold() in seen:
+            raise InputError(
+                f"{source} names two cases {case.name!r} ({seen[case.name.casefold()]} and {case.image});"
                 " case names (image file names without suffix) must be unique."
             )
-        seen[case.name] = case.image
+        seen[case.name.casefold()] = case.image
     return cases
+
+
+def _inside(path: str, base: Path) -> bool:
+    """True when `path` lies strictly inside `base` (lexically, after `..` and absolute paths are resolved)."""
+    path, base_text = os.path.abspath(path), os.path.abspath(base)
+    return os.path.commonpath([path, base_text]) == base_text and path != base_text
 
 
 def read_datalist(datalist: str | Path, data_dir: str | Path | None, split: str) -> list[Case]:
@@ -86,20 +108,23 @@ def read_datalist(datalist: str | Path, data_dir: str | Path | None, split: str)
     except (TypeError, ValueError) as error:
         raise InputError(f"--datalist {datalist}, split {split!r}: {error}") from None
     cases = []
-    for index, item in enumerate(items):
+    for index, (item, raw) in enumerate(zip(items, content[split], strict=True)):
+        where = f"--datalist {datalist}, split {split!r}, item {index}"
         image, label = item.get("image"), item.get("label")
         if not isinstance(image, str):
-            raise InputError(
-                f"--datalist {datalist}, split {split!r}, item {index}: 'image' must be one path, got {image!r}."
-            )
+            raise InputError(f"{where}: 'image' must be one path, got {image!r}.")
         if label is not None and not isinstance(label, str):
-            raise InputError(
-                f"--datalist {datalist}, split {split!r}, item {index}: 'label' must be one path, got {label!r}."
-            )
-        image_path, label_path = Path(image), Path(label) if label else None
+            raise InputError(f"{where}: 'label' must be one path, got {label!r}.")
+        for key, path in (("image", image), ("label", label)):
+            if path is not None and not _inside(path, base):
+                given = raw.get(key) if isinstance(raw, dict) else raw
+                raise InputError(
+                    f"{where}: {key} {given!r} is not a path inside the data folder {base} (--data-dir)."
+                )
+        image_path, label_path = Path(image), Path(label) if label is not None else None
         name = case_name(image_path)
         cases.append(Case(name, image_path, label_path, _missing(name, image_path, label_path)))
-    return _check_unique(cases, f"--datalist {datalist} split {split!r}")
+    return _check_names(cases, f"--datalist {datalist} split {split!r}")
 
 
 def _label_for(image: Path, labels_dir: Path) -> Path:
@@ -135,7 +160,7 @@ def read_folder(data_dir: str | Path, split: str = "training") -> list[Case]:
         label = _label_for(image, labels_dir) if labels_dir.is_dir() else None
         name = case_name(image)
         cases.append(Case(name, image, label, _missing(name, image, label)))
-    return _check_unique(cases, str(images_dir))
+    return _check_names(cases, str(images_dir))
 
 
 def load_cases(data_dir: str | Path | None, datalist: str | Path | None, split: str | None) -> list[Case]:

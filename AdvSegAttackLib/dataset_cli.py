@@ -44,6 +44,11 @@ def _add_attack_parameters(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
 
 
+def _datalist_input(args: argparse.Namespace) -> list:
+    """The --datalist as an input of the run (an --out must never overwrite it)."""
+    return [(args.datalist, "--datalist")] if args.datalist else []
+
+
 def _print_summary(summary, out_dir: Path, reporter_kind: str) -> None:
     from .dataset_run import AGGREGATE_MD
 
@@ -59,13 +64,13 @@ def _print_summary(summary, out_dir: Path, reporter_kind: str) -> None:
 
 def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Attack every case of a dataset split; one case folder each, manifest and aggregate table."""
-    from .cli import _attack_flags
+    from .cli import _attack_flags, resolve_device
     from .datalist import load_cases
     from .dataset_run import attack_dataset
     from .distributed import init_distributed, shutdown
     from .pipeline import AttackRequest
 
-    ctx, device = init_distributed(args.device)
+    ctx, device = init_distributed(resolve_device(args.device))
     try:
         cases = load_cases(args.data_dir, args.datalist, args.split)
         template = AttackRequest(
@@ -87,7 +92,7 @@ def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
             command_line=args.command_line,
             trust_torchscript=args.trust_torchscript,
         )
-        summary = attack_dataset(cases, template, Path(args.out), ctx, reporter)
+        summary = attack_dataset(cases, template, Path(args.out), ctx, reporter, _datalist_input(args))
     finally:
         shutdown(ctx)
     reporter.close()
@@ -98,6 +103,7 @@ def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
 
 def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Segment saved adversarial volumes (and their clean images); the same aggregate table."""
+    from .cli import resolve_device
     from .datalist import load_cases
     from .dataset_run import cases_from_case_folders, evaluate_dataset, match_adversarial
     from .distributed import init_distributed, shutdown
@@ -105,9 +111,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
     adv_dir, out = Path(args.adv_dir), Path(args.out)
     if not adv_dir.is_dir():
         raise InputError(f"--adv-dir {adv_dir} is not a folder.")
-    if out.resolve() == adv_dir.resolve():
-        raise InputError(f"--out {out} must differ from --adv-dir (the adversarial volumes are only read).")
-    ctx, device = init_distributed(args.device)
+    ctx, device = init_distributed(resolve_device(args.device))
     try:
         if args.datalist or args.data_dir:
             cases = match_adversarial(load_cases(args.data_dir, args.datalist, args.split), adv_dir)
@@ -123,6 +127,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
             reporter,
             args.sw_batch_size,
             adv_dir,
+            _datalist_input(args),
             trust_torchscript=args.trust_torchscript,
         )
     finally:

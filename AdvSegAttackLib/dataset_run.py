@@ -21,6 +21,7 @@ with its sentence and the run goes on; the command then exits with status 1.
 from __future__ import annotations
 
 import csv
+import glob
 import io as text_io
 import itertools
 import json
@@ -30,8 +31,7 @@ import shutil
 import socket
 import sys
 import time
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 from .casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, CaseFolder, read_case
-from .datalist import Case
+from .datalist import Case, safe_case_name
 from .distributed import DistributedContext, barrier, shared_store
-from .errors import InputError
+from .errors import InputError, describe_error, write_error_log
 from .io import (
     json_safe,
     read_image,
@@ -51,6 +51,7 @@ from .io import (
     write_json_atomic,
     write_text_atomic,
 )
+from .outputs import Input, claim_output_folder, model_inputs
 from .progress import Reporter
 
 CASES_DIR = "cases"
@@ -59,6 +60,8 @@ MANIFEST = "manifest.jsonl"
 AGGREGATE_CSV = "aggregate.csv"
 AGGREGATE_MD = "aggregate.md"
 SUMMARY = "summary.json"
+#: Everything a dataset run writes at the top of OUT (glob patterns), for the output-folder check.
+DATASET_FILES = (RUN_FILE, CASES_DIR, MANIFEST, "manifest.rank*.jsonl", AGGREGATE_CSV, AGGREGATE_MD, SUMMARY)
 
 #: Test hook (used by Testing/test_torchrun.py to simulate a rank that dies mid-run):
 #: "R:N" makes rank R leave with `os._exit(CRASH_EXIT_STATUS)` right after the folder of its N-th case is
@@ -209,10 +212,11 @@ def case_numbers(metrics: dict) -> dict:
             }
             for name, row in metrics.get("organs", {}).items()
         },
-        "mean_dice_clean": metrics.get("mean_dice_clean"),
-        "mean_dice_adv": metrics.get("mean_dice_adv"),
-        "mean_hd95_clean_mm": metrics.get("mean_hd95_clean_mm"),
-        "mean_hd95_adv_mm": metrics.get("mean_hd95_adv_mm"),
+        **{
+            f"mean_{key}{count}": metrics.get(f"mean_{key}{count}")
+            for key in ("dice_clean", "dice_adv", "hd95_clean_mm", "hd95_adv_mm")
+            for count in ("", "_organs")  # the mean and how many organs it covers
+        },
         "ssim_3d": perturbation.get("ssim_3d"),
         "ssim_axial_mean": perturbation.get("ssim_axial_mean"),
         "psnr_db": perturbation.get("psnr_db"),
@@ -309,7 +313,7 @@ def aggregate_markdown(rows: Sequence[dict], title: str, total: int, ok_cases: i
         f"# {title}",
         "",
         f"{ok_cases} of {total} cases scored; mean ± sample sd over cases (n = cases counted"
-        " when fewer than all; HD95 only where the organ is in both maps).",
+        " when fewer than all; Dice only where the reference has the organ, HD95 only where both maps have it).",
         "",
         "| organ | cases | Dice clean | Dice attacked | HD95 clean (mm) | HD95 attacked (mm) |",
         "|---|---:|---:|---:|---:|---:|",
@@ -369,20 +373,18 @@ def _tickets(store, key: str, total: int):
 
 
 def _clear_case_dir(cases_dir: Path, name: str) -> Path:
-    """Remove a case's earlier (unverified) folder and any staging folder a killed run left behind."""
-    for stale in cases_dir.glob(f".{name}.staging-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    """Remove a case's earlier (unverified) folder and any staging folder a killed run left behind.
+
+    Only ever `cases_dir/<name>` and `cases_dir/.<name>.staging-*` for a safe (non-empty, one-component) name.
+    """
     case_dir = cases_dir / name
+    if not safe_case_name(name) or case_dir.parent != cases_dir:
+        raise InputError(f"case name {name!r} is not a safe folder name; nothing was deleted.")
+    for stale in cases_dir.glob(f".{glob.escape(name)}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     if case_dir.exists():
         shutil.rmtree(case_dir)
     return case_dir
-
-
-def _error_sentence(error: BaseException) -> str:
-    if isinstance(error, InputError):
-        return str(error)
-    first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {first[:300]}" if first else type(error).__name__
 
 
 def run_cases(
@@ -436,10 +438,12 @@ def run_cases(
                     record.update(status="ok", error=None, metrics=case_numbers(metrics))
                     record["outputs"] = hash_outputs(case_dir)
                 except Exception as error:  # a case that fails must not stop the others
-                    sentence = _error_sentence(error)
-                    if not isinstance(error, InputError):
-                        traceback.print_exc(file=sys.stderr)
-                    print(f"advseg: case {case.name} failed: {sentence}", file=sys.stderr)
+                    sentence = str(error) if isinstance(error, InputError) else describe_error(error)
+                    log = (
+                        None if isinstance(error, InputError) else write_error_log(error, " ".join(sys.argv))
+                    )
+                    where = f" (traceback in {log})" if log else ""
+                    print(f"advseg: case {case.name} failed: {sentence}{where}", file=sys.stderr)
                     record.update(status="failed", error=sentence, metrics=None, outputs={})
                     failed[case.name] = sentence
                 ran.append(case.name)
@@ -508,20 +512,39 @@ def _merge(out: Path, cases: Sequence, settings: dict, counts: dict) -> tuple[li
 # --- attack-dataset ---------------------------------------------------------------------------------------
 
 
+def case_inputs(cases: Iterable) -> list[Input]:
+    """(path, what) of every file the cases read (image, label; evaluate: the adversarial volume)."""
+    inputs: list[Input] = []
+    for item in cases:
+        case = getattr(item, "case", item)
+        inputs += [(case.image, f"the image of case {case.name}")]
+        inputs += [(case.label, f"the label of case {case.name}")] if case.label else []
+        adversarial = getattr(item, "adversarial", None)
+        inputs += [(adversarial, f"the adversarial volume of case {case.name}")] if adversarial else []
+    return inputs
+
+
 def attack_dataset(
-    cases: Sequence[Case], template, out: Path, ctx: DistributedContext, reporter: Reporter
+    cases: Sequence[Case],
+    template,
+    out: Path,
+    ctx: DistributedContext,
+    reporter: Reporter,
+    inputs: Sequence[Input] = (),
 ) -> RunSummary:
     """Attack every case with the settings of `template` (a `pipeline.AttackRequest`; its image, label and
     out are replaced per case) and write the dataset folder `out`.
-    """
-    from .attacks import make_attack
-    from .cards import load_model
-    from .pipeline import run_attack
 
-    attack = make_attack(template.attack, template.preset, **template.params)  # bad parameters: exit 2 now
+    The settings are validated once, before any case runs and before `out` is claimed (see `outputs`);
+    `inputs` are further files the run reads (the datalist), so that `out` never overwrites them.
+    """
+    from .cards import load_model
+    from .pipeline import check_request, run_attack
+
     card, _ = load_model(
         template.model, card=template.card, device="cpu", trust_torchscript=template.trust_torchscript
     )
+    attack = check_request(template, card)  # bad parameters, unknown organs: exit 2 now
     settings = {
         "kind": "attack-dataset",
         "title": f"{attack.name} against {card.name}",
@@ -544,7 +567,14 @@ def attack_dataset(
         return run_attack(request, inner)
 
     required = [p.name for p in CaseFolder(Path(".")).required()]
-    return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
+    inputs = [
+        *inputs,
+        *case_inputs(cases),
+        *model_inputs(template.model),
+        *model_inputs(template.card, "--card"),
+    ]
+    with claim_output_folder(out, inputs, DATASET_FILES, ctx=ctx):
+        return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
 
 
 def _source_name(source: str | Path) -> str:
@@ -610,9 +640,14 @@ def evaluate_dataset(
     reporter: Reporter,
     sw_batch_size: int = 4,
     adv_dir: Path | None = None,
+    inputs: Sequence[Input] = (),
     trust_torchscript: bool = False,
 ) -> RunSummary:
-    """Segment every clean and saved adversarial volume with the model; score them like `attack` does."""
+    """Segment every clean and saved adversarial volume with the model; score them like `attack` does.
+
+    `out` is claimed (see `outputs`) after the model loads; it never overwrites `adv_dir`, the cases' files
+    or further `inputs` (the datalist).
+    """
     from .cards import load_model
     from .io import staged_output_dir, write_image
     from .pipeline import _case_metrics
@@ -651,7 +686,9 @@ def evaluate_dataset(
             )
             predictions.append((space, space.labels_to_source(labels)))
         (clean_space, pred_clean), (_, pred_adv) = predictions
-        metrics = _case_metrics(clean_space, source, adversarial, pred_clean, pred_adv, reference, None)
+        metrics = _case_metrics(
+            clean_space, source, adversarial, pred_clean, pred_adv, reference, None, kind="evaluate"
+        )
         metrics["adversarial"] = {
             "path": str(item.adversarial.resolve()),
             "sha256": sha256_file(item.adversarial),
@@ -664,7 +701,11 @@ def evaluate_dataset(
         return metrics
 
     required = [f"{PRED_CLEAN}.nii.gz", f"{PRED_ADV}.nii.gz", METRICS]
-    return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
+    inputs = [*inputs, *case_inputs(cases), *model_inputs(model), *model_inputs(card_source, "--card")]
+    if adv_dir is not None:
+        inputs.append((adv_dir, "--adv-dir"))
+    with claim_output_folder(out, inputs, DATASET_FILES, ctx=ctx):
+        return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
 
 
 def match_adversarial(cases: Sequence[Case], adv_dir: Path) -> list[AdversarialCase]:

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -40,6 +39,7 @@ from .errors import InputError
 from .io import (
     IMAGE_SUFFIXES,
     full_suffix,
+    make_staging_dir,
     read_image,
     read_label,
     same_grid,
@@ -48,6 +48,7 @@ from .io import (
     write_json_atomic,
     write_text_atomic,
 )
+from .outputs import claim_output_folder
 from .progress import Reporter
 
 EXPORT_FORMATS = ("nifti", "nrrd", "dicom")
@@ -451,19 +452,6 @@ def _resolve(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _check_out_dir(out: Path, protected: dict[Path, str]) -> None:
-    """InputError when `out` is, holds or lies inside a source, or is an existing non-empty folder/file."""
-    target = _resolve(out)
-    for path, what in protected.items():
-        if target == path or path in target.parents or target in path.parents:
-            relation = "is" if target == path else ("is inside" if path in target.parents else "contains")
-            raise InputError(
-                f"--out {out} {relation} {what} {path}; exports never write over or into a source."
-            )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"--out {out} already exists and is not an empty folder; give a new bundle folder.")
-
-
 def _default_dicom_source(case: CaseFolder, provenance: dict) -> Path:
     recorded = (provenance.get("input") or {}).get("path")
     source = Path(recorded) if recorded else None
@@ -584,7 +572,8 @@ def _readme(provenance: dict, metrics: dict, files: list[str], phi: str, dicom: 
         f"Source:     SHA-256 {(provenance.get('input') or {}).get('sha256')} (of the attack's input file, or of every file of its DICOM folder)",
         "",
         f"Effect (Dice against {metrics.get('reference')}, background excluded):",
-        f"  mean Dice clean {_fmt(metrics.get('mean_dice_clean'))} -> attacked {_fmt(metrics.get('mean_dice_adv'))}",
+        f"  mean Dice clean {_fmt(metrics.get('mean_dice_clean'))} -> attacked {_fmt(metrics.get('mean_dice_adv'))}"
+        f" (over {metrics.get('mean_dice_clean_organs', '?')} organs of the reference)",
         f"  SSIM 3-D {_fmt(perturbation.get('ssim_3d'), 4)}, PSNR {_fmt(perturbation.get('psnr_db'), 1)} dB, "
         f"L-inf {_fmt(perturbation.get('linf_hu'), 1)} HU",
         "",
@@ -680,8 +669,25 @@ def export_case(
         if not Path(dicom_source).is_dir():
             raise InputError(f"--dicom-source {dicom_source} is not a folder.")
         protected.setdefault(_resolve(dicom_source), "the DICOM source")
-    _check_out_dir(out, protected)
+    inputs = [(path, what) for path, what in protected.items()]
+    with claim_output_folder(out, inputs, writes=None, must_be_new=True):
+        return _write_bundle(
+            case, provenance, metrics, adversarial, out, formats, dicom_source, phi, reporter
+        )
 
+
+def _write_bundle(
+    case: CaseFolder,
+    provenance: dict,
+    metrics: dict,
+    adversarial: sitk.Image,
+    out: Path,
+    formats: Sequence[str],
+    dicom_source: str | Path | None,
+    phi: str,
+    reporter: Reporter | None,
+) -> dict:
+    """The body of `export_case` once its output folder is checked and locked."""
     source_folder = None
     if "dicom" in formats:
         source_folder = (
@@ -707,7 +713,7 @@ def export_case(
             reporter.progress("export", done, total)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    staging = make_staging_dir(out, "export")
     try:
         for path in copies:
             shutil.copyfile(path, staging / path.name)
@@ -770,8 +776,6 @@ def export_case(
             "files": files,
         }
         write_json_atomic(staging / MANIFEST, manifest)
-        for path in [staging, *staging.rglob("*")]:  # mkstemp/mkdtemp made them private; a bundle is shared
-            path.chmod(0o755 if path.is_dir() else 0o644)
         if out.exists():
             out.rmdir()
         os.replace(staging, out)

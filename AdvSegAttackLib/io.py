@@ -11,14 +11,17 @@ import contextlib
 import gzip
 import hashlib
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .staging import make_staging_dir, umask_mode
 
 sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK warnings are noise for users; errors still raise
 
@@ -36,7 +39,10 @@ def full_suffix(path: Path) -> str:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); rename it onto `path` if the block succeeds."""
+    """Yield a temporary path beside `path` (same suffix); rename it onto `path` if the block succeeds.
+
+    The file gets the mode of a file created normally (0o666 less the umask), not mkstemp's private 0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{full_suffix(path)}", dir=path.parent)
@@ -44,6 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(umask_mode())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -77,33 +84,128 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
-def _nifti_is_complete(path: Path, image: sitk.Image) -> bool:
-    """False when a NIfTI file holds fewer voxel bytes than its header promises (ITK reads such files silently).
+@dataclass(frozen=True)
+class _NiftiLayout:
+    """Where a NIfTI-1 (or Analyze) file keeps its voxels: the data file, the first voxel byte, the type."""
 
-    For `.nii.gz` the gzip trailer's uncompressed size (mod 2**32) must match the header's promise.
+    data_path: Path  # the file itself (`.nii`, `.nii.gz`) or the `.img` of a `.hdr`/`.img` pair
+    offset: int  # of the first voxel byte in the uncompressed data file
+    voxels: int
+    bitpix: int
+    dtype: np.dtype | None  # with the file's byte order; None for types numpy does not read directly
+
+
+# NIfTI datatype codes of the scalar types (complex and RGB types are refused later as multi-component)
+_NIFTI_DTYPES = {
+    2: "u1",
+    4: "i2",
+    8: "i4",
+    16: "f4",
+    64: "f8",
+    256: "i1",
+    512: "u2",
+    768: "u4",
+    1024: "i8",
+    1280: "u8",
+}
+NIFTI_SUFFIXES = (".nii.gz", ".hdr.gz", ".img.gz", ".nii", ".hdr", ".img")  # longest match first
+
+
+def _nifti_suffix(path: Path) -> str | None:
+    name = path.name.lower()
+    return next((s for s in NIFTI_SUFFIXES if name.endswith(s)), None)
+
+
+def _open_maybe_gzip(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb")
+
+
+def _pair_partner(path: Path, suffix: str) -> Path:
+    """The other file of a `.hdr`/`.img` pair (compressed or not, whichever exists)."""
+    stem = path.name[: -len(suffix)]
+    wanted = ".img" if suffix.startswith(".hdr") else ".hdr"
+    candidates = [path.with_name(stem + wanted + gz) for gz in ("", ".gz")]
+    return next((c for c in candidates if c.is_file()), candidates[0])
+
+
+def _nifti_layout(path: Path) -> _NiftiLayout | None:
+    """The voxel layout of a NIfTI-1 or Analyze file (single file or pair) from its header.
+
+    None when the header is cut short; `voxels` -1 when its size field is not 348 in either byte order (not a
+    NIfTI-1 header, e.g. NIfTI-2: SimpleITK read it, so it is left alone).
     """
-    import struct
-
-    opener = gzip.open if full_suffix(path) == ".nii.gz" else open
-    with opener(path, "rb") as handle:
-        header = handle.read(352)
+    suffix = _nifti_suffix(path)
+    header_path = _pair_partner(path, suffix) if suffix and suffix.startswith(".img") else path
+    with _open_maybe_gzip(header_path) as handle:
+        header = handle.read(348)
     if len(header) < 348:
-        return False
-    endian = "<" if struct.unpack("<i", header[:4])[0] == 348 else ">"
+        return None
+    endian = next((e for e in "<>" if struct.unpack(e + "i", header[:4])[0] == 348), None)
+    if endian is None:
+        return _NiftiLayout(path, 0, -1, 0, None)
     dims = struct.unpack(endian + "8h", header[40:56])
-    bitpix = struct.unpack(endian + "h", header[72:74])[0]
-    vox_offset = int(struct.unpack(endian + "f", header[108:112])[0])
-    voxels = int(np.prod([max(d, 1) for d in dims[1 : 1 + max(dims[0], 1)]]))
-    expected = vox_offset + voxels * bitpix // 8
-    if full_suffix(path) == ".nii.gz":
-        with open(path, "rb") as handle:
+    datatype, bitpix = struct.unpack(endian + "2h", header[70:74])
+    offset = int(struct.unpack(endian + "f", header[108:112])[0])
+    voxels = int(np.prod([max(d, 1) for d in dims[1 : 1 + min(max(dims[0], 1), 7)]]))
+    code = _NIFTI_DTYPES.get(datatype)
+    dtype = np.dtype(code).newbyteorder(endian) if code else None
+    single_file = header[344:348] == b"n+1\0"
+    data_path = (
+        header_path if single_file else _pair_partner(header_path, _nifti_suffix(header_path) or ".hdr")
+    )
+    return _NiftiLayout(data_path, offset, voxels, bitpix, dtype)
+
+
+def _nifti_is_complete(layout: _NiftiLayout) -> bool:
+    """False when the data file holds fewer voxel bytes than the header promises (ITK reads such files silently).
+
+    For a gzipped file the gzip trailer's uncompressed size (mod 2**32) must match the header's promise.
+    """
+    expected = layout.offset + layout.voxels * layout.bitpix // 8
+    if not layout.data_path.is_file():
+        return False
+    if layout.data_path.name.lower().endswith(".gz"):
+        with open(layout.data_path, "rb") as handle:
             handle.seek(-4, os.SEEK_END)
             trailer = struct.unpack("<I", handle.read(4))[0]
         return trailer == expected % (1 << 32)
-    return path.stat().st_size >= expected
+    return layout.data_path.stat().st_size >= expected
+
+
+def _nifti_non_finite(layout: _NiftiLayout, image: sitk.Image) -> int:
+    """Number of NaN or infinite voxels stored in a floating-point NIfTI file (0 for other types).
+
+    The NIfTI library under SimpleITK replaces them by 0 while reading, so when the read `image` holds exact
+    zeros the file itself is scanned, in chunks of 16 MiB (one more decompression pass for `.nii.gz`).
+    """
+    if layout.dtype is None or layout.dtype.kind != "f" or sitk.GetArrayViewFromImage(image).all():
+        return 0
+    count, remaining = 0, layout.voxels
+    chunk = (16 << 20) // layout.dtype.itemsize
+    with _open_maybe_gzip(layout.data_path) as handle:
+        handle.seek(layout.offset)
+        while remaining > 0:
+            data = handle.read(min(remaining, chunk) * layout.dtype.itemsize)
+            values = np.frombuffer(data, dtype=layout.dtype, count=len(data) // layout.dtype.itemsize)
+            if values.size == 0:
+                break
+            count += values.size - int(np.count_nonzero(np.isfinite(values)))
+            remaining -= values.size
+    return count
+
+
+def _check_finite(image: sitk.Image, path: Path | str, stored_non_finite: int = 0) -> None:
+    """InputError when the image, or the file behind it (`stored_non_finite`), has NaN or infinite voxels."""
+    count = stored_non_finite
+    if not count and image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        voxels = sitk.GetArrayViewFromImage(image)
+        count = voxels.size - int(np.count_nonzero(np.isfinite(voxels)))
+    if count:
+        raise InputError(f"{path} contains {count} NaN or infinite voxels.")
 
 
 def _read_any(path: str | Path, what: str) -> sitk.Image:
+    """Read with SimpleITK; NIfTI files are also checked for truncation and for NaN/Inf the reader zeroed."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist.")
@@ -112,8 +214,13 @@ def _read_any(path: str | Path, what: str) -> sitk.Image:
     except RuntimeError as error:
         first = str(error).strip().splitlines()[-1] if str(error).strip() else "unknown reason"
         raise InputError(f"{path} could not be read as {what} ({first[:160]}).") from None
-    if full_suffix(path) in (".nii", ".nii.gz") and not _nifti_is_complete(path, image):
-        raise InputError(f"{path} is truncated: it holds fewer voxels than its header declares.")
+    stored_non_finite = 0
+    if path.is_file() and _nifti_suffix(path):
+        layout = _nifti_layout(path)
+        if layout is None or (layout.voxels >= 0 and not _nifti_is_complete(layout)):
+            raise InputError(f"{path} is truncated: it holds fewer voxels than its header declares.")
+        stored_non_finite = _nifti_non_finite(layout, image)
+    _check_finite(image, path, stored_non_finite)
     return image
 
 
@@ -129,14 +236,9 @@ def _check_volume(image: sitk.Image, path: Path | str) -> None:
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """A 3-D scalar image (HU for CT) from a file or a DICOM series folder, validated (finite voxels)."""
+    """A 3-D scalar image (HU for CT) from a file or a DICOM series folder, validated (finite voxels, also in NIfTI)."""
     image = _read_any(path, "an image")
     _check_volume(image, path)
-    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        voxels = sitk.GetArrayViewFromImage(image)
-        if not np.isfinite(voxels).all():
-            count = int((~np.isfinite(voxels)).sum())
-            raise InputError(f"{path} contains {count} NaN or infinite voxels.")
     return image
 
 
@@ -213,7 +315,7 @@ def read_label(
         label = _read_any(path, "a label map")
     _check_volume(label, path)
     voxels = sitk.GetArrayViewFromImage(label)
-    if not np.isfinite(voxels).all() or np.any(voxels < 0) or np.any(np.rint(voxels) != voxels):
+    if np.any(voxels < 0) or np.any(np.rint(voxels) != voxels):
         raise InputError(f"{path} is not a label map: its voxels must be non-negative integers.")
     if voxels.max() == 0 and not allow_empty:
         raise InputError(f"{path} is an empty label map: it has no labelled voxel.")
@@ -232,7 +334,10 @@ def read_label(
 
 
 def write_image(image: sitk.Image, path: str | Path) -> Path:
-    """Write an image (NIfTI, NRRD or MetaImage by suffix) atomically, compressed; returns the path."""
+    """Write an image (NIfTI, NRRD or MetaImage by suffix) atomically, compressed; returns the path.
+
+    OSError when the file on disk is incomplete (a NIfTI write that failed without an exception).
+    """
     path = Path(path)
     suffix = full_suffix(path)
     if suffix not in IMAGE_SUFFIXES or suffix in (".mhd", ".nhdr"):
@@ -241,6 +346,10 @@ def write_image(image: sitk.Image, path: str | Path) -> Path:
         )
     with atomic_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
+        # ITK's NIfTI writer reports a failed write (disk full, file size limit) on stderr only: check the file
+        layout = _nifti_layout(tmp) if _nifti_suffix(tmp) else None
+        if _nifti_suffix(tmp) and (layout is None or not _nifti_is_complete(layout)):
+            raise OSError(f"{path} could not be written completely (disk full or a file size limit?).")
     return path
 
 
@@ -308,8 +417,7 @@ def staged_output_dir(out_dir: str | Path) -> Iterator[Path]:
     import shutil
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    staging = make_staging_dir(out_dir, "staging")
     try:
         yield staging
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -315,3 +315,127 @@ def perturbation_report(
             sub["mask_voxels"] = int(np.count_nonzero(region))
             report["region"] = sub
     return report
+
+
+# ----------------------------------------------------------------------------------------------------------
+# metrics.json: one schema for `segment`, `attack` and `evaluate` (field table in the README)
+
+METRICS_VERSION = 1
+
+
+def _finite_mean_and_count(values: Iterable[float | None]) -> tuple[float | None, int]:
+    """(mean, count) of the finite values; (None, 0) when there is none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    return (float(np.mean(finite)) if finite else None), len(finite)
+
+
+def organ_metrics(
+    label_names: Sequence[str],
+    spacing: Sequence[float],
+    clean: np.ndarray,
+    reference: np.ndarray | None = None,
+    adversarial: np.ndarray | None = None,
+) -> dict:
+    """The organ part of metrics.json: per organ and as means over organs, background excluded.
+
+    `clean` is the model's label map of the clean volume (the one `segment` segments), `adversarial` that of
+    the attacked volume, `reference` the map both are scored against (`attack` without a reference label
+    passes the clean prediction); arrays in the axis order of `spacing` (mm). Every organ present in any of
+    the maps gets its voxel counts and, against the reference, `dice_*` and `hd95_*_mm`: None where the organ
+    is absent from the reference (undefined there), HD95 None where a prediction misses it. Each `mean_*` is
+    over the organs of the reference with a finite value, and `mean_*_organs` says how many that is.
+    """
+    names = list(label_names)
+    maps = {"reference": reference, "clean": clean, "adv": adversarial}
+    counts = {  # one comparison per label: no volume-sized integer copy as np.bincount would make
+        key: [int(np.count_nonzero(np.asarray(array) == value)) for value in range(len(names))]
+        for key, array in maps.items()
+        if array is not None
+    }
+    reports = {}
+    if reference is not None:
+        reports["clean"] = segmentation_report(clean, reference, names, spacing)
+        if adversarial is not None:
+            reports["adv"] = segmentation_report(adversarial, reference, names, spacing)
+    if adversarial is not None:
+        reports["adv_vs_clean_prediction"] = segmentation_report(adversarial, clean, names, spacing)
+
+    organs: dict[str, dict] = {}
+    for value, name in enumerate(names):
+        if value == 0 or not any(c[value] for c in counts.values()):
+            continue
+        n_ref = int(counts["reference"][value]) if reference is not None else 0
+        row: dict = {"label": value}
+        if reference is not None:
+            row["voxels_reference"] = n_ref
+        row["voxels_clean"] = int(counts["clean"][value])
+        if adversarial is not None:
+            row["voxels_adv"] = int(counts["adv"][value])
+        for key in ("clean", "adv"):
+            if key in reports:
+                scored = reports[key]["organs"][name]
+                row[f"dice_{key}"] = scored["dice"] if n_ref else None
+                row[f"hd95_{key}_mm"] = (
+                    scored["hd95_mm"] if n_ref and math.isfinite(scored["hd95_mm"]) else None
+                )
+        if adversarial is not None:
+            versus = reports["adv_vs_clean_prediction"]["organs"][name]
+            row["dice_adv_vs_clean_prediction"] = versus["dice"] if row["voxels_clean"] else None
+        organs[name] = row
+
+    result: dict = {"organs": organs}
+    in_reference = [row for row in organs.values() if row.get("voxels_reference")]
+    for side in ("clean", "adv"):
+        for key in (f"dice_{side}", f"hd95_{side}_mm") if side in reports else ():
+            mean, count = _finite_mean_and_count(row[key] for row in in_reference)
+            result[f"mean_{key}"], result[f"mean_{key}_organs"] = mean, count
+    if adversarial is not None:
+        in_clean = [row for row in organs.values() if row["voxels_clean"]]
+        mean, count = _finite_mean_and_count(row["dice_adv_vs_clean_prediction"] for row in in_clean)
+        result["mean_dice_adv_vs_clean_prediction"] = mean
+        result["mean_dice_adv_vs_clean_prediction_organs"] = count
+    return result
+
+
+def _perturbation_in_image_order(report: dict) -> dict:
+    """A `perturbation_report` of SimpleITK arrays for metrics.json: the region box in x, y, z index order
+    (as `size`), without the array-order `shape` and `axial_axis`."""
+    converted = {key: value for key, value in report.items() if key not in ("shape", "axial_axis")}
+    region = report.get("region")
+    if region:
+        converted["region"] = {**region, "bbox": [list(bounds) for bounds in reversed(region["bbox"])]}
+    return converted
+
+
+def metrics_document(
+    kind: str,
+    model: str,
+    size: Sequence[int],
+    spacing_mm: Sequence[float],
+    reference: str | None,
+    organs: dict,
+    perturbation: dict | None = None,
+    **extra,
+) -> dict:
+    """metrics.json of `segment`, `attack` or `evaluate` (`kind`), strict-JSON-ready (NaN/inf become None).
+
+    `size` (voxels) and `spacing_mm` are the source grid's, in x, y, z order as `advseg info`; `reference`
+    names what the Dice is against ("reference label", "clean prediction" or None); `organs` comes from
+    `organ_metrics`; `perturbation` is a `perturbation_report` of SimpleITK (z, y, x) arrays.
+    """
+    from .io import json_safe
+
+    document = {
+        "metrics_version": METRICS_VERSION,
+        "kind": kind,
+        "model": model,
+        "size": [int(n) for n in size],
+        "spacing_mm": [float(s) for s in spacing_mm],
+        "reference": reference,
+        "background_excluded": True,
+        **organs,
+    }
+    if perturbation is not None:
+        document["perturbation"] = _perturbation_in_image_order(perturbation)
+    document.update(extra)
+    return json_safe(document)

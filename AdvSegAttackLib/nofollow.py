@@ -57,7 +57,7 @@ def inside(root: str | Path, path: str | Path) -> Path:
     return path
 
 
-def open_nofollow(path: str | Path, flags: int, mode: int = 0o644) -> int:
+def open_nofollow(path: str | Path, flags: int, mode: int = 0o666) -> int:
     """`os.open` that refuses a link as the last component and anything but a regular file; a file descriptor."""
     try:
         descriptor = os.open(path, flags | O_NOFOLLOW | O_NONBLOCK, mode)

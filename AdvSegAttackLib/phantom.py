@@ -733,14 +733,13 @@ def write_phantom(seed: int, out_dir: Path, **kwargs) -> tuple[Path, Path]:
 
     `kwargs` go to `make_phantom`; returns (image path, label path).
     """
-    from .io import atomic_path
+    from .io import write_image
 
     image, label = make_phantom(seed, **kwargs)
     out_dir = Path(out_dir)
     paths = (out_dir / f"phantom_seed{seed}_image.nii.gz", out_dir / f"phantom_seed{seed}_label.nii.gz")
     for img, path in zip((image, label), paths, strict=True):
-        with atomic_path(path) as tmp:
-            sitk.WriteImage(img, str(tmp), useCompression=True)
+        write_image(img, path)
     return paths
 
 

@@ -18,7 +18,7 @@ import torch
 
 from . import __version__
 from .attacks import make_attack
-from .cards import load_model, weights_path
+from .cards import ModelCard, load_model, weights_path
 from .casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, PREVIEW, PROVENANCE
 from .errors import InputError
 from .io import (
@@ -31,7 +31,7 @@ from .io import (
     write_segmentation,
 )
 from .labels import organ_index
-from .metrics import perturbation_report, segmentation_report
+from .metrics import metrics_document, organ_metrics, perturbation_report
 from .preprocess import ModelSpaceImage, to_model_space
 from .progress import Reporter
 from .segment import predict_labels
@@ -162,34 +162,16 @@ def _case_metrics(
     reference: sitk.Image | None,
     region: torch.Tensor | None,
     region_source: np.ndarray | None = None,
+    kind: str = "attack",
 ) -> dict:
-    names = space.card.label_names
-    spacing = tuple(reversed(source.GetSpacing()))
+    """metrics.json of a case (`kind` "attack" or "evaluate"): organs clean vs attacked, the perturbation.
+
+    The Dice is against the reference label when there is one, else against the clean prediction.
+    """
+    spacing = tuple(reversed(source.GetSpacing()))  # SimpleITK arrays are (z, y, x)
     clean_array, adv_array = sitk.GetArrayFromImage(pred_clean), sitk.GetArrayFromImage(pred_adv)
-    versus_clean = segmentation_report(adv_array, clean_array, names, spacing)
-    if reference is not None:
-        ref = sitk.GetArrayFromImage(reference)
-        before = segmentation_report(clean_array, ref, names, spacing)
-        after = segmentation_report(adv_array, ref, names, spacing)
-    else:
-        before = segmentation_report(clean_array, clean_array, names, spacing)
-        after = versus_clean
-    organs = {}
-    for name, clean_row in before["organs"].items():
-        adv_row = after["organs"][name]
-        if not (clean_row["voxels_ref"] or clean_row["voxels_pred"] or adv_row["voxels_pred"]):
-            continue
-        organs[name] = {
-            "label": clean_row["label"],
-            "dice_clean": clean_row["dice"],
-            "dice_adv": adv_row["dice"],
-            "hd95_clean_mm": clean_row["hd95_mm"],
-            "hd95_adv_mm": adv_row["hd95_mm"],
-            "dice_adv_vs_clean_prediction": versus_clean["organs"][name]["dice"],
-            "voxels_reference": clean_row["voxels_ref"],
-            "voxels_clean": clean_row["voxels_pred"],
-            "voxels_adv": adv_row["voxels_pred"],
-        }
+    reference_array = sitk.GetArrayFromImage(reference) if reference is not None else clean_array
+    organs = organ_metrics(space.card.label_names, spacing, clean_array, reference_array, adv_array)
     if region is not None and region_source is None:
         region_source = sitk.GetArrayFromImage(space.labels_to_source(region.to(torch.uint8))) > 0
     perturbation = perturbation_report(
@@ -198,17 +180,37 @@ def _case_metrics(
         space.window,
         region=region_source,
     )
-    return {
-        "reference": "reference label" if reference is not None else "clean prediction",
-        "background_excluded": True,
-        "organs": organs,
-        "mean_dice_clean": before["mean_dice"],
-        "mean_dice_adv": after["mean_dice"],
-        "mean_hd95_clean_mm": before["mean_hd95_mm"],
-        "mean_hd95_adv_mm": after["mean_hd95_mm"],
-        "mean_dice_adv_vs_clean_prediction": versus_clean["mean_dice"],
-        "perturbation": perturbation,
-    }
+    return metrics_document(
+        kind,
+        space.card.name,
+        source.GetSize(),
+        source.GetSpacing(),
+        "reference label" if reference is not None else "clean prediction",
+        organs,
+        perturbation,
+    )
+
+
+def check_request(request: AttackRequest, card: ModelCard):
+    """Validate everything of an attack request that does not depend on the volume; returns the attack.
+
+    Attack parameters, --organ names against the model's labels, --region/--targeted/--dilation-mm: a
+    dataset run calls it once, before any case runs.
+    """
+    attack = make_attack(request.attack, request.preset, **request.params)  # validates parameters
+    if attack.source_space:
+        _check_source_space_request(request)
+    for name in request.organs:
+        organ_index(name, card.label_names)
+    if request.region not in REGIONS:
+        raise InputError(f"--region {request.region!r} is not one of {', '.join(REGIONS)}.")
+    if request.region != "whole" and not request.organs:
+        raise InputError(f"--region {request.region} needs --organ.")
+    if request.targeted and not request.organs:
+        raise InputError("--targeted needs --organ: it removes the chosen organs (sets them to background).")
+    if request.dilation_mm < 0:
+        raise InputError(f"--dilation-mm must be >= 0, got {request.dilation_mm}.")
+    return attack
 
 
 def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
@@ -223,14 +225,13 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         seconds[stage] = round(now - clock, 3)
         clock = now
 
-    attack = make_attack(request.attack, request.preset, **request.params)  # validates parameters first
-    if attack.source_space:
-        _check_source_space_request(request)
+    make_attack(request.attack, request.preset, **request.params)  # bad parameters fail before any reading
     reporter.progress("load", 0, 1)
     source = read_image(request.image)
     card, network = load_model(
         request.model, card=request.card, device=request.device, trust_torchscript=request.trust_torchscript
     )
+    attack = check_request(request, card)
     reference = read_label(request.label, source, card.label_names) if request.label else None
     space = to_model_space(source, card)
     reporter.progress("load", 1, 1)
@@ -305,7 +306,9 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         if request.preview:
             from .preview import write_preview
 
-            title = f"{attack.name} on {request.image.name}: mean Dice {metrics['mean_dice_clean']:.3f} → {metrics['mean_dice_adv']:.3f}"
+            clean, adv = (metrics[key] for key in ("mean_dice_clean", "mean_dice_adv"))  # None without organs
+            dice = "-" if clean is None or adv is None else f"{clean:.3f} → {adv:.3f}"
+            title = f"{attack.name} on {request.image.name}: mean Dice {dice}"
             write_preview(
                 staging / PREVIEW,
                 source,

@@ -26,15 +26,11 @@ number and directory order follow the random IDs, not the decoding time of a sou
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import shutil
-import socket
 import string
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -45,7 +41,7 @@ import SimpleITK as sitk
 
 from .casefolder import read_case
 from .errors import InputError
-from .io import read_image, sha256_file, staged_output_dir, write_json_atomic
+from .io import make_staging_dir, read_image, sha256_file, staged_output_dir, write_json_atomic
 from .nofollow import inside, irregular_entries, open_nofollow
 
 CASES = "cases"
@@ -62,20 +58,8 @@ ID_ALPHABET = string.ascii_uppercase + string.digits
 ID_LENGTH = 8
 
 
-BUILDING = ".building-"
-# .<session>.building-<host tag>-<pid>-<process start, 1/100 s>-<random>: the builder's record is in the name,
-# so it exists from the folder's first instant (a file inside would not for a few microseconds)
-BUILDER_RECORD = re.compile(
-    re.escape(BUILDING) + r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-(?P<start>\d+)-[a-z0-9_]+$"
-)
-
-
 class RatingsWarning(UserWarning):
     """A ratings file has a damaged or half-written line (it is ignored)."""
-
-
-class StagingWarning(UserWarning):
-    """A staging folder of an interrupted build is left in place (its builder cannot be checked)."""
 
 
 @dataclass(frozen=True)
@@ -264,59 +248,6 @@ def _write_neutral(source: Path, path: Path, pixel_type: int) -> None:
     writer.Execute(fresh)
 
 
-def _host_tag() -> str:
-    """8 hex digits naming this computer (a process id means nothing on another one)."""
-    return hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
-
-
-def _staging_prefix(out: Path) -> str:
-    """Name prefix of this process's staging folder for `out` (host, pid and start time of the builder)."""
-    import psutil
-
-    builder = psutil.Process()
-    return f".{out.name}{BUILDING}{_host_tag()}-{builder.pid}-{round(builder.create_time() * 100)}-"
-
-
-def _builder_alive(pid: int, start: int) -> bool:
-    """True while process `pid`, started at `start` (1/100 s since the epoch), is running (not a zombie)."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        started = round(process.create_time() * 100)
-        return abs(started - start) <= 1 and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True  # cannot tell: never remove the folder of a builder that may be alive
-
-
-def remove_abandoned_staging(parent: str | Path) -> list[Path]:
-    """Remove the staging folders of session builds in `parent` whose builder process is gone.
-
-    A build that crashed or was killed (SIGKILL runs no clean-up) leaves `.<session>.building-*` behind;
-    the next build of any session in the same folder calls this. Folders of a live builder, of a builder
-    on another computer, and folders without a builder record (made by earlier versions; a StagingWarning
-    names them) are left in place. Returns the removed folders.
-    """
-    removed = []
-    for folder in sorted(Path(parent).glob(f".*{BUILDING}*")):
-        if not folder.is_dir() or folder.is_symlink():
-            continue
-        record = BUILDER_RECORD.search(folder.name)
-        if record is None:
-            warnings.warn(
-                f"{folder} is a staging folder without a builder record (an interrupted build of an earlier "
-                "version); remove it by hand when no session build is running.",
-                StagingWarning,
-                stacklevel=2,
-            )
-        elif record["host"] == _host_tag() and not _builder_alive(int(record["pid"]), int(record["start"])):
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
-
-
 def reader_names(readers: int) -> list[str]:
     width = len(str(readers))
     return [f"reader{index + 1:0{width}d}" for index in range(readers)]
@@ -351,8 +282,7 @@ def build_session(
     }
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    remove_abandoned_staging(out.parent)
-    building = Path(tempfile.mkdtemp(prefix=_staging_prefix(out), dir=out.parent))
+    building = make_staging_dir(out, "building")  # with the umask mode: readers share the session
     try:
         created = datetime.now(timezone.utc).replace(microsecond=0)
         pixel_type = _common_pixel_type(items)
@@ -384,10 +314,12 @@ def build_session(
                 for case_id in sorted(by_id)
             },
         }
+        (building / KEY).mkdir(mode=0o700)  # the key is private on purpose (mkdir's mode is also masked)
+        (building / KEY).chmod(0o700)
         write_json_atomic(building / KEY_FILE, key)
+        (building / KEY_FILE).chmod(0o600)
         write_json_atomic(building / MANIFEST, {"algorithm": "sha256", "files": _checksums(building)})
         _same_times(case_files.values(), round(created.timestamp()) * 10**9)
-        building.chmod(0o755)  # mkdtemp made it private; a session is shared with readers
         if out.exists():
             out.rmdir()
         os.replace(building, out)
@@ -597,7 +529,7 @@ def append_rating(
         "organ": organ,
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
     }
-    line = (json.dumps(record, ensure_ascii=True) + "\n").encode("ascii")
+    line = (json.dumps(record, ensure_ascii=True, allow_nan=False) + "\n").encode("ascii")
     fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         written = 0

@@ -62,9 +62,25 @@ def test_segment_writes_labels_on_the_source_grid_with_names(
     segmentation = slicerio.read_segmentation(str(out / "pred.seg.nrrd"))
     values = {int(v) for v in np.unique(sitk.GetArrayFromImage(predicted)) if v}
     assert {s["labelValue"] for s in segmentation["segments"]} == values
-    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    assert metrics["segmentation"]["background_excluded"] is True
-    assert set(metrics["segmentation"]["organs"]) >= {"liver", "spleen"}
+    metrics = strict_json(out / "metrics.json")
+    assert metrics["kind"] == "segment" and metrics["reference"] == "reference label"
+    assert metrics["background_excluded"] is True and set(metrics["organs"]) >= {"liver", "spleen"}
+    assert metrics["size"] == list(image.GetSize()) and metrics["spacing_mm"] == list(image.GetSpacing())
+    in_reference = [o for o in metrics["organs"].values() if o["voxels_reference"]]
+    assert metrics["mean_dice_clean_organs"] == len(in_reference)
+    assert metrics["mean_dice_clean"] == pytest.approx(np.mean([o["dice_clean"] for o in in_reference]))
+    for organ in metrics["organs"].values():  # the random tiny model predicts organs the reference lacks
+        if not organ["voxels_reference"]:
+            assert organ["dice_clean"] is None and organ["hd95_clean_mm"] is None
+
+
+def strict_json(path: Path):
+    """The JSON of `path`, refusing the NaN/Infinity tokens Python would accept (JSON.parse does not)."""
+
+    def refuse(token: str):
+        raise ValueError(f"{path} holds {token}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
 
 
 def test_info_describes_image_label_and_card(real_ct, real_ct_labels, tiny_model, capsys):
@@ -88,6 +104,8 @@ def bad_inputs(tmp_path: Path, real_ct_small: Path) -> dict[str, tuple[list[str]
     nan_array = np.zeros((20, 20, 20), np.float32)
     nan_array[5, 5, 5] = np.nan
     nan = write_image(sitk.GetImageFromArray(nan_array), tmp_path / "nan.nrrd")
+    nan_nifti = tmp_path / "nan.nii.gz"  # SimpleITK's NIfTI reader hands NaN over as 0
+    sitk.WriteImage(sitk.GetImageFromArray(nan_array), str(nan_nifti))
     empty = write_image(sitk.Image([122, 101, 30], sitk.sitkUInt8), tmp_path / "empty_label.nii.gz")
     unknown_card = tmp_path / "vnet.json"
     unknown_card.write_text(json.dumps({"name": "v", "architecture": "vnet"}), encoding="utf-8")
@@ -102,6 +120,7 @@ def bad_inputs(tmp_path: Path, real_ct_small: Path) -> dict[str, tuple[list[str]
         "2-D": (["--image", str(flat)], "flat.nii.gz is a 2-D image"),
         "4-D": (["--image", str(four)], "four.nii.gz is a 4-D image"),
         "NaN": (["--image", str(nan)], "nan.nrrd contains 1 NaN"),
+        "NaN in NIfTI": (["--image", str(nan_nifti)], "nan.nii.gz contains 1 NaN"),
         "empty label": ([*image, "--label", str(empty)], "empty_label.nii.gz is an empty label map"),
         "unknown architecture": ([*image, "--model", str(unknown_card)], "unknown architecture 'vnet'"),
         "checkpoint keys": ([*image, "--model", str(wrong_keys), "--card", "btcv-unet"], "keys do not fit"),
@@ -116,6 +135,7 @@ def bad_inputs(tmp_path: Path, real_ct_small: Path) -> dict[str, tuple[list[str]
         "2-D",
         "4-D",
         "NaN",
+        "NaN in NIfTI",
         "empty label",
         "unknown architecture",
         "checkpoint keys",
@@ -131,7 +151,17 @@ def test_bad_input_exits_2_with_one_sentence_and_no_output(case, tmp_path, real_
     assert status == 2
     assert len(err) == 1 and message in err[0] and err[0].endswith(".")
     assert not out.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    # nothing staged is left; only the (released) lock file of the output folder may stay
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out") and p.name != ".out.lock"]
+
+
+def test_info_refuses_a_nifti_with_nan(tmp_path, capsys):
+    array = np.zeros((6, 7, 8), np.float32)
+    array[2, 3, 4] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    assert main(["info", str(path)]) == 2
+    assert capsys.readouterr().err.strip() == f"advseg: error: {path} contains 1 NaN or infinite voxels."
 
 
 def test_jsonl_error_event_on_bad_input(tmp_path):

@@ -318,3 +318,97 @@ def test_attack_dataset_and_evaluate_on_real_ct(
     assert main(["evaluate", "--adv-dir", str(out), "--model", str(tiny_model), "--out", str(evaluated)]) == 0
     for name, record in manifest(evaluated).items():
         assert record["metrics"]["mean_dice_adv"] == pytest.approx(records[name]["metrics"]["mean_dice_adv"])
+
+
+# --- bad options and datalist items: refused before any case runs (issue 12) ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--organ", "heart"], "--organ 'heart' is not an organ of this model"),
+        (["--device", "cuda:7"], "--device cuda:7"),
+        (["--region", "organ"], "--region organ needs --organ"),
+        (["--targeted"], "--targeted needs --organ"),
+    ],
+)
+def test_dataset_options_are_checked_once_before_any_case_runs(
+    options, message, dataset, tiny_model, tmp_path, capsys
+):
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert main([*attack_args(dataset, tiny_model, out), *options]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["evaluate", "segment", "attack", "train"])
+def test_a_missing_cuda_device_is_refused_before_the_output_folder(
+    command, attacked, dataset, tiny_model, tmp_path, capsys
+):
+    data = dataset.parent / "data"
+    image, label = data / "phantom_seed0_image.nii.gz", data / "phantom_seed0_label.nii.gz"
+    args = {
+        "evaluate": ["evaluate", "--adv-dir", str(attacked), "--model", str(tiny_model)],
+        "segment": ["segment", "--image", str(image), "--model", str(tiny_model)],
+        "attack": ["attack", "--image", str(image), "--model", str(tiny_model), "--attack", "gn"],
+        "train": ["train", "--image", str(image), "--label", str(label), "--steps", "1"],
+    }[command]
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main([*args, "--device", "cuda:7", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--device cuda:7" in err[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("item", ["/", "", ".", "..", "../data/phantom_seed0_image.nii.gz", "/etc/hostname"])
+def test_datalist_items_outside_the_data_folder_are_refused(item, tmp_path):
+    root = tmp_path / "root"
+    write_dataset(root, [0])
+    datalist = root / "datalist.json"
+    spec = json.loads(datalist.read_text(encoding="utf-8"))
+    spec["validation"].append({"image": item})
+    datalist.write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(InputError, match=rf"split 'validation', item 1: image {item!r} is not a path inside"):
+        read_datalist(datalist, root, "validation")
+
+
+def test_case_names_that_differ_only_in_case_are_refused(tmp_path):
+    datalist = tmp_path / "datalist.json"
+    items = [{"image": "Case1.nii.gz"}, {"image": "case1.nii.gz"}]
+    datalist.write_text(json.dumps({"validation": items}), encoding="utf-8")
+    with pytest.raises(InputError, match="names two cases 'case1'"):
+        read_datalist(datalist, None, "validation")
+
+
+def test_a_bad_datalist_item_never_deletes_a_finished_case(attacked, dataset, tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(attacked, out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    spec = json.loads(dataset.read_text(encoding="utf-8"))
+    spec["validation"].append({"image": "/", "label": spec["validation"][0]["label"]})  # once named case ""
+    bad = dataset.parent / "bad-datalist.json"
+    bad.write_text(json.dumps(spec), encoding="utf-8")
+    capsys.readouterr()
+    assert main(attack_args(bad, tiny_model, out)) == 2
+    assert "image '/' is not a path inside the data folder" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_clearing_a_case_touches_only_its_own_folders(tmp_path):
+    from AdvSegAttackLib.dataset_run import _clear_case_dir
+
+    cases = tmp_path / "cases"
+    for folder in ("finished", ".finished.staging-1", "*", ".*.staging-2"):
+        (cases / folder).mkdir(parents=True)
+        (cases / folder / "file").write_text("x", encoding="utf-8")
+    for unsafe in ("", ".", "..", ".hidden", "a/b"):
+        with pytest.raises(InputError, match="not a safe folder name; nothing was deleted"):
+            _clear_case_dir(cases, unsafe)
+    assert sorted(p.name for p in cases.iterdir()) == sorted(
+        ["finished", ".finished.staging-1", "*", ".*.staging-2"]
+    )
+    assert _clear_case_dir(cases, "*") == cases / "*"  # a name with glob characters matches only itself
+    assert sorted(p.name for p in cases.iterdir()) == [".finished.staging-1", "finished"]

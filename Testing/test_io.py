@@ -222,3 +222,73 @@ def test_staged_output_leaves_nothing_on_failure(tmp_path):
         (staging / "a.txt").write_text("whole", encoding="utf-8")
     assert (out / "a.txt").read_text(encoding="utf-8") == "whole"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+# --- non-finite voxels: SimpleITK's NIfTI reader hands NaN/Inf over as 0 ------------------------------------
+
+
+def _with_non_finite(dtype, kind: str) -> np.ndarray:
+    array = np.linspace(-1000, 1000, 9 * 10 * 11, dtype=dtype).reshape(9, 10, 11)
+    array[4, 5, 6] = np.nan if kind == "nan" else np.inf
+    array[1, 2, 3] = np.nan if kind == "nan" else -np.inf
+    return array
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz", ".nrrd", ".mha"])
+@pytest.mark.parametrize("kind", ["nan", "inf"])
+def test_non_finite_voxels_are_refused_in_every_format(tmp_path, dtype, suffix, kind):
+    path = tmp_path / f"volume{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(_with_non_finite(dtype, kind)), str(path))
+    with pytest.raises(
+        InputError, match=rf"volume{suffix.replace('.', '[.]')} contains 2 NaN or infinite voxels\."
+    ):
+        read_image(path)
+    with pytest.raises(InputError, match="2 NaN or infinite voxels"):
+        read_label(path)
+
+
+def test_non_finite_voxels_of_a_nifti_pair_are_refused(tmp_path):
+    header = tmp_path / "pair.hdr"  # NIfTI-1 as a .hdr/.img pair: the same NIfTI library, the same zeroing
+    sitk.WriteImage(sitk.GetImageFromArray(_with_non_finite(np.float32, "nan")), str(header))
+    assert (tmp_path / "pair.img").is_file()
+    with pytest.raises(InputError, match="pair.hdr contains 2 NaN or infinite voxels"):
+        read_image(header)
+
+
+def test_finite_float_nifti_reads_unchanged_and_big_endian_is_scanned(tmp_path):
+    array = _with_non_finite(np.float32, "nan")
+    array[~np.isfinite(array)] = 7.5
+    path = tmp_path / "finite.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), array)
+    # the same volume with a big-endian header and data (NIfTI allows both byte orders)
+    little = gzip.decompress(path.read_bytes())
+    big = _nifti1_byteswapped(little, np.dtype("<f4"))
+    swapped = tmp_path / "big.nii"
+    swapped.write_bytes(big)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(swapped)), array)
+    data = np.frombuffer(big, dtype=">f4", offset=len(big) - array.size * 4).copy()
+    data[17] = np.inf
+    swapped.write_bytes(big[: len(big) - array.size * 4] + data.tobytes())
+    with pytest.raises(InputError, match="big.nii contains 1 NaN or infinite voxels"):
+        read_image(swapped)
+
+
+def _nifti1_byteswapped(raw: bytes, dtype: np.dtype) -> bytes:
+    """A little-endian single-file NIfTI-1 (no extension data) rewritten big-endian, field by field."""
+    import struct
+
+    fields = [(0, "i"), (32, "i"), (36, "h"), *[(40 + 2 * k, "h") for k in range(8)]]
+    fields += [(56 + 4 * k, "f") for k in range(3)] + [(68, "h"), (70, "h"), (72, "h"), (74, "h")]
+    fields += [(76 + 4 * k, "f") for k in range(8)] + [(108, "f"), (112, "f"), (116, "f"), (120, "h")]
+    fields += [(122, "b"), (123, "b"), (124, "f"), (128, "f"), (132, "f"), (136, "f"), (140, "i"), (144, "i")]
+    fields += [(252, "h"), (254, "h")] + [(256 + 4 * k, "f") for k in range(7)]
+    fields += [(280 + 4 * k, "f") for k in range(12)]
+    header = bytearray(raw)
+    for offset, code in fields:
+        (value,) = struct.unpack_from("<" + code, raw, offset)
+        struct.pack_into(">" + code, header, offset, value)
+    offset = int(struct.unpack_from("<f", raw, 108)[0])
+    voxels = np.frombuffer(raw, dtype=dtype, offset=offset)
+    return bytes(header[:offset]) + voxels.astype(dtype.newbyteorder(">")).tobytes()

@@ -414,13 +414,13 @@ def test_staging_folder_of_a_live_builder_is_kept(heavy_cases, cases, tmp_path):
 def test_which_staging_folders_are_removed(tmp_path):
     import psutil
 
-    from AdvSegAttackLib.session import StagingWarning, _host_tag, remove_abandoned_staging
+    from AdvSegAttackLib.staging import StagingWarning, host_tag, remove_abandoned_staging
 
     me = psutil.Process()
     started = round(me.create_time() * 100)
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
     dead_pid = int(finished.stdout)
-    host = _host_tag()
+    host = host_tag()
     other_host = f"{(int(host, 16) + 1) % 16**8:08x}"
     folders = {
         "alive": f".S.building-{host}-{me.pid}-{started}-ab12_x",
@@ -437,3 +437,38 @@ def test_which_staging_folders_are_removed(tmp_path):
     assert sorted(p.name for p in removed) == sorted([folders["dead"], folders["pid reused"]])
     kept = {p.name for p in tmp_path.iterdir()}
     assert kept == {folders["alive"], folders["other computer"], folders["no record"], ".S.building-file"}
+
+
+def test_any_staged_output_removes_staging_folders_of_killed_writers(tmp_path):
+    """`attack`, `export` and `segment` stage too: a writer killed with SIGKILL leaves its folder, which the
+    next staged output in the same parent removes (a live writer's folder stays)."""
+    import psutil
+
+    from AdvSegAttackLib.io import staged_output_dir
+    from AdvSegAttackLib.staging import host_tag
+
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from AdvSegAttackLib.staging import make_staging_dir; "
+            "print(make_staging_dir(sys.argv[1], 'staging'), flush=True); import time; time.sleep(60)",
+            str(tmp_path / "case"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    abandoned = Path(writer.stdout.readline().strip())
+    assert abandoned.is_dir() and f"-{host_tag()}-{writer.pid}-" in abandoned.name
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait(timeout=30)
+    me = psutil.Process()
+    alive = tmp_path / f".other.staging-{host_tag()}-{me.pid}-{round(me.create_time() * 100)}-ab12_x"
+    alive.mkdir()
+    with staged_output_dir(tmp_path / "next") as staging:
+        (staging / "file.txt").write_text("x", encoding="utf-8")
+    assert not abandoned.exists() and alive.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [alive.name, "next"]

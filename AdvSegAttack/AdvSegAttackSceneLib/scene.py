@@ -356,17 +356,10 @@ def organRows(metrics: dict) -> list[tuple]:
             meanClean = _mean(row[2] for row in rows)
         if math.isnan(meanAttacked):
             meanAttacked = _mean(row[3] for row in rows)
-        rows.append(
-            (
-                "mean",
-                "",
-                meanClean,
-                meanAttacked,
-                meanAttacked - meanClean,
-                _mean(row[5] for row in rows),
-                _mean(row[6] for row in rows),
-            )
-        )
+        # metrics.json's own means (over the organs of the reference), else the mean of the rows
+        hd95 = [_number(metrics.get(key)) for key in ("mean_hd95_clean_mm", "mean_hd95_adv_mm")]
+        hd95 = [_mean(row[5 + k] for row in rows) if math.isnan(v) else v for k, v in enumerate(hd95)]
+        rows.append(("mean", "", meanClean, meanAttacked, meanAttacked - meanClean, *hd95))
     return rows
 
 
@@ -405,7 +398,8 @@ def formatSummary(metrics: dict) -> str:
     rows = organRows(metrics)
     if rows:
         mean = rows[-1]
-        parts.append(f"mean Dice {mean[2]:.3f} → {mean[3]:.3f}")
+        organs = metrics.get("mean_dice_clean_organs")  # how many organs of the reference the mean covers
+        parts.append(f"mean Dice {mean[2]:.3f} → {mean[3]:.3f}" + (f" ({organs} organs)" if organs else ""))
     perturbation = metrics.get("perturbation") if isinstance(metrics.get("perturbation"), dict) else {}
     for key, label, unit, fmt in (
         ("ssim_3d", "SSIM", "", ".3f"),

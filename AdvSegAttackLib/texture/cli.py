@@ -82,21 +82,10 @@ def _own_training_record(initial) -> dict | None:
 
 def cmd_train_texture_ae(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Train, measure held-out PSNR per level, write the weights and their card."""
-    import torch
-
     from ..cli import resolve_device
-    from ..phantom import make_phantom
-    from .networks import LEVELS
-    from .train_autoencoder import (
-        SliceSource,
-        TextureTrainConfig,
-        config_dict,
-        gather_slices,
-        reconstruction_psnr,
-        save_texture_autoencoders,
-        train_texture_autoencoders,
-    )
-    from .weights import load_texture_autoencoders
+    from ..outputs import claim_output_folder
+    from .train_autoencoder import TextureTrainConfig, parse_volume_spec
+    from .weights import BUNDLED_NAME, OWN_CARD_FILE, OWN_WEIGHTS_FILE, texture_models_dir
 
     if args.phantoms < 0:
         raise InputError(f"--phantoms must be >= 0, got {args.phantoms}.")
@@ -106,6 +95,31 @@ def cmd_train_texture_ae(args: argparse.Namespace, reporter: Reporter) -> dict:
         window_hu=(args.window[0], args.window[1]), seed=args.seed,
     )  # fmt: skip
     device = resolve_device(args.device)
+    inputs = [(parse_volume_spec(spec)[0], option) for option, specs in (("--image", args.image),
+              ("--val-image", args.val_image)) for spec in specs]  # fmt: skip
+    if args.init:  # a weights folder, else a name of the bundled weights
+        init = Path(args.init)
+        inputs.append((init if init.exists() else texture_models_dir() / BUNDLED_NAME, "--init"))
+    with claim_output_folder(args.out, inputs, writes=(OWN_WEIGHTS_FILE, OWN_CARD_FILE)):
+        return _train_and_write(args, reporter, config, device)
+
+
+def _train_and_write(args: argparse.Namespace, reporter: Reporter, config, device) -> dict:
+    """The training of `cmd_train_texture_ae` once its options and output folder are checked."""
+    import torch
+
+    from ..phantom import make_phantom
+    from .networks import LEVELS
+    from .train_autoencoder import (
+        SliceSource,
+        config_dict,
+        gather_slices,
+        reconstruction_psnr,
+        save_texture_autoencoders,
+        train_texture_autoencoders,
+    )
+    from .weights import load_texture_autoencoders
+
     initial = load_texture_autoencoders(args.init) if args.init else None
     initial_training = _own_training_record(initial)
     train_sources = _sources(args.image, "--image")
