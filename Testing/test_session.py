@@ -432,7 +432,7 @@ def test_which_staging_folders_are_removed(tmp_path):
     for name in folders.values():
         (tmp_path / name / "cases").mkdir(parents=True)
     (tmp_path / ".S.building-file").write_bytes(b"")  # not a folder: left alone
-    with pytest.warns(StagingWarning, match="without a builder record"):
+    with pytest.warns(StagingWarning, match="without a writer record"):
         removed = remove_abandoned_staging(tmp_path)
     assert sorted(p.name for p in removed) == sorted([folders["dead"], folders["pid reused"]])
     kept = {p.name for p in tmp_path.iterdir()}
