@@ -195,3 +195,23 @@ def test_bad_attack_parameters_exit_2_without_output(
     assert status == 2
     assert len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkFloat32, sitk.sitkFloat64])
+def test_float_source_of_integer_hu_is_written_as_integer_hu(
+    pixel_type, real_ct_small, tiny_model, tmp_path, capsys
+):
+    """A float-typed NIfTI holding integer HU (common in archives) gets integer HU back, in its own type."""
+    source = sitk.Cast(read_image(real_ct_small), pixel_type)
+    path = tmp_path / "float_ct.nii.gz"
+    sitk.WriteImage(source, str(path), useCompression=True)
+    out = tmp_path / "case"
+    arguments = ["attack", "--image", str(path), "--model", str(tiny_model), "--attack", "fgsm"]
+    status = main([*arguments, "--out", str(out), "--device", "cpu", "--no-preview", "--progress", "jsonl"])
+    assert status == 0, capsys.readouterr().out
+    written = sitk.ReadImage(str(read_case(out).adversarial))
+    assert written.GetPixelID() == pixel_type
+    values, clean = sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(source)
+    assert np.count_nonzero(values != clean) > 0.05 * values.size  # FGSM moved many in-window voxels
+    np.testing.assert_array_equal(values, np.rint(values))
+    assert len(np.unique(values)) <= len(np.unique(clean)) + 2 * int(np.ceil(4 / 255 * 425))
