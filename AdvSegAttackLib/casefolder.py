@@ -17,6 +17,7 @@ PRED_ADV = "pred_adv"
 METRICS = "metrics.json"
 PROVENANCE = "provenance.json"
 PREVIEW = "preview.png"
+REGION = "region.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,14 @@ class CaseFolder:
     def preview(self) -> Path:
         return self.root / PREVIEW
 
+    @property
+    def region(self) -> Path:
+        """The attack region on the source grid (uint8 0/1); written whenever the region is not `whole`
+        (older case folders lack it)."""
+        return self.root / REGION
+
     def required(self) -> list[Path]:
-        """Files every complete case folder has (the preview is optional)."""
+        """Files every complete case folder has (see `optional` for the others)."""
         return [
             self.adversarial,
             self.pred_clean_nifti,
@@ -68,6 +75,10 @@ class CaseFolder:
             self.metrics,
             self.provenance,
         ]
+
+    def optional(self) -> list[Path]:
+        """Files a case folder may have, those of them that exist: the preview and the region mask."""
+        return [path for path in (self.preview, self.region) if path.is_file()]
 
     def load_metrics(self) -> dict:
         return json.loads(self.metrics.read_text(encoding="utf-8"))

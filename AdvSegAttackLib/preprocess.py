@@ -159,6 +159,35 @@ class ModelSpaceImage:
         """Bool [1, 1, X, Y, Z]: model voxels strictly inside the HU window, the only ones an attack may change."""
         return (self.tensor > 0) & (self.tensor < 1)
 
+    def region_to_model(self, region: np.ndarray) -> torch.Tensor:
+        """Bool [1, 1, X, Y, Z]: the model voxels whose perturbation reaches a voxel of `region` (a bool
+        SimpleITK (z, y, x) array on the source grid) through the linear resampling back to the source.
+
+        A source voxel at model index c takes its value from the model voxels floor(c) and ceil(c) along each
+        axis; those of every region voxel are marked (one voxel each where c is a grid point).
+        """
+        source, grid = self.source, self.grid
+        to_physical = np.array(source.GetDirection()).reshape(3, 3) * np.array(source.GetSpacing())
+        from_physical = np.linalg.inv(
+            np.array(grid.GetDirection()).reshape(3, 3) * np.array(grid.GetSpacing())
+        )
+        matrix = from_physical @ to_physical
+        offset = from_physical @ (np.array(source.GetOrigin()) - np.array(grid.GetOrigin()))
+        size = np.array(grid.GetSize())
+        covered = np.zeros(tuple(size), dtype=bool)
+        per_slab = max(1, _CHUNK_VOXELS // max(1, region[0].size))
+        for start in range(0, region.shape[0], per_slab):
+            zyx = np.argwhere(region[start : start + per_slab])
+            zyx[:, 0] += start
+            position = zyx[:, ::-1] @ matrix.T + offset  # continuous model index (x, y, z)
+            position = position[np.all((position > -0.5) & (position < size - 0.5), axis=1)]
+            below = np.clip(np.floor(position + 1e-6).astype(np.int64), 0, size - 1)
+            above = np.clip(np.ceil(position - 1e-6).astype(np.int64), 0, size - 1)
+            for corner in np.ndindex(2, 2, 2):
+                index = np.where(np.array(corner, dtype=bool), above, below)
+                covered[index[:, 0], index[:, 1], index[:, 2]] = True
+        return torch.from_numpy(covered)[None, None]
+
     def label_to_model(self, label: sitk.Image) -> torch.Tensor:
         """A source-grid label map as a LongTensor [1, 1, X, Y, Z] on the model grid (nearest neighbour)."""
         oriented = sitk.DICOMOrient(label, self.card.orientation)
