@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import InputError
-from .progress import JsonLinesReporter, Reporter, TqdmReporter
+from .progress import Reporter, make_reporter
 
 DEMO_MODEL = "abdomen-unet"
 
@@ -537,7 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, device: bool = True) -> None:
-        p.add_argument("--progress", choices=("tqdm", "jsonl"), default="tqdm", help="progress display")
+        p.add_argument(
+            "--progress",
+            choices=("auto", "tqdm", "log", "jsonl"),
+            default="auto",
+            help="progress on stderr: tqdm bars, one-line log messages per stage, or auto (bars on a terminal, "
+            "log lines otherwise); jsonl: JSON lines on stdout (the Slicer module's protocol)",
+        )
         if device:
             p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
 
@@ -661,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = "advseg " + shlex.join(sys.argv[1:] if argv is None else argv)
-    reporter: Reporter = JsonLinesReporter() if args.progress == "jsonl" else TqdmReporter()
+    reporter = make_reporter(args.progress)
     try:
         result = args.func(args, reporter)
     except InputError as error:

@@ -648,7 +648,9 @@ def evaluate_dataset(
             )
             predictions.append((space, space.labels_to_source(labels)))
         (clean_space, pred_clean), (_, pred_adv) = predictions
-        metrics = _case_metrics(clean_space, source, adversarial, pred_clean, pred_adv, reference, None)
+        metrics = _case_metrics(
+            clean_space, source, adversarial, pred_clean, pred_adv, reference, None, reporter=inner
+        )
         metrics["adversarial"] = {
             "path": str(item.adversarial.resolve()),
             "sha256": sha256_file(item.adversarial),

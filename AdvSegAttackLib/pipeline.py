@@ -31,9 +31,9 @@ from .io import (
     write_segmentation,
 )
 from .labels import organ_index
-from .metrics import perturbation_report, segmentation_report
+from .metrics import PERTURBATION_PARTS, perturbation_report, segmentation_report
 from .preprocess import ModelSpaceImage, to_model_space
-from .progress import Reporter
+from .progress import Reporter, StageCounter
 from .segment import predict_labels
 
 REGIONS = ("whole", "organ", "bbox")
@@ -185,18 +185,30 @@ def _case_metrics(
     pred_adv: sitk.Image,
     reference: sitk.Image | None,
     region_source: np.ndarray | None = None,
+    reporter: Reporter | None = None,
 ) -> dict:
-    """metrics.json of a case; the perturbation also on `region_source` (bool (z, y, x) on the source grid)."""
+    """metrics.json of a case; the perturbation also on `region_source` (bool (z, y, x) on the source grid).
+
+    With a `reporter`, the "metrics" stage counts the organs of each Dice/HD95 report and the parts of the
+    perturbation report.
+    """
     names = space.card.label_names
     spacing = tuple(reversed(source.GetSpacing()))
     clean_array, adv_array = sitk.GetArrayFromImage(pred_clean), sitk.GetArrayFromImage(pred_adv)
-    versus_clean = segmentation_report(adv_array, clean_array, names, spacing)
+    reports = 3 if reference is not None else 2
+    units = reports * (len(names) - 1) + PERTURBATION_PARTS * (2 if region_source is not None else 1)
+    counter = StageCounter(reporter, "metrics", units) if reporter is not None else None
+
+    def part():
+        return counter.part() if counter is not None else None
+
+    versus_clean = segmentation_report(adv_array, clean_array, names, spacing, part())
     if reference is not None:
         ref = sitk.GetArrayFromImage(reference)
-        before = segmentation_report(clean_array, ref, names, spacing)
-        after = segmentation_report(adv_array, ref, names, spacing)
+        before = segmentation_report(clean_array, ref, names, spacing, part())
+        after = segmentation_report(adv_array, ref, names, spacing, part())
     else:
-        before = segmentation_report(clean_array, clean_array, names, spacing)
+        before = segmentation_report(clean_array, clean_array, names, spacing, part())
         after = versus_clean
     organs = {}
     for name, clean_row in before["organs"].items():
@@ -219,7 +231,10 @@ def _case_metrics(
         sitk.GetArrayFromImage(adversarial),
         space.window,
         region=region_source,
+        progress=part(),
     )
+    if counter is not None:
+        counter.finish()
     return {
         "reference": "reference label" if reference is not None else "clean prediction",
         "background_excluded": True,
@@ -285,6 +300,7 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         region = space.attackable_mask()
         if region_source is not None:
             region &= space.region_to_model(region_source)
+        reporter.progress("attack", 0, attack.steps())
         result = attack.run(
             network,
             space.tensor,
@@ -304,13 +320,14 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
     lap("attack")
 
     with staged_output_dir(request.out) as staging:
-        reporter.progress("write", 0, 1)
+        volumes = StageCounter(reporter, "write", 1 if region_source is None else 2)
         adversarial_path = write_image(adversarial_source, staging / ADVERSARIAL)
+        volumes.step()
         if region_source is not None:
             region_image = sitk.GetImageFromArray(region_source.astype(np.uint8))
             region_image.CopyInformation(source)
             write_image(region_image, staging / REGION)
-        reporter.progress("write", 1, 1)
+            volumes.step()
         lap("write")
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
         written_space = to_model_space(written, card)
@@ -319,30 +336,42 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         )
         lap("segment_adv")
         pred_adv = written_space.labels_to_source(adv_model)
-        for labels, stem in ((pred_clean, PRED_CLEAN), (pred_adv, PRED_ADV)):
-            write_image(labels, staging / f"{stem}.nii.gz")
-            write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
-        reporter.progress("metrics", 0, 1)
-        metrics = _case_metrics(space, source, written, pred_clean, pred_adv, reference, region_source)
+        metrics = _case_metrics(
+            space, source, written, pred_clean, pred_adv, reference, region_source, reporter
+        )
         lap("metrics")
         metrics["attack"] = {"name": attack.name, "diagnostics": diagnostics}
         metrics["seconds"] = seconds
+        # the rest of the case folder: 2 label maps x 2 formats, metrics.json, the preview, provenance.json
+        files = StageCounter(reporter, "write", 6 + bool(request.preview))
+        for labels, stem in ((pred_clean, PRED_CLEAN), (pred_adv, PRED_ADV)):
+            write_image(labels, staging / f"{stem}.nii.gz")
+            files.step()
+            write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
+            files.step()
         write_json_atomic(staging / METRICS, metrics)
+        files.step()
         if request.preview:
             from .preview import write_preview
 
-            title = f"{attack.name} on {request.image.name}: mean Dice {metrics['mean_dice_clean']:.3f} → {metrics['mean_dice_adv']:.3f}"
+            title = (
+                f"{attack.name} on {request.image.name}: mean organ Dice {metrics['mean_dice_clean']:.3f} → "
+                f"{metrics['mean_dice_adv']:.3f} (against the {metrics['reference']})"
+            )
             write_preview(
                 staging / PREVIEW,
                 source,
                 written,
                 pred_clean,
                 pred_adv,
+                card.label_names,
                 card.label_colors,
                 space.window,
-                organs,
-                title,
+                organs=organs,
+                title=title,
+                organ_dice={o["label"]: (o["dice_clean"], o["dice_adv"]) for o in metrics["organs"].values()},
             )
+            files.step()
         weights = weights_path(card)
         provenance = {
             "tool": "AdvSegAttack",
@@ -381,4 +410,5 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
             "end_time": datetime.now(timezone.utc).isoformat(),
         }
         write_json_atomic(staging / PROVENANCE, provenance)
+        files.step()
     return metrics

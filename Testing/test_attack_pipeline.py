@@ -67,7 +67,7 @@ def organ_case(tmp_path_factory, real_ct_small, real_ct_small_labels, tiny_model
     for stage in ("load", "segment-clean", "attack", "write", "segment-adv", "metrics"):
         assert stage in stages
     attack_steps = [e for e in events if e.get("stage") == "attack"]
-    assert [e["step"] for e in attack_steps] == [1, 2] and all("loss" in e for e in attack_steps)
+    assert [e["step"] for e in attack_steps] == [0, 1, 2] and all("loss" in e for e in attack_steps[1:])
     return out
 
 
@@ -194,7 +194,8 @@ def test_bad_attack_parameters_exit_2_without_output(
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
-    assert len(err) == 1 and message in err[0]
+    errors = [line for line in err if line.startswith("advseg: error: ")]  # after the stages' log lines
+    assert len(errors) == 1 and message in errors[0] and err[-1] == errors[0]
     assert not out.exists()
 
 
