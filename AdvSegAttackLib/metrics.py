@@ -49,7 +49,7 @@ def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """Bounding box of a bool mask as slices (stop exclusive), None if the mask is empty."""
     box = []
     for axis in range(mask.ndim):
@@ -79,7 +79,7 @@ def _hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
 
     # Crop to the union's box plus one voxel (clipped to the array): distances do not change, and MONAI
     # crops the same way (it pads with background where the box touches the border, as does the erosion).
-    box = _bbox(a | b)
+    box = bounding_box(a | b)
     box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, a.shape, strict=True))
     ta = torch.from_numpy(np.ascontiguousarray(a[box]))[None, None]
     tb = torch.from_numpy(np.ascontiguousarray(b[box]))[None, None]
@@ -283,7 +283,7 @@ def _perturbation_numbers(
 
 def _region_box(region: np.ndarray) -> tuple[slice, ...] | None:
     """Bounding box of `region`, grown symmetrically (inside the volume) to at least the 3-D SSIM window."""
-    box = _bbox(region)
+    box = bounding_box(region)
     if box is None:
         return None
     grown = []

@@ -31,7 +31,7 @@ from .io import (
     write_segmentation,
 )
 from .labels import organ_index
-from .metrics import PERTURBATION_PARTS, perturbation_report, segmentation_report
+from .metrics import PERTURBATION_PARTS, bounding_box, perturbation_report, segmentation_report
 from .preprocess import ModelSpaceImage, to_model_space
 from .progress import Reporter, StageCounter
 from .segment import predict_labels
@@ -82,7 +82,7 @@ def source_region(
     if not dilation_mm >= 0:
         raise InputError(f"--dilation-mm must be >= 0, got {dilation_mm}.")
     mask = np.isin(sitk.GetArrayFromImage(labels), list(organs))
-    box = _bounding_box(mask)
+    box = bounding_box(mask)
     if box is None:
         raise InputError(f"--region {mode}: the --organ has no voxel on the source grid; nothing to attack.")
     if dilation_mm > 0:  # the distance transform on the organ's box grown by the dilation, not the volume
@@ -95,21 +95,11 @@ def source_region(
         grown = distance_transform_edt(~mask[box], sampling=spacing) <= dilation_mm
         mask = np.zeros_like(mask)
         mask[box] = grown
-        box = _bounding_box(mask)
+        box = bounding_box(mask)
     if mode == "bbox":
         mask = np.zeros_like(mask)
         mask[box] = True
     return mask
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Index box (stop exclusive) of a bool array's True voxels, None when it has none."""
-    hits = [
-        np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis))) for axis in range(3)
-    ]
-    if not hits[0].size:
-        return None
-    return tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
 
 
 def _organ_values(

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 from .io import atomic_path
 
-MIN_DELTA_E = 20.0  # CIE76 distance below which two overlay colours are too alike to tell apart
+MIN_DELTA_E = 25.0  # CIE76 distance below which two overlay colours are too alike to tell apart
 _PALETTE = (  # matplotlib tab10 without its grey (invisible on CT), then Dark2
     (31, 119, 180),
     (255, 127, 14),

@@ -218,6 +218,8 @@ class LogReporter(Reporter):
         self.close()
 
     def error(self, message: str) -> None:
+        if not self._step:  # a stage that did nothing yet (bad input found while loading) needs no line
+            self._stage = None
         self.close()
         self._line(f"error: {message}")
 
