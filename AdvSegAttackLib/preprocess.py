@@ -28,8 +28,8 @@ import torch
 from .cards import ModelCard
 
 _CHUNK_VOXELS = 4_000_000  # voxels per chunk of the whole-volume passes of ValueLattice
-_LOOKUP_MAX = 1 << 24
-_FINEST_STEP_HU = 1e-3  # no CT value lattice is finer than this  # largest lattice span (steps) with a table of the source's exact values
+_LOOKUP_MAX = 1 << 24  # largest lattice span (steps) with a table of the source's exact values
+_FINEST_STEP_HU = 1e-3  # no CT value lattice is finer than this
 
 
 def _chunks(array: np.ndarray):
@@ -104,14 +104,23 @@ def _fit_lattice(source: np.ndarray) -> tuple[float, float] | None:
     if sample.size < 2:
         return None
     tolerance = 64 * np.finfo(source.dtype).eps * max(abs(sample[0]), abs(sample[-1]), 1.0)
+    finest = max(_FINEST_STEP_HU, 4 * tolerance)
     step = 0.0
     for gap in np.unique(np.diff(sample)):
         while gap > tolerance:
             step, gap = gap, step % gap
-        if step < _FINEST_STEP_HU:
+        if 0.0 < step < finest:  # values on no lattice (Euclid wears the step down to rounding noise)
             return None
     if step == 0.0:
         return None
+    # Euclid's step carries the values' rounding error (float32: ~1e-4 HU); refine it over ever longer spans
+    # (10, 100, ... steps, then the whole sample: the count of steps in each stays exact), then fit by least
+    # squares.
+    spans = sample[1:] - sample[0]
+    count = spans[-1] / step
+    for target in [*(10.0 ** np.arange(1, np.ceil(np.log10(max(count, 10.0))))), count]:
+        span = spans[np.abs(spans - target * step).argmin()]
+        step = span / max(float(np.rint(span / step)), 1.0)
     steps = np.rint((sample - sample[0]) / step)
     step, offset = (float(v) for v in np.polyfit(steps, sample, 1))
     for chunk in _chunks(source):

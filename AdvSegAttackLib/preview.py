@@ -21,22 +21,22 @@ import SimpleITK as sitk
 from .io import atomic_path
 
 MIN_DELTA_E = 25.0  # CIE76 distance below which two overlay colours are too alike to tell apart
-_PALETTE = (  # matplotlib tab10 without its grey (invisible on CT), then Dark2
+_PALETTE = (  # matplotlib tab10 without its grey (invisible on CT), cool hues first (the cards' are warm), then Dark2
     (31, 119, 180),
-    (255, 127, 14),
     (44, 160, 44),
-    (214, 39, 40),
     (148, 103, 189),
-    (140, 86, 75),
-    (227, 119, 194),
-    (188, 189, 34),
     (23, 190, 207),
+    (214, 39, 40),
+    (188, 189, 34),
+    (227, 119, 194),
+    (140, 86, 75),
+    (255, 127, 14),
     (27, 158, 119),
-    (217, 95, 2),
     (117, 112, 179),
     (231, 41, 138),
     (102, 166, 30),
     (230, 171, 2),
+    (217, 95, 2),
 )
 
 

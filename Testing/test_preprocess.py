@@ -198,3 +198,24 @@ def test_continuous_float_source_keeps_fractional_values():
     out = sitk.GetArrayFromImage(space.adversarial_to_source((space.tensor + 2 / 425).clamp(0, 1)))
     delta = out.astype(np.float64) - sitk.GetArrayFromImage(image)
     np.testing.assert_allclose(delta, 2.0, atol=1e-4)
+
+
+def test_float32_source_on_a_fractional_lattice_stays_on_it():
+    """float32 voxels stored x 0.3 - 1024.5 HU (a NIfTI scl_slope read as float32): float32 rounding of the
+    values must not throw the lattice off over its 15 000 steps."""
+    rng = np.random.default_rng(2)
+    stored = rng.integers(2500, 17500, (16, 16, 16))
+    source = (stored * 0.3 - 1024.5).astype(np.float32)
+    image = sitk.GetImageFromArray(source)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    space = to_model_space(image, card(window=(-1100.0, 4500.0)))  # every voxel inside, none clipped by +3.4
+    out = sitk.GetArrayFromImage(space.adversarial_to_source((space.tensor + 3.4 / 5600).clamp(0, 1)))
+    changed = out != source
+    assert out.dtype == np.float32 and changed.mean() > 0.9
+    steps = (out.astype(np.float64) + 1024.5) / 0.3
+    np.testing.assert_allclose(steps, np.rint(steps), atol=1e-3)
+    assert np.abs(steps - (stored + 11))[changed].max() < 1e-3  # +3.4 HU: 11 lattice steps (3.3 HU)
+    # a lattice point the source holds is written as the source's float32, bit for bit
+    for value in np.unique(out[changed])[:200]:
+        holders = source[np.abs(source.astype(np.float64) - value) < 0.15]
+        assert holders.size == 0 or np.all(holders == value)
