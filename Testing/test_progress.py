@@ -120,13 +120,14 @@ def attack_command(tmp_path_factory, real_ct_small, real_ct_small_labels) -> lis
         "--attack",
         "pgd",
         "--steps",
-        "3",
+        "2",
         "--organ",
         "liver",
         "--region",
         "organ",
         "--device",
         "cpu",
+        "--no-preview",
     ]
     return [sys.executable, "-m", "AdvSegAttackLib.cli", "attack", *arguments]
 
@@ -187,7 +188,7 @@ def test_a_terminal_gets_bars_with_units(attack_command, tmp_path):
     assert process.wait(timeout=60) == 0
     text = b"".join(chunks).decode("utf-8", "replace")
     assert "\r" in text  # bars redraw in place
-    for shown in ("/3 step", "window", "metric", "file"):
+    for shown in ("/2 step", "window", "metric", "file"):
         assert shown in text, shown
     assert "it/s" not in text and "advseg: attack: started" not in text
 
@@ -195,6 +196,6 @@ def test_a_terminal_gets_bars_with_units(attack_command, tmp_path):
 def test_progress_log_choice_reaches_the_command(attack_command, tmp_path, capsys):
     from AdvSegAttackLib.cli import main
 
-    arguments = attack_command[3:] + ["--out", str(tmp_path / "case"), "--progress", "log", "--no-preview"]
+    arguments = attack_command[3:] + ["--out", str(tmp_path / "case"), "--progress", "log"]
     assert main(arguments) == 0
-    assert "advseg: attack: done, 3 steps" in capsys.readouterr().err
+    assert "advseg: attack: done, 2 steps" in capsys.readouterr().err
