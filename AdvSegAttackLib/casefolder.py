@@ -18,8 +18,9 @@ PRED_ADV = "pred_adv"
 METRICS = "metrics.json"
 PROVENANCE = "provenance.json"
 PREVIEW = "preview.png"
+REGION = "region.nii.gz"
 #: What `attack` writes into a case folder (glob patterns of names), for the output-folder check.
-CASE_FILES = (ADVERSARIAL, f"{PRED_CLEAN}.*", f"{PRED_ADV}.*", METRICS, PROVENANCE, PREVIEW)
+CASE_FILES = (ADVERSARIAL, f"{PRED_CLEAN}.*", f"{PRED_ADV}.*", METRICS, PROVENANCE, PREVIEW, REGION)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,14 @@ class CaseFolder:
     def preview(self) -> Path:
         return self.root / PREVIEW
 
+    @property
+    def region(self) -> Path:
+        """The attack region on the source grid (uint8 0/1); written whenever the region is not `whole`
+        (older case folders lack it)."""
+        return self.root / REGION
+
     def required(self) -> list[Path]:
-        """Files every complete case folder has (the preview is optional)."""
+        """Files every complete case folder has (see `optional` for the others)."""
         return [
             self.adversarial,
             self.pred_clean_nifti,
@@ -71,6 +78,10 @@ class CaseFolder:
             self.metrics,
             self.provenance,
         ]
+
+    def optional(self) -> list[Path]:
+        """Files a case folder may have, those of them that exist: the preview and the region mask."""
+        return [path for path in (self.preview, self.region) if path.is_file()]
 
     def load_metrics(self) -> dict:
         return json.loads(self.metrics.read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import __version__
 from .errors import InputError, unexpected_error_sentence, write_error_log
 from .outputs import claim_output_folder, model_inputs
-from .progress import JsonLinesReporter, Reporter, TqdmReporter
+from .progress import Reporter, make_reporter
 from .watchdog import start_parent_watchdog
 
 DEMO_MODEL = "abdomen-unet"
@@ -623,7 +623,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p: argparse.ArgumentParser, device: bool = True) -> None:
-        p.add_argument("--progress", choices=("tqdm", "jsonl"), default="tqdm", help="progress display")
+        p.add_argument(
+            "--progress",
+            choices=("auto", "tqdm", "log", "jsonl"),
+            default="auto",
+            help="progress on stderr: tqdm bars, one-line log messages per stage, or auto (bars on a terminal, "
+            "log lines otherwise); jsonl: JSON lines on stdout (the Slicer module's protocol)",
+        )
         p.add_argument(
             "--debug",
             action="store_true",
@@ -769,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.command_line = "advseg " + shlex.join(sys.argv[1:] if argv is None else argv)
-    reporter: Reporter = JsonLinesReporter() if args.progress == "jsonl" else TqdmReporter()
+    reporter = make_reporter(args.progress)
     try:
         start_parent_watchdog()  # when Slicer started us: stop if it (or the launcher between us) goes away
         result = args.func(args, reporter)

@@ -687,7 +687,15 @@ def evaluate_dataset(
             predictions.append((space, space.labels_to_source(labels)))
         (clean_space, pred_clean), (_, pred_adv) = predictions
         metrics = _case_metrics(
-            clean_space, source, adversarial, pred_clean, pred_adv, reference, None, kind="evaluate"
+            clean_space,
+            source,
+            adversarial,
+            pred_clean,
+            pred_adv,
+            reference,
+            None,
+            kind="evaluate",
+            reporter=inner,
         )
         metrics["adversarial"] = {
             "path": str(item.adversarial.resolve()),

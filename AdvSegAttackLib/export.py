@@ -34,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import __version__
-from .casefolder import ADVERSARIAL, PRED_ADV, PRED_CLEAN, CaseFolder, read_case
+from .casefolder import ADVERSARIAL, PRED_ADV, PRED_CLEAN, REGION, CaseFolder, read_case
 from .errors import InputError
 from .io import (
     IMAGE_SUFFIXES,
@@ -588,6 +588,8 @@ def _readme(provenance: dict, metrics: dict, files: list[str], phi: str, dicom: 
         "pred_adv.nii.gz": "model labels of the attacked CT (label map)",
         "pred_adv.nrrd": "the same labels as NRRD",
         "pred_adv.seg.nrrd": "the same labels as a Slicer segmentation (names, colours)",
+        "region.nii.gz": "where the attack could change voxels (1; 0 elsewhere: bit-identical to the source)",
+        "region.nrrd": "the same mask as NRRD",
         "metrics.json": "per-organ Dice/HD95 clean vs attacked, perturbation (SSIM, PSNR, L-inf HU)",
         "provenance.json": "how the case was made: tool, model, attack, every parameter with its unit",
         "preview.png": "axial/coronal preview of clean vs attacked with both segmentations",
@@ -703,7 +705,14 @@ def _write_bundle(
         provenance, metrics = without_local_paths(provenance), without_local_paths(metrics)
     if phi == "keep" and case.preview.is_file():
         copies.append(case.preview)
-    total = 1 + 3 * len(volume_suffixes) + 2 + (adversarial.GetDepth() if source_folder else 0)
+    volumes = [
+        (ADVERSARIAL.removesuffix(".nii.gz"), case.adversarial),
+        (PRED_CLEAN, case.pred_clean_nifti),
+        (PRED_ADV, case.pred_adv_nifti),
+    ]
+    if case.region in case.optional():
+        volumes.append((REGION.removesuffix(".nii.gz"), case.region))
+    total = 1 + len(volumes) * len(volume_suffixes) + 2 + (adversarial.GetDepth() if source_folder else 0)
     done = 0
 
     def step() -> None:
@@ -721,11 +730,7 @@ def _write_bundle(
             write_json_atomic(staging / case.provenance.name, provenance)
             write_json_atomic(staging / case.metrics.name, metrics)
         step()
-        for stem, nifti in (
-            (ADVERSARIAL.removesuffix(".nii.gz"), case.adversarial),
-            (PRED_CLEAN, case.pred_clean_nifti),
-            (PRED_ADV, case.pred_adv_nifti),
-        ):
+        for stem, nifti in volumes:
             for suffix in volume_suffixes:
                 if suffix == ".nii.gz":
                     shutil.copyfile(nifti, staging / f"{stem}.nii.gz")

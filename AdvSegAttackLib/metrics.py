@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ SSIM3D_TAPS = 11  # Gaussian window of the 3-D SSIM (sigma 1.5; skimage gaussian
 SSIM3D_SIGMA = 1.5
 SSIM2D_TAPS = 7  # box window of the axial SSIM (skimage default)
 _SLAB_VOXELS = 2_000_000  # voxels per slab of the chunked computations
+
+Progress = Callable[[int, int], None]
+"""progress(done, total) of a report's slow parts (organs; perturbation parts), called after each."""
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -46,7 +49,7 @@ def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     """Bounding box of a bool mask as slices (stop exclusive), None if the mask is empty."""
     box = []
     for axis in range(mask.ndim):
@@ -76,7 +79,7 @@ def _hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
 
     # Crop to the union's box plus one voxel (clipped to the array): distances do not change, and MONAI
     # crops the same way (it pads with background where the box touches the border, as does the erosion).
-    box = _bbox(a | b)
+    box = bounding_box(a | b)
     box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, a.shape, strict=True))
     ta = torch.from_numpy(np.ascontiguousarray(a[box]))[None, None]
     tb = torch.from_numpy(np.ascontiguousarray(b[box]))[None, None]
@@ -114,7 +117,11 @@ def _finite_mean(values: Iterable[float]) -> float:
 
 
 def segmentation_report(
-    pred: np.ndarray, ref: np.ndarray, label_names: Sequence[str], spacing: Sequence[float]
+    pred: np.ndarray,
+    ref: np.ndarray,
+    label_names: Sequence[str],
+    spacing: Sequence[float],
+    progress: Progress | None = None,
 ) -> dict:
     """Per-organ Dice and HD95 (mm) of `pred` against the reference `ref`, and their means.
 
@@ -122,6 +129,8 @@ def segmentation_report(
     `mean_dice` and `mean_hd95_mm` average the organs present in `ref` (NaN Dice skipped; HD95 only finite
     values, so an organ missing from `pred` lowers the mean Dice but is listed in `organs_missed` instead
     of entering the HD95 mean). Organs only in `pred` (Dice 0, HD95 inf) are listed in `organs_spurious`.
+    `progress(done, total)` is called after each organ. A map scored against itself (`pred is ref`) has
+    HD95 0 without computing it.
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     _check_same_shape(pred, ref, "Segmentation report")
@@ -132,13 +141,16 @@ def segmentation_report(
             continue
         a, b = pred == value, ref == value
         dice, n_pred, n_ref = _dice(a, b)
+        itself = pred is ref
         organs[name] = {
             "label": value,
             "dice": dice,
-            "hd95_mm": _hd95(a, b, spacing),
+            "hd95_mm": (0.0 if n_ref else float("nan")) if itself else _hd95(a, b, spacing),
             "voxels_ref": n_ref,
             "voxels_pred": n_pred,
         }
+        if progress is not None:
+            progress(value, len(label_names) - 1)
     in_ref = [o for o in organs.values() if o["voxels_ref"] > 0]
     dices = [o["dice"] for o in in_ref]
     return {
@@ -240,12 +252,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return _psnr_db(_difference_stats(a, b)[1], int(np.asarray(a).size))
 
 
-def _perturbation_numbers(clean_hu: np.ndarray, adv_hu: np.ndarray, window_hu, axial_axis: int) -> dict:
+PERTURBATION_PARTS = 3  # differences, 3-D SSIM, axial SSIM: the progress steps of one _perturbation_numbers
+
+
+def _perturbation_numbers(
+    clean_hu: np.ndarray, adv_hu: np.ndarray, window_hu, axial_axis: int, tick: Callable[[], None]
+) -> dict:
     linf_hu, sq_hu, abs_hu, changed = _difference_stats(clean_hu, adv_hu)
     clean01, adv01 = to_model_units(clean_hu, window_hu), to_model_units(adv_hu, window_hu)
     linf_m, sq_m, _, _ = _difference_stats(clean01, adv01)
+    tick()
     n = int(clean_hu.size)
-    return {
+    numbers = {
         "linf_hu": linf_hu,
         "l2_hu": math.sqrt(sq_hu),
         "mean_abs_hu": abs_hu / n if n else float("nan"),
@@ -255,14 +273,17 @@ def _perturbation_numbers(clean_hu: np.ndarray, adv_hu: np.ndarray, window_hu, a
         "voxels_changed": changed,
         "fraction_changed": changed / n if n else float("nan"),
         "ssim_3d": ssim3d(clean01, adv01),
-        "ssim_axial_mean": ssim_axial_mean(clean01, adv01, axial_axis),
-        "psnr_db": _psnr_db(sq_m, n),
     }
+    tick()
+    numbers["ssim_axial_mean"] = ssim_axial_mean(clean01, adv01, axial_axis)
+    numbers["psnr_db"] = _psnr_db(sq_m, n)
+    tick()
+    return numbers
 
 
 def _region_box(region: np.ndarray) -> tuple[slice, ...] | None:
     """Bounding box of `region`, grown symmetrically (inside the volume) to at least the 3-D SSIM window."""
-    box = _bbox(region)
+    box = bounding_box(region)
     if box is None:
         return None
     grown = []
@@ -279,6 +300,7 @@ def perturbation_report(
     window_hu: tuple[float, float],
     region: np.ndarray | None = None,
     axial_axis: int = 0,
+    progress: Progress | None = None,
 ) -> dict:
     """How large and how visible the perturbation `adv_hu - clean_hu` is.
 
@@ -290,7 +312,8 @@ def perturbation_report(
     sample covariance; how the SAA paper reports SSIM), `psnr_db` (+inf for equal images).
     With a bool `region` mask, the same numbers on its bounding box (grown to at least 11 voxels per axis,
     inside the volume, so SSIM is defined) under "region", with the box as `bbox` [[start, stop), ...] and
-    the mask's voxel count; "region" is None when the mask is empty.
+    the mask's voxel count; "region" is None when the mask is empty. `progress(done, total)` is called
+    after each of its slow parts (differences, 3-D SSIM, axial SSIM; again for the region).
     """
     clean_hu, adv_hu = np.asarray(clean_hu), np.asarray(adv_hu)
     _check_same_shape(clean_hu, adv_hu, "Perturbation report")
@@ -301,7 +324,15 @@ def perturbation_report(
         raise InputError(f"Perturbation report needs 3-D volumes, got shape {tuple(clean_hu.shape)}.")
     if not -3 <= axial_axis < 3:
         raise InputError(f"axial_axis {axial_axis} is not an axis of a 3-D volume.")
-    report = _perturbation_numbers(clean_hu, adv_hu, (low, high), axial_axis)
+    total, done = PERTURBATION_PARTS * (2 if region is not None else 1), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    report = _perturbation_numbers(clean_hu, adv_hu, (low, high), axial_axis, tick)
     report.update({"window_hu": [low, high], "axial_axis": axial_axis % 3, "shape": list(clean_hu.shape)})
     if region is not None:
         region = np.asarray(region, dtype=bool)
@@ -310,7 +341,7 @@ def perturbation_report(
         if box is None:
             report["region"] = None
         else:
-            sub = _perturbation_numbers(clean_hu[box], adv_hu[box], (low, high), axial_axis)
+            sub = _perturbation_numbers(clean_hu[box], adv_hu[box], (low, high), axial_axis, tick)
             sub["bbox"] = [[s.start, s.stop] for s in box]
             sub["mask_voxels"] = int(np.count_nonzero(region))
             report["region"] = sub
@@ -335,6 +366,7 @@ def organ_metrics(
     clean: np.ndarray,
     reference: np.ndarray | None = None,
     adversarial: np.ndarray | None = None,
+    progress_part: Callable[[], Progress | None] | None = None,
 ) -> dict:
     """The organ part of metrics.json: per organ and as means over organs, background excluded.
 
@@ -344,6 +376,8 @@ def organ_metrics(
     the maps gets its voxel counts and, against the reference, `dice_*` and `hd95_*_mm`: None where the organ
     is absent from the reference (undefined there), HD95 None where a prediction misses it. Each `mean_*` is
     over the organs of the reference with a finite value, and `mean_*_organs` says how many that is.
+    `progress_part()` gives the progress callback of each Dice/HD95 report (one per comparison made: two when
+    `reference is clean`, else three).
     """
     names = list(label_names)
     maps = {"reference": reference, "clean": clean, "adv": adversarial}
@@ -352,13 +386,19 @@ def organ_metrics(
         for key, array in maps.items()
         if array is not None
     }
+
+    def report(pred: np.ndarray, ref: np.ndarray) -> dict:
+        return segmentation_report(pred, ref, names, spacing, progress_part() if progress_part else None)
+
     reports = {}
     if reference is not None:
-        reports["clean"] = segmentation_report(clean, reference, names, spacing)
+        reports["clean"] = report(clean, reference)
         if adversarial is not None:
-            reports["adv"] = segmentation_report(adversarial, reference, names, spacing)
-    if adversarial is not None:
-        reports["adv_vs_clean_prediction"] = segmentation_report(adversarial, clean, names, spacing)
+            reports["adv"] = report(adversarial, reference)
+    if adversarial is not None:  # against the clean prediction: the same report when that is the reference
+        reports["adv_vs_clean_prediction"] = (
+            reports["adv"] if reference is clean else report(adversarial, clean)
+        )
 
     organs: dict[str, dict] = {}
     for value, name in enumerate(names):

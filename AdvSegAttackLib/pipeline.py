@@ -19,7 +19,7 @@ import torch
 from . import __version__
 from .attacks import make_attack
 from .cards import ModelCard, load_model, weights_path
-from .casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, PREVIEW, PROVENANCE
+from .casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, PREVIEW, PROVENANCE, REGION
 from .errors import InputError
 from .io import (
     read_image,
@@ -31,9 +31,9 @@ from .io import (
     write_segmentation,
 )
 from .labels import organ_index
-from .metrics import metrics_document, organ_metrics, perturbation_report
+from .metrics import PERTURBATION_PARTS, bounding_box, metrics_document, organ_metrics, perturbation_report
 from .preprocess import ModelSpaceImage, to_model_space
-from .progress import Reporter
+from .progress import Reporter, StageCounter
 from .segment import predict_labels
 
 REGIONS = ("whole", "organ", "bbox")
@@ -63,10 +63,15 @@ class AttackRequest:
     trust_torchscript: bool = False  # load a TorchScript --model (it is code; see cards.load_model)
 
 
-def region_mask(
-    target: torch.Tensor, organs: Sequence[int], mode: str, dilation_mm: float, spacing_mm
-) -> torch.Tensor | None:
-    """The attack region on the model grid: None (whole volume), the organs dilated by `dilation_mm`, or its box."""
+def source_region(
+    labels: sitk.Image, organs: Sequence[int], mode: str, dilation_mm: float
+) -> np.ndarray | None:
+    """The attack region on the source grid, as a bool SimpleITK (z, y, x) array; None for the whole volume.
+
+    `labels` is the target on the source grid (the reference label, or the clean prediction mapped to the
+    source). "organ": the organs grown by `dilation_mm` (mm, Euclidean, on the source voxels); "bbox": the
+    source-index box of that.
+    """
     from scipy.ndimage import distance_transform_edt
 
     if mode == "whole":
@@ -75,17 +80,27 @@ def region_mask(
         raise InputError(f"--region {mode!r} is not one of {', '.join(REGIONS)}.")
     if not organs:
         raise InputError(f"--region {mode} needs --organ.")
-    if dilation_mm < 0:
+    if not dilation_mm >= 0:
         raise InputError(f"--dilation-mm must be >= 0, got {dilation_mm}.")
-    mask = np.isin(target[0, 0].numpy(), list(organs))
-    if dilation_mm > 0:
-        mask = distance_transform_edt(~mask, sampling=list(spacing_mm)) <= dilation_mm
+    mask = np.isin(sitk.GetArrayFromImage(labels), list(organs))
+    box = bounding_box(mask)
+    if box is None:
+        raise InputError(f"--region {mode}: the --organ has no voxel on the source grid; nothing to attack.")
+    if dilation_mm > 0:  # the distance transform on the organ's box grown by the dilation, not the volume
+        spacing = np.array(labels.GetSpacing()[::-1])
+        margin = np.ceil(dilation_mm / spacing).astype(int) + 1
+        box = tuple(
+            slice(max(s.start - m, 0), min(s.stop + m, n))
+            for s, m, n in zip(box, margin, mask.shape, strict=True)
+        )
+        grown = distance_transform_edt(~mask[box], sampling=spacing) <= dilation_mm
+        mask = np.zeros_like(mask)
+        mask[box] = grown
+        box = bounding_box(mask)
     if mode == "bbox":
-        box = np.zeros_like(mask)
-        bounds = [np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        box[tuple(slice(b[0], b[-1] + 1) for b in bounds)] = True
-        mask = box
-    return torch.from_numpy(mask)[None, None]
+        mask = np.zeros_like(mask)
+        mask[box] = True
+    return mask
 
 
 def _organ_values(
@@ -160,26 +175,38 @@ def _case_metrics(
     pred_clean: sitk.Image,
     pred_adv: sitk.Image,
     reference: sitk.Image | None,
-    region: torch.Tensor | None,
     region_source: np.ndarray | None = None,
     kind: str = "attack",
+    reporter: Reporter | None = None,
 ) -> dict:
-    """metrics.json of a case (`kind` "attack" or "evaluate"): organs clean vs attacked, the perturbation.
+    """metrics.json of a case (`kind` "attack" or "evaluate"): organs clean vs attacked, the perturbation, also
+    on `region_source` (bool (z, y, x) on the source grid).
 
-    The Dice is against the reference label when there is one, else against the clean prediction.
+    The Dice is against the reference label when there is one, else against the clean prediction. With a
+    `reporter`, the "metrics" stage counts the organs of each Dice/HD95 report and the parts of the
+    perturbation report.
     """
     spacing = tuple(reversed(source.GetSpacing()))  # SimpleITK arrays are (z, y, x)
     clean_array, adv_array = sitk.GetArrayFromImage(pred_clean), sitk.GetArrayFromImage(pred_adv)
     reference_array = sitk.GetArrayFromImage(reference) if reference is not None else clean_array
-    organs = organ_metrics(space.card.label_names, spacing, clean_array, reference_array, adv_array)
-    if region is not None and region_source is None:
-        region_source = sitk.GetArrayFromImage(space.labels_to_source(region.to(torch.uint8))) > 0
+    reports = 3 if reference is not None else 2
+    organ_count = len(space.card.label_names) - 1
+    units = reports * organ_count + PERTURBATION_PARTS * (2 if region_source is not None else 1)
+    counter = StageCounter(reporter, "metrics", units) if reporter is not None else None
+
+    def part():
+        return counter.part() if counter is not None else None
+
+    organs = organ_metrics(space.card.label_names, spacing, clean_array, reference_array, adv_array, part)
     perturbation = perturbation_report(
         sitk.GetArrayFromImage(source),
         sitk.GetArrayFromImage(adversarial),
         space.window,
         region=region_source,
+        progress=part(),
     )
+    if counter is not None:
+        counter.finish()
     return metrics_document(
         kind,
         space.card.name,
@@ -252,17 +279,21 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
         target_source = "the model's clean prediction"
         target = clean_model
         organs = _organ_values(request.organs, card.label_names, target, target_source)
-    chosen, region_source = None, None
+    pred_clean = space.labels_to_source(clean_model)
+    labels_source = reference if reference is not None else pred_clean  # the target on the source grid
     if attack.source_space:  # works on the source grid in HU (texture): one organ of the target
-        labels_source = reference if reference is not None else space.labels_to_source(clean_model)
         adversarial_source, diagnostics = _run_source_attack(
             attack, request, source, labels_source, organs[0], card, network, space, target, reporter
         )
         region_source = sitk.GetArrayFromImage(labels_source) == organs[0]
     else:
-        chosen = region_mask(target, organs, request.region, request.dilation_mm, card.spacing_mm)
-        # Only voxels inside the HU window can be written back (see preprocess), so only they are attacked.
-        region = space.attackable_mask() if chosen is None else chosen & space.attackable_mask()
+        region_source = source_region(labels_source, organs, request.region, request.dilation_mm)
+        # Only voxels inside the HU window can be written back (see preprocess), so only they are attacked;
+        # with a region, the model voxels whose perturbation reaches it on the source grid.
+        region = space.attackable_mask()
+        if region_source is not None:
+            region &= space.region_to_model(region_source)
+        reporter.progress("attack", 0, attack.steps())
         result = attack.run(
             network,
             space.tensor,
@@ -277,13 +308,19 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
             device=request.device,
             progress=lambda step, total, loss: reporter.progress("attack", step, total, loss=loss),
         )
-        adversarial_source, diagnostics = space.adversarial_to_source(result.adversarial), result.diagnostics
+        adversarial_source = space.adversarial_to_source(result.adversarial, region_source)
+        diagnostics = result.diagnostics
     lap("attack")
 
     with staged_output_dir(request.out) as staging:
-        reporter.progress("write", 0, 1)
+        volumes = StageCounter(reporter, "write", 1 if region_source is None else 2)
         adversarial_path = write_image(adversarial_source, staging / ADVERSARIAL)
-        reporter.progress("write", 1, 1)
+        volumes.step()
+        if region_source is not None:
+            region_image = sitk.GetImageFromArray(region_source.astype(np.uint8))
+            region_image.CopyInformation(source)
+            write_image(region_image, staging / REGION)
+            volumes.step()
         lap("write")
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
         written_space = to_model_space(written, card)
@@ -291,35 +328,42 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
             network, written_space.tensor, card, request.device, request.sw_batch_size, windows("segment-adv")
         )
         lap("segment_adv")
-        pred_clean, pred_adv = space.labels_to_source(clean_model), written_space.labels_to_source(adv_model)
-        for labels, stem in ((pred_clean, PRED_CLEAN), (pred_adv, PRED_ADV)):
-            write_image(labels, staging / f"{stem}.nii.gz")
-            write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
-        reporter.progress("metrics", 0, 1)
+        pred_adv = written_space.labels_to_source(adv_model)
         metrics = _case_metrics(
-            space, source, written, pred_clean, pred_adv, reference, chosen, region_source
+            space, source, written, pred_clean, pred_adv, reference, region_source, reporter=reporter
         )
         lap("metrics")
         metrics["attack"] = {"name": attack.name, "diagnostics": diagnostics}
         metrics["seconds"] = seconds
+        # the rest of the case folder: 2 label maps x 2 formats, metrics.json, the preview, provenance.json
+        files = StageCounter(reporter, "write", 6 + bool(request.preview))
+        for labels, stem in ((pred_clean, PRED_CLEAN), (pred_adv, PRED_ADV)):
+            write_image(labels, staging / f"{stem}.nii.gz")
+            files.step()
+            write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
+            files.step()
         write_json_atomic(staging / METRICS, metrics)
+        files.step()
         if request.preview:
             from .preview import write_preview
 
             clean, adv = (metrics[key] for key in ("mean_dice_clean", "mean_dice_adv"))  # None without organs
             dice = "-" if clean is None or adv is None else f"{clean:.3f} → {adv:.3f}"
-            title = f"{attack.name} on {request.image.name}: mean Dice {dice}"
+            title = f"{attack.name} on {request.image.name}: mean organ Dice {dice} (against the {metrics['reference']})"
             write_preview(
                 staging / PREVIEW,
                 source,
                 written,
                 pred_clean,
                 pred_adv,
+                card.label_names,
                 card.label_colors,
                 space.window,
-                organs,
-                title,
+                organs=organs,
+                title=title,
+                organ_dice={o["label"]: (o["dice_clean"], o["dice_adv"]) for o in metrics["organs"].values()},
             )
+            files.step()
         weights = weights_path(card)
         provenance = {
             "tool": "AdvSegAttack",
@@ -358,4 +402,5 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
             "end_time": datetime.now(timezone.utc).isoformat(),
         }
         write_json_atomic(staging / PROVENANCE, provenance)
+        files.step()
     return metrics

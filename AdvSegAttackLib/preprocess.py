@@ -9,8 +9,12 @@ Inverse: a model-space perturbation is scaled to HU, resampled onto the source g
 source voxels inside the HU window; every other voxel is bit-identical to the source. Voxels outside the
 window (air, fat, bone: the model sees them clipped) never change: moving them into the window would be a
 jump of hundreds of HU that no reader could miss. Attacks are told so (`attackable_mask`), so what they
-optimise is what gets written. Integer sources are written back as the same integer
-type, rounded and clipped to its range. Label maps go both ways by nearest neighbour.
+optimise is what gets written. Changed voxels are put back on the source's value lattice (`ValueLattice`):
+integer HU whenever every source voxel is an integer, whatever the pixel type (int16, or float32/float64 as
+archives often hold CT); offset + k * step for a source on another lattice (a DICOM rescale slope such as
+0.3 HU per stored unit), with the source's own float value wherever it holds one; unrounded only for a
+float source whose values lie on no lattice. The pixel type is the source's (integers clipped to its
+range). Label maps go both ways by nearest neighbour.
 """
 
 from __future__ import annotations
@@ -23,16 +27,107 @@ import torch
 
 from .cards import ModelCard
 
-_INTEGER_RANGES = {
-    sitk.sitkInt8: np.iinfo(np.int8),
-    sitk.sitkUInt8: np.iinfo(np.uint8),
-    sitk.sitkInt16: np.iinfo(np.int16),
-    sitk.sitkUInt16: np.iinfo(np.uint16),
-    sitk.sitkInt32: np.iinfo(np.int32),
-    sitk.sitkUInt32: np.iinfo(np.uint32),
-    sitk.sitkInt64: np.iinfo(np.int64),
-    sitk.sitkUInt64: np.iinfo(np.uint64),
-}
+_CHUNK_VOXELS = 4_000_000  # voxels per chunk of the whole-volume passes of ValueLattice
+_LOOKUP_MAX = 1 << 24  # largest lattice span (steps) with a table of the source's exact values
+_FINEST_STEP_HU = 1e-3  # no CT value lattice is finer than this
+
+
+def _chunks(array: np.ndarray):
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _CHUNK_VOXELS):
+        yield flat[start : start + _CHUNK_VOXELS]
+
+
+@dataclass(frozen=True)
+class ValueLattice:
+    """The values a source volume's voxels take: offset + k * step HU for integer k (or no lattice at all).
+
+    `snap` puts new values onto it, in the source's dtype. For a float source on a non-integer lattice it
+    returns the source's own float value for a lattice point the source holds (so the written values are
+    the source's bit for bit, not near-misses of them) and offset + k * step for any other.
+    """
+
+    dtype: np.dtype
+    offset: float = 0.0
+    step: float | None = 1.0  # None: a float source on no lattice (values are kept as they are)
+    table_start: int = 0  # lattice index of table[0]
+    table: np.ndarray | None = None  # the source's value at each lattice index (NaN where it has none)
+
+    @classmethod
+    def of(cls, source: np.ndarray) -> ValueLattice:
+        """The lattice of `source`'s voxels: integers if every voxel is one, else found from the values."""
+        source = np.asarray(source)
+        if np.issubdtype(source.dtype, np.integer) or all(
+            np.array_equal(chunk, np.rint(chunk)) for chunk in _chunks(source)
+        ):
+            return cls(source.dtype)
+        found = _fit_lattice(source)
+        if found is None:
+            return cls(source.dtype, step=None)
+        offset, step = found
+        first, last = (int(np.rint((v - offset) / step)) for v in (source.min(), source.max()))
+        if last - first >= _LOOKUP_MAX:
+            return cls(source.dtype, offset, step)
+        table = np.full(last - first + 1, np.nan, dtype=source.dtype)
+        for chunk in _chunks(source):
+            table[np.rint((chunk - offset) / step).astype(np.int64) - first] = chunk
+        return cls(source.dtype, offset, step, first, table)
+
+    def snap(self, values: np.ndarray) -> np.ndarray:
+        """`values` (HU) on the lattice, as the source's dtype (integer types clipped to their range)."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.step is None:
+            return values.astype(self.dtype)
+        if self.step == 1.0 and self.offset == 0.0:
+            snapped = np.rint(values)
+            if np.issubdtype(self.dtype, np.integer):
+                info = np.iinfo(self.dtype)
+                snapped = np.clip(snapped, info.min, info.max)
+            return snapped.astype(self.dtype)
+        steps = np.rint((values - self.offset) / self.step)
+        snapped = (self.offset + steps * self.step).astype(self.dtype)
+        if self.table is not None:
+            index = steps.astype(np.int64) - self.table_start
+            inside = (index >= 0) & (index < self.table.size)
+            known = self.table[index[inside]]
+            snapped[inside] = np.where(np.isnan(known), snapped[inside], known)
+        return snapped
+
+
+def _fit_lattice(source: np.ndarray) -> tuple[float, float] | None:
+    """(offset, step) HU with every voxel within 1 % of a step of offset + k * step, or None.
+
+    The step is the greatest common divisor (Euclid, to the dtype's precision) of the gaps between the
+    distinct values of a strided sample, refined by least squares over them; every voxel is then checked.
+    """
+    sample = np.unique(source.reshape(-1)[:: max(1, source.size // 1_000_000)]).astype(np.float64)
+    if sample.size < 2:
+        return None
+    tolerance = 64 * np.finfo(source.dtype).eps * max(abs(sample[0]), abs(sample[-1]), 1.0)
+    finest = max(_FINEST_STEP_HU, 4 * tolerance)
+    step = 0.0
+    for gap in np.unique(np.diff(sample)):
+        while gap > tolerance:
+            step, gap = gap, step % gap
+        if 0.0 < step < finest:  # values on no lattice (Euclid wears the step down to rounding noise)
+            return None
+    if step == 0.0:
+        return None
+    # Euclid's step carries the values' rounding error (float32: ~1e-4 HU); refine it over ever longer spans
+    # (10, 100, ... steps, then the whole sample: the count of steps in each stays exact), then fit by least
+    # squares.
+    spans = sample[1:] - sample[0]
+    count = spans[-1] / step
+    for target in [*(10.0 ** np.arange(1, np.ceil(np.log10(max(count, 10.0))))), count]:
+        span = spans[np.abs(spans - target * step).argmin()]
+        step = span / max(float(np.rint(span / step)), 1.0)
+    steps = np.rint((sample - sample[0]) / step)
+    step, offset = (float(v) for v in np.polyfit(steps, sample, 1))
+    for chunk in _chunks(source):
+        ratio = (chunk.astype(np.float64) - offset) / step
+        if np.abs(ratio - np.rint(ratio)).max() > 0.01:
+            return None
+    return offset, step
 
 
 def _array_xyz(image: sitk.Image) -> np.ndarray:
@@ -73,6 +168,35 @@ class ModelSpaceImage:
         """Bool [1, 1, X, Y, Z]: model voxels strictly inside the HU window, the only ones an attack may change."""
         return (self.tensor > 0) & (self.tensor < 1)
 
+    def region_to_model(self, region: np.ndarray) -> torch.Tensor:
+        """Bool [1, 1, X, Y, Z]: the model voxels whose perturbation reaches a voxel of `region` (a bool
+        SimpleITK (z, y, x) array on the source grid) through the linear resampling back to the source.
+
+        A source voxel at model index c takes its value from the model voxels floor(c) and ceil(c) along each
+        axis; those of every region voxel are marked (one voxel each where c is a grid point).
+        """
+        source, grid = self.source, self.grid
+        to_physical = np.array(source.GetDirection()).reshape(3, 3) * np.array(source.GetSpacing())
+        from_physical = np.linalg.inv(
+            np.array(grid.GetDirection()).reshape(3, 3) * np.array(grid.GetSpacing())
+        )
+        matrix = from_physical @ to_physical
+        offset = from_physical @ (np.array(source.GetOrigin()) - np.array(grid.GetOrigin()))
+        size = np.array(grid.GetSize())
+        covered = np.zeros(tuple(size), dtype=bool)
+        per_slab = max(1, _CHUNK_VOXELS // max(1, region[0].size))
+        for start in range(0, region.shape[0], per_slab):
+            zyx = np.argwhere(region[start : start + per_slab])
+            zyx[:, 0] += start
+            position = zyx[:, ::-1] @ matrix.T + offset  # continuous model index (x, y, z)
+            position = position[np.all((position > -0.5) & (position < size - 0.5), axis=1)]
+            below = np.clip(np.floor(position + 1e-6).astype(np.int64), 0, size - 1)
+            above = np.clip(np.ceil(position - 1e-6).astype(np.int64), 0, size - 1)
+            for corner in np.ndindex(2, 2, 2):
+                index = np.where(np.array(corner, dtype=bool), above, below)
+                covered[index[:, 0], index[:, 1], index[:, 2]] = True
+        return torch.from_numpy(covered)[None, None]
+
     def label_to_model(self, label: sitk.Image) -> torch.Tensor:
         """A source-grid label map as a LongTensor [1, 1, X, Y, Z] on the model grid (nearest neighbour)."""
         oriented = sitk.DICOMOrient(label, self.card.orientation)
@@ -100,18 +224,22 @@ class ModelSpaceImage:
         delta_hu = _image_from_xyz((delta * (high - low)).astype(np.float32), self.grid)
         return sitk.GetArrayFromImage(self._to_source(delta_hu, sitk.sitkLinear))
 
-    def adversarial_to_source(self, adversarial: torch.Tensor) -> sitk.Image:
-        """The adversarial volume on the source grid, in HU, with the source's pixel type and geometry."""
-        delta = self.perturbation_to_source_hu(adversarial).astype(np.float64)
+    def adversarial_to_source(
+        self, adversarial: torch.Tensor, region: np.ndarray | None = None
+    ) -> sitk.Image:
+        """The adversarial volume on the source grid, in HU, with the source's pixel type and geometry.
+
+        Only voxels inside the HU window and inside `region` (bool SimpleITK (z, y, x) array on the source grid,
+        None = everywhere) change; they are put on the source's value lattice (`ValueLattice`).
+        """
+        delta = self.perturbation_to_source_hu(adversarial)
         source = sitk.GetArrayFromImage(self.source)
         low, high = self.window
         changed = (delta != 0) & (source >= low) & (source <= high)
-        values = source + delta
-        pixel_id = self.source.GetPixelID()
-        if pixel_id in _INTEGER_RANGES:
-            info = _INTEGER_RANGES[pixel_id]
-            values = np.clip(np.rint(values), info.min, info.max)
-        out = np.where(changed, values.astype(source.dtype), source)
+        if region is not None:
+            changed &= region
+        out = source.copy()
+        out[changed] = ValueLattice.of(source).snap(source[changed] + delta[changed].astype(np.float64))
         image = sitk.GetImageFromArray(out)
         image.CopyInformation(self.source)
         return image

@@ -36,6 +36,8 @@ def predict_logits(
     """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: MONAI sliding window, Gaussian blending."""
     total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
     done = 0
+    if progress is not None:
+        progress(0, total)
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:
         nonlocal done

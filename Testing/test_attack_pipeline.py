@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import save_tiny_model
+from test_io import assert_same_geometry
 
 from AdvSegAttackLib.casefolder import read_case
 from AdvSegAttackLib.cli import main
@@ -66,7 +67,7 @@ def organ_case(tmp_path_factory, real_ct_small, real_ct_small_labels, tiny_model
     for stage in ("load", "segment-clean", "attack", "write", "segment-adv", "metrics"):
         assert stage in stages
     attack_steps = [e for e in events if e.get("stage") == "attack"]
-    assert [e["step"] for e in attack_steps] == [1, 2] and all("loss" in e for e in attack_steps)
+    assert [e["step"] for e in attack_steps] == [0, 1, 2] and all("loss" in e for e in attack_steps[1:])
     return out
 
 
@@ -193,5 +194,109 @@ def test_bad_attack_parameters_exit_2_without_output(
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2
-    assert len(err) == 1 and message in err[0]
+    errors = [line for line in err if line.startswith("advseg: error: ")]  # after the stages' log lines
+    assert len(errors) == 1 and message in errors[0] and err[-1] == errors[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("pixel_type", [sitk.sitkFloat32, sitk.sitkFloat64])
+def test_float_source_of_integer_hu_is_written_as_integer_hu(
+    pixel_type, real_ct_small, tiny_model, tmp_path, capsys
+):
+    """A float-typed NIfTI holding integer HU (common in archives) gets integer HU back, in its own type."""
+    source = sitk.Cast(read_image(real_ct_small), pixel_type)
+    path = tmp_path / "float_ct.nii.gz"
+    sitk.WriteImage(source, str(path), useCompression=True)
+    out = tmp_path / "case"
+    arguments = ["attack", "--image", str(path), "--model", str(tiny_model), "--attack", "fgsm"]
+    status = main([*arguments, "--out", str(out), "--device", "cpu", "--no-preview", "--progress", "jsonl"])
+    assert status == 0, capsys.readouterr().out
+    written = sitk.ReadImage(str(read_case(out).adversarial))
+    assert written.GetPixelID() == pixel_type
+    values, clean = sitk.GetArrayFromImage(written), sitk.GetArrayFromImage(source)
+    assert np.count_nonzero(values != clean) > 0.05 * values.size  # FGSM moved many in-window voxels
+    np.testing.assert_array_equal(values, np.rint(values))
+    assert len(np.unique(values)) <= len(np.unique(clean)) + 2 * int(np.ceil(4 / 255 * 425))
+
+
+# -- the region on the source grid ---------------------------------------------------------------------------
+
+GALLBLADDER = 4
+
+
+def _rotation(z_degrees: float, x_degrees: float) -> np.ndarray:
+    a, b = np.deg2rad(z_degrees), np.deg2rad(x_degrees)
+    rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    return rz @ rx
+
+
+@pytest.fixture(scope="module")
+def oblique_source(tmp_path_factory, real_ct_small, real_ct_small_labels) -> tuple[Path, Path]:
+    """The real CT and its label map resampled to 0.8 x 0.8 x 2.5 mm on an oblique grid with LPS-like voxel axes
+    (the CT's are RAS-like), 100 x 100 x 60 mm around the gallbladder: a grid unlike the model's 3 mm one."""
+    folder = tmp_path_factory.mktemp("oblique")
+    image, label = read_image(real_ct_small), read_label(real_ct_small_labels)
+    organ = np.argwhere(sitk.GetArrayFromImage(label) == GALLBLADDER)[:, ::-1].mean(0)
+    centre = np.array(label.TransformContinuousIndexToPhysicalPoint(organ.tolist()))
+    spacing, size = np.array([0.8, 0.8, 2.5]), np.array([125, 125, 24])
+    direction = _rotation(15.0, 7.0)
+    grid = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    grid.SetSpacing(spacing.tolist())
+    grid.SetDirection(direction.flatten().tolist())
+    grid.SetOrigin((centre - direction @ (spacing * (size - 1) / 2)).tolist())
+    hu = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+    sitk.WriteImage(sitk.Cast(sitk.Round(hu), sitk.sitkInt16), str(folder / "ct.nii.gz"), True)
+    labels = sitk.Resample(label, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    sitk.WriteImage(labels, str(folder / "labels.nii.gz"), True)
+    return folder / "ct.nii.gz", folder / "labels.nii.gz"
+
+
+def _expected_region(labels: np.ndarray, spacing_zyx, dilation_mm: float, mode: str) -> np.ndarray:
+    from scipy.ndimage import distance_transform_edt
+
+    region = distance_transform_edt(labels != GALLBLADDER, sampling=spacing_zyx) <= dilation_mm
+    if mode == "bbox":
+        box = tuple(slice(hits.min(), hits.max() + 1) for hits in np.nonzero(region))
+        region = np.zeros_like(region)
+        region[box] = True
+    return region
+
+
+@pytest.mark.parametrize("mode", ["organ", "bbox"])
+def test_region_holds_on_an_anisotropic_oblique_source_grid(
+    mode, oblique_source, tiny_model, tmp_path, capsys
+):
+    """Outside region.nii.gz (the organ grown by --dilation-mm on the source grid, or its box) every voxel is the
+    source's, bit for bit; the region file has the source's geometry; the attack reaches the region's edge."""
+    image_path, label_path = oblique_source
+    out = tmp_path / "case"
+    arguments = ["attack", "--image", str(image_path), "--label", str(label_path), "--model", str(tiny_model)]
+    arguments += ["--attack", "pgd", "--steps", "2", "--organ", "gallbladder", "--region", mode]
+    arguments += ["--dilation-mm", "6", "--out", str(out), "--device", "cpu", "--no-preview"]
+    assert main([*arguments, "--progress", "jsonl"]) == 0, capsys.readouterr().out
+    case = read_case(out)
+    source_image = read_image(image_path)
+    region_image = sitk.ReadImage(str(case.region))
+    assert_same_geometry(region_image, source_image)  # to NIfTI's float32 precision of oblique directions
+    assert region_image.GetPixelID() == sitk.sitkUInt8
+    region = sitk.GetArrayFromImage(region_image)
+    assert set(np.unique(region)) == {0, 1}
+    labels = sitk.GetArrayFromImage(read_label(label_path))
+    expected = _expected_region(labels, tuple(reversed(source_image.GetSpacing())), 6.0, mode)
+    np.testing.assert_array_equal(region.astype(bool), expected)
+
+    source = sitk.GetArrayFromImage(source_image)
+    adversarial = sitk.GetArrayFromImage(read_image(case.adversarial))
+    changed = adversarial != source
+    assert not changed[~expected].any(), f"{int(changed[~expected].sum())} voxels changed outside the region"
+    # The model-grid region covers the source region: PGD's random start reaches its edge voxels too.
+    attackable = expected & (source >= -175) & (source <= 250)
+    edge = attackable & ~_expected_region(labels, tuple(reversed(source_image.GetSpacing())), 3.0, mode)
+    assert changed[attackable].mean() > 0.7 and changed[edge].mean() > 0.7
+    assert case.load_metrics()["perturbation"]["region"]["mask_voxels"] == int(expected.sum())
+    assert case.load_provenance()["region"]["mode"] == mode
+    bundle = tmp_path / "bundle"  # export carries the mask along
+    assert main(["export", str(out), "--out", str(bundle), "--format", "nifti", "nrrd"]) == 0
+    for name in ("region.nii.gz", "region.nrrd"):
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(bundle / name))), region)

@@ -203,7 +203,6 @@ def test_value_sets_of_integer_typed_sources(session, handouts, case_folders):
         assert _value_set_accuracies(groups) == [CHANCE] * 3
 
 
-@pytest.mark.xfail(strict=True, reason="needs the source-value-grid fix of the attack pipeline")
 def test_value_sets_of_a_float_typed_source(session, handouts, case_folders):
     """FGSM on integer HU stored as float32: the written adversarial volume must stay on integers."""
     key, kinds = load_key(session), _source_kind(session, case_folders)

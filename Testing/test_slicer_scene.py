@@ -125,6 +125,9 @@ def caseData(tmp_path_factory):
         json.dumps({"attack": {"name": "saa", "rho": 0.2}}), encoding="utf-8"
     )
     (case / "preview.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 16)
+    region = np.zeros(shape, np.uint8)
+    region[1:9, 3:17, 2:13] = 1  # an organ-region attack's mask (the liver grown)
+    sitk.WriteImage(image(region), str(case / "region.nii.gz"))
     cardPath = root / "card.json"
     cardPath.write_text(
         json.dumps({"name": "test-card", "label_names": LABEL_NAMES, "label_colors": LABEL_COLORS}),
@@ -136,6 +139,7 @@ def caseData(tmp_path_factory):
         "case": case,
         "card": cardPath,
         "sourceArray": source,
+        "regionArray": region,
         "adversarialArray": adversarial,
         "cleanLabels": clean,
         "attackedLabels": attacked,
@@ -244,6 +248,15 @@ def test_results_go_into_the_input_study(mrml, caseData):
     assert shNode.GetItemLevel(study) == "Study"
     for node in loaded.nodes():
         assert shNode.GetItemParent(shNode.GetItemByDataNode(node)) == study, node.GetName()
+
+
+def test_attack_region_loads_hidden_on_the_source_geometry(mrml, caseData):
+    inputVolume, loaded = _loaded(mrml, caseData)
+    region = loaded.regionSegmentation
+    assert region is not None and region in loaded.nodes() and not region.GetDisplayNode().GetVisibility()
+    assert region.GetAttribute(mrml["lib"].ROLE_ATTRIBUTE) == "attack region"
+    voxels = _segmentLabelArray(mrml, region, "attack region", inputVolume)
+    assert np.array_equal(voxels, caseData["regionArray"] > 0)
 
 
 def test_segments_have_the_card_names_and_colours(mrml, caseData):

@@ -370,3 +370,10 @@ def test_default_bundled_weights_run_the_attack(small_ct):
         hu, tuple(reversed(image.GetSpacing())), labels, SPLEEN, config, load_texture_autoencoders("bundled")
     )
     assert (adversarial != hu).any() and np.array_equal(adversarial[labels != SPLEEN], hu[labels != SPLEEN])
+
+
+def test_compositing_keeps_a_float_source_of_integer_hu_on_integers():
+    source = np.array([[[-1000, 40, 60]]], dtype=np.float32)
+    delta = np.array([[[0.0, -10.4, 3.3]]], dtype=np.float32)
+    out = composite_hu(source, delta, 0.5)
+    assert out.dtype == np.float32 and out.tolist() == [[[-1000, 35, 62]]]

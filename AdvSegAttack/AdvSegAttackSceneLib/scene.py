@@ -437,6 +437,10 @@ def placeBesideInput(scene, nodes, inputVolume) -> None:
 # Case folder
 
 
+REGION_NAMES = ("background", "attack region")
+REGION_COLORS = ((0, 0, 0), (255, 220, 0))
+
+
 @dataclass
 class LoadedCase:
     """The nodes one case folder became."""
@@ -449,15 +453,19 @@ class LoadedCase:
     perturbationTable: object
     metrics: dict = field(default_factory=dict)
     geometryMatchesInput: bool = False
+    regionSegmentation: object = (
+        None  # the attack region (region.nii.gz), hidden; None for a whole-volume attack
+    )
 
     def nodes(self) -> list:
-        return [
+        nodes = [
             self.adversarialVolume,
             self.cleanSegmentation,
             self.attackedSegmentation,
             self.metricsTable,
             self.perturbationTable,
         ]
+        return nodes + ([self.regionSegmentation] if self.regionSegmentation is not None else [])
 
 
 def attackNameFromProvenance(provenance) -> str:
@@ -518,6 +526,18 @@ def loadCase(
             case.pred_adv_seg, case.pred_adv_nifti, f"{baseName} attacked prediction{suffix}"
         )
         created.append(attacked)
+        region = None
+        if case.region in case.optional():
+            region = readSegmentationFile(
+                scene,
+                case.region,
+                f"{baseName} attack region{suffix}",
+                adversarial,
+                REGION_NAMES,
+                REGION_COLORS,
+            )
+            region.GetDisplayNode().SetVisibility(False)
+            created.append(region)
         organTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} attack metrics{suffix}")
         created.append(organTable)
         perturbationTable = scene.AddNewNodeByClass("vtkMRMLTableNode", f"{baseName} perturbation{suffix}")
@@ -530,6 +550,7 @@ def loadCase(
             (attacked, "attacked prediction"),
             (organTable, "metrics"),
             (perturbationTable, "perturbation"),
+            *([(region, "attack region")] if region is not None else []),
         ):
             node.SetAttribute(CASE_FOLDER_ATTRIBUTE, str(case.root))
             node.SetAttribute(ROLE_ATTRIBUTE, role)
@@ -540,7 +561,7 @@ def loadCase(
         removeNodes(scene, created)
         raise
     return LoadedCase(
-        case.root, adversarial, clean, attacked, organTable, perturbationTable, metrics, matched
+        case.root, adversarial, clean, attacked, organTable, perturbationTable, metrics, matched, region
     )
 
 
@@ -558,9 +579,7 @@ def exportCaseFolder(caseFolder, targetDir) -> list[Path]:
     target = Path(targetDir)
     if target.exists() and target.resolve() == case.root.resolve():
         raise ValueError(f"The export folder {target} is the case folder itself; pick another folder.")
-    files = list(case.required())
-    if case.preview.is_file():
-        files.append(case.preview)
+    files = case.required() + case.optional()
     target.mkdir(parents=True, exist_ok=True)
     staged = []
     try:

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..preprocess import ValueLattice
 from .reformation import FeatureStatistics, modified_adain, texture_reformation
 
 SEMANTIC_CLASSES = 14  # BTCV: 13 organs + background; unlabelled body is shown as class 14 (published)
@@ -114,13 +115,13 @@ class TexturePerturbation:
 
 
 def composite_hu(source_hu: np.ndarray, delta_hu: np.ndarray, blend: float) -> np.ndarray:
-    """source + blend * delta where delta != 0, in the source's dtype (integers rounded and clipped);
-    every other voxel is the source's, bit for bit."""
-    values = source_hu.astype(np.float64) + float(blend) * delta_hu
-    if np.issubdtype(source_hu.dtype, np.integer):
-        info = np.iinfo(source_hu.dtype)
-        values = np.clip(np.rint(values), info.min, info.max)
-    return np.where(delta_hu != 0, values.astype(source_hu.dtype), source_hu)
+    """source + blend * delta where delta != 0, on the source's value lattice and in its dtype (see
+    `preprocess.ValueLattice`); every other voxel is the source's, bit for bit."""
+    changed = delta_hu != 0
+    out = source_hu.copy()
+    values = source_hu[changed].astype(np.float64) + float(blend) * delta_hu[changed]
+    out[changed] = ValueLattice.of(source_hu).snap(values)
+    return out
 
 
 class TextureCascade:
