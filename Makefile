@@ -15,7 +15,10 @@ OUT ?= out/demo
 SLICER_PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12.1/bin/python) $(shell command -v python3.12 2>/dev/null))
 SLICER_VENV := .venv-slicer510
 SLICER_PINS := AdvSegAttack/Resources/slicer-5.10-constraints.txt
-SLICER_TEST_PACKAGES := numpy scipy pydicom SimpleITK slicerio tqdm matplotlib psutil pytest slicer-core
+# The module's own requirements without the torch-based ones (monai, torch-dct), plus what Slicer ships and the tests.
+SLICER_REQUIREMENTS := AdvSegAttack/Resources/requirements.txt
+SLICER_TEST_PACKAGES := $(shell grep -vE '^[[:space:]]*(\#|$$|monai|torch)' $(SLICER_REQUIREMENTS)) \
+	numpy scipy pydicom SimpleITK pytest slicer-core
 TORCHFREE_TESTS = $(shell grep -l '^pytestmark = pytest.mark.torchfree' Testing/test_*.py)
 
 .PHONY: setup demo test lint test-slicer-python
@@ -56,8 +59,8 @@ test-slicer-python:
 		PYTHONPATH="$(CURDIR)" $(SLICER_VENV)/bin/python -m pytest -q -p no:cacheprovider -m torchfree $(TORCHFREE_TESTS); \
 	fi
 
-$(SLICER_VENV)/.installed: $(SLICER_PINS) Makefile
+$(SLICER_VENV)/.installed: $(SLICER_PINS) $(SLICER_REQUIREMENTS) Makefile
 	rm -rf $(SLICER_VENV)
 	$(SLICER_PYTHON) -m venv $(SLICER_VENV)
-	$(SLICER_VENV)/bin/python -m pip install --quiet --only-binary :all: --constraint $(SLICER_PINS) $(SLICER_TEST_PACKAGES)
+	$(SLICER_VENV)/bin/python -m pip install --quiet --only-binary :all: --constraint $(SLICER_PINS) $(foreach p,$(SLICER_TEST_PACKAGES),'$(p)')
 	touch $@
