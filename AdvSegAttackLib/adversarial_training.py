@@ -29,12 +29,13 @@ from __future__ import annotations
 import argparse
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .attacks import ATTACKS, Attack, make_attack
+from .attacks.base import Attack, make_attack
+from .attacks.catalogue import ATTACKS
 from .attacks.dct import dct3
 from .errors import InputError
 
@@ -42,8 +43,8 @@ DEFAULT_ATTACK = "pgd"
 
 
 def training_attacks() -> list[str]:
-    """Attacks that work on model-space crops (not those that need the source volume, like `texture`)."""
-    return sorted(name for name, cls in ATTACKS.items() if not getattr(cls, "source_space", False))
+    """Attacks that work on model-space crops (not those that need the source grid, like `texture`)."""
+    return sorted(name for name, entry in ATTACKS.items() if not entry.source_grid)
 
 
 def frequency_regularisation(clean_logits: torch.Tensor, adversarial_logits: torch.Tensor) -> torch.Tensor:
@@ -58,39 +59,28 @@ def frequency_regularisation(clean_logits: torch.Tensor, adversarial_logits: tor
 
 
 def parse_attack_params(attack: str, items: Sequence[str]) -> dict[str, Any]:
-    """`["eps=4", "steps=3", "use-ssim-loss=false"]` → config fields of `attack`, typed like their defaults."""
+    """`["eps=4", "steps=3", "use-ssim-loss=false"]` → parameters of `attack`, typed as the catalogue says."""
     if attack not in training_attacks():
         raise InputError(
             f"--train-attack {attack!r} cannot attack training crops; choose one of {', '.join(training_attacks())}."
         )
-    defaults = {f.name: f.default for f in fields(ATTACKS[attack].Config)}
+    parameters = {p.name: p for p in ATTACKS[attack].parameters}
     params: dict[str, Any] = {}
     for item in items:
         key, sep, text = item.partition("=")
         name = key.strip().lstrip("-").replace("-", "_")
         if not sep or not text.strip():
             raise InputError(f"--train-attack-param {item!r} is not of the form name=value (e.g. eps=4).")
-        if name not in defaults:
+        if name not in parameters:
             raise InputError(
                 f"--train-attack-param {key.strip()!r} is not a parameter of --train-attack {attack} "
-                f"({', '.join(n.replace('_', '-') for n in defaults)})."
+                f"({', '.join(n.replace('_', '-') for n in parameters)})."
             )
-        kind = type(defaults[name])
-        text = text.strip()
         try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
-                    raise ValueError(text)
-                value: Any = text.lower() in ("true", "1", "yes", "on")
-            elif kind is int:
-                value = int(text)
-            elif kind is float:
-                value = float(text)
-            else:
-                value = text
+            value = parameters[name].parse(text.strip())
         except ValueError:
             raise InputError(
-                f"--train-attack-param {item!r}: {text!r} is not a {kind.__name__} value."
+                f"--train-attack-param {item!r}: {text.strip()!r} is not a {parameters[name].type} value."
             ) from None
         params[name] = value
     return params

@@ -23,7 +23,7 @@ import torch
 
 from .errors import InputError
 from .io import atomic_path, json_safe, write_text_atomic
-from .labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+from .models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"

@@ -114,7 +114,7 @@ def _label_info(label, describe) -> dict:
     import numpy as np
     import SimpleITK as sitk
 
-    from .labels import BTCV_LABEL_NAMES
+    from .models.labels import BTCV_LABEL_NAMES
 
     values, counts = np.unique(sitk.GetArrayViewFromImage(label), return_counts=True)
     present = {
@@ -129,6 +129,42 @@ def _label_types():
     import SimpleITK as sitk
 
     return {sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkInt8, sitk.sitkInt16, sitk.sitkUInt32, sitk.sitkInt32}
+
+
+# --- attacks ----------------------------------------------------------------------------------------------
+
+
+def cmd_attacks(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """The attack catalogue: a table per attack for people, or the catalogue as JSON (`--json`)."""
+    from .attacks.catalogue import ATTACKS, catalogue
+
+    listing = catalogue()
+    if args.json:
+        print(json.dumps(listing, indent=2, ensure_ascii=False, allow_nan=False))
+        return listing
+    for entry in ATTACKS.values():
+        needs = "exactly one --organ, no --region or --targeted" if entry.needs_organ else "--organ optional"
+        presets = [f"{name}{' (default)' * (name == entry.default_preset)}" for name in entry.preset_names()]
+        print(f"\n{entry.name}: {entry.label}\n{entry.description}")
+        print(needs + (f"; --preset {', '.join(presets)}" if presets else ""))
+        defaults = entry.defaults()
+        rows = [[p.flag, _value_text(defaults[p.name]), _values_text(p), p.unit] for p in entry.parameters]
+        _print_table(rows, ["flag", "default", "values", "unit"])
+    return listing
+
+
+def _values_text(parameter) -> str:
+    """What a catalogue parameter accepts: its choices, on | off, its range, or "any"."""
+    if parameter.type == "bool":
+        return "on | off"
+    return " | ".join(parameter.choices or ()) or parameter.range_text() or "any"
+
+
+def _value_text(value) -> str:
+    """A catalogue value as on the command line: on/off for booleans, "-" for none."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "-" if value is None else str(value)
 
 
 # --- phantom ----------------------------------------------------------------------------------------------
@@ -378,27 +414,46 @@ def _architecture_arguments(args: argparse.Namespace) -> dict:
 # --- attack -----------------------------------------------------------------------------------------------
 
 
-def _attack_flags() -> dict[str, tuple[str, object, str, str]]:
-    """{config field: (flag, default type, unit, doc)} over every registered attack (flags are shared)."""
-    import dataclasses
+def add_attack_parameters(p: argparse.ArgumentParser) -> None:
+    """One flag per attack parameter of the catalogue (each applies to the attacks that have it); values
+    are validated by the catalogue, so a bad one is one sentence (exit 2), also with --progress jsonl."""
+    from .attacks.catalogue import parameter_flags
 
-    from .attacks import ATTACKS
+    kinds = {"float": float, "int": int}
+    group = p.add_argument_group("attack parameters (each applies to the attacks that have it)")
+    for name, parameter in parameter_flags().items():
+        bounds = parameter.range_text() or (", ".join(parameter.choices) if parameter.choices else "")
+        help_text = f"{parameter.doc} [{parameter.unit}{'; ' + bounds if bounds else ''}]".replace("%", "%%")
+        if parameter.type == "bool":
+            action = argparse.BooleanOptionalAction
+            group.add_argument(parameter.flag, dest=name, action=action, default=None, help=help_text)
+        else:
+            kind = kinds.get(parameter.type, str)
+            group.add_argument(parameter.flag, dest=name, type=kind, default=None, help=help_text)
 
-    flags: dict[str, tuple[str, object, str, str]] = {}
-    for cls in ATTACKS.values():
-        for f in dataclasses.fields(cls.Config):
-            if f.name not in flags:
-                flags[f.name] = (
-                    f.metadata["flag"],
-                    f.default,
-                    f.metadata.get("unit", ""),
-                    f.metadata.get("doc", ""),
-                )
-    return flags
+
+def attack_parameters(args: argparse.Namespace) -> dict:
+    """{parameter name: value given on the command line, or None} of `add_attack_parameters`' flags."""
+    from .attacks.catalogue import parameter_flags
+
+    return {name: getattr(args, name) for name in parameter_flags()}
+
+
+def preset_help() -> str:
+    """`--preset` help: the presets of every attack that has some, the default marked."""
+    from .attacks.catalogue import ATTACKS
+
+    listed = {}
+    for entry in ATTACKS.values():
+        names = [f"{n} [default]" if n == entry.default_preset else n for n in entry.preset_names()]
+        if names:
+            listed.setdefault(", ".join(names), []).append(entry.name)
+    presets = "; ".join(f"{'/'.join(attacks)}: {names}" for names, attacks in listed.items())
+    return f"named parameter set ({presets}); a flag given as well overrides its value"
 
 
 def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
-    from .attacks import ATTACKS
+    from .attacks.catalogue import ATTACKS
     from .cards import add_trust_torchscript_argument
 
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA or a DICOM folder)")
@@ -407,7 +462,7 @@ def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
     add_trust_torchscript_argument(p)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
-    p.add_argument("--preset", help="named parameter set (saa: specified [default], authors-final)")
+    p.add_argument("--preset", help=preset_help())
     p.add_argument(
         "--organ", nargs="+", default=[], help="organ names (e.g. liver spleen): loss focus and region"
     )
@@ -420,16 +475,7 @@ def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward/backward pass")
     p.add_argument("--out", required=True, help="case folder to write")
     p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
-    group = p.add_argument_group("attack parameters (each applies to the attacks that have it)")
-    for name, (flag, default, unit, doc) in _attack_flags().items():
-        kind = type(default) if default is not None else float
-        help_text = f"{doc} [{unit}]" if unit else doc
-        if kind is bool:
-            group.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
+    add_attack_parameters(p)
 
 
 def _attack_request(args: argparse.Namespace, out: Path):
@@ -440,7 +486,7 @@ def _attack_request(args: argparse.Namespace, out: Path):
         model=args.model,
         out=out,
         attack=args.attack,
-        params={name: getattr(args, name) for name in _attack_flags()},
+        params=attack_parameters(args),
         preset=args.preset,
         label=Path(args.label) if args.label else None,
         card=args.card,
@@ -642,6 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     common(p, device=False)
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("attacks", help="list the attacks with their parameters, ranges and presets")
+    p.add_argument(
+        "--json", action="store_true", help="print the catalogue as JSON (what the Slicer module reads)"
+    )
+    common(p, device=False)
+    p.set_defaults(func=cmd_attacks)
 
     p = sub.add_parser("phantom", help="write a synthetic abdominal CT phantom with BTCV labels")
     p.add_argument("--seed", type=int, default=0)

@@ -28,22 +28,6 @@ def _add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_attack_parameters(p: argparse.ArgumentParser) -> None:
-    """The attack parameter flags of `advseg attack` (each applies to the attacks that have it)."""
-    from .cli import _attack_flags
-
-    group = p.add_argument_group("attack parameters (each applies to the attacks that have it)")
-    for name, (flag, default, unit, doc) in _attack_flags().items():
-        kind = type(default) if default is not None else float
-        help_text = f"{doc} [{unit}]" if unit else doc
-        if kind is bool:
-            group.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            group.add_argument(flag, dest=name, type=kind, default=None, help=help_text)
-
-
 def _datalist_input(args: argparse.Namespace) -> list:
     """The --datalist as an input of the run (an --out must never overwrite it)."""
     return [(args.datalist, "--datalist")] if args.datalist else []
@@ -64,7 +48,7 @@ def _print_summary(summary, out_dir: Path, reporter_kind: str) -> None:
 
 def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
     """Attack every case of a dataset split; one case folder each, manifest and aggregate table."""
-    from .cli import _attack_flags, resolve_device
+    from .cli import attack_parameters, resolve_device
     from .datalist import load_cases
     from .dataset_run import attack_dataset
     from .distributed import init_distributed, shutdown
@@ -78,7 +62,7 @@ def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
             model=args.model,
             out=Path(),
             attack=args.attack,
-            params={name: getattr(args, name) for name in _attack_flags()},
+            params=attack_parameters(args),
             preset=args.preset,
             card=args.card,
             organs=args.organ,
@@ -140,9 +124,9 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
 
 def add_parser(sub, common) -> None:
     """Register `attack-dataset` and `evaluate` on the `advseg` sub-command parser."""
-    from .attacks import ATTACKS
+    from .attacks.catalogue import ATTACKS
     from .cards import add_trust_torchscript_argument
-    from .cli import DEMO_MODEL, _positive_int
+    from .cli import DEMO_MODEL, _positive_int, add_attack_parameters, preset_help
 
     p = sub.add_parser(
         "attack-dataset", help="attack every case of a dataset split (also under torchrun, several processes)"
@@ -152,7 +136,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
     add_trust_torchscript_argument(p)
     p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
-    p.add_argument("--preset", help="named parameter set (saa: specified [default], authors-final)")
+    p.add_argument("--preset", help=preset_help())
     p.add_argument("--organ", nargs="+", default=[], help="organ names: loss focus and region, every case")
     p.add_argument(
         "--region", default="whole", choices=("whole", "organ", "bbox"), help="where voxels may change"
@@ -163,7 +147,7 @@ def add_parser(sub, common) -> None:
     p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward/backward pass")
     p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
     p.add_argument("--out", required=True, help="dataset output folder (a rerun completes it)")
-    _add_attack_parameters(p)
+    add_attack_parameters(p)
     common(p)
     p.set_defaults(func=cmd_attack_dataset)
 

@@ -21,6 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .models.labels import normalise_organ_name
 from .staging import make_staging_dir, umask_mode
 
 sitk.ProcessObject_SetGlobalWarningDisplay(False)  # ITK warnings are noise for users; errors still raise
@@ -279,10 +280,10 @@ def _label_from_seg_nrrd(path: Path, label_names: Sequence[str] | None) -> sitk.
         raise InputError(f"{path} could not be read as a Slicer segmentation ({error}).") from None
     voxels = np.asarray(segmentation["voxels"])
     layers = voxels[np.newaxis] if voxels.ndim == 3 else np.moveaxis(voxels, -1, 0)
-    by_name = {name.lower().replace("_", " "): value for value, name in enumerate(label_names or [])}
+    by_name = {normalise_organ_name(name): value for value, name in enumerate(label_names or [])}
     labels = np.zeros(layers.shape[1:], dtype=np.uint8)
     for segment in segmentation["segments"]:
-        value = by_name.get(str(segment.get("name", "")).lower().replace("_", " "), segment["labelValue"])
+        value = by_name.get(normalise_organ_name(segment.get("name", "")), segment["labelValue"])
         layer = layers[int(segment.get("layer", 0))]
         labels[layer == segment["labelValue"]] = value
     ijk_to_lps = np.asarray(segmentation["ijkToLPS"], dtype=float)

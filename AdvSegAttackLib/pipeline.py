@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 from . import __version__
-from .attacks import make_attack
+from .attacks.base import make_attack
 from .cards import ModelCard, load_model, weights_path
 from .casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, PREVIEW, PROVENANCE, REGION
 from .errors import InputError
@@ -30,8 +30,8 @@ from .io import (
     write_json_atomic,
     write_segmentation,
 )
-from .labels import organ_index
 from .metrics import PERTURBATION_PARTS, bounding_box, metrics_document, organ_metrics, perturbation_report
+from .models.labels import organ_index
 from .preprocess import ModelSpaceImage, to_model_space
 from .progress import Reporter, StageCounter
 from .segment import predict_labels

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .io import sha256_file
-from .labels import BTCV_LABEL_NAMES
+from .models.labels import BTCV_LABEL_NAMES
 from .nofollow import inside
 from .session import (
     ANSWERS,

@@ -118,7 +118,7 @@ def write_case_folder(
 
     from AdvSegAttackLib import __version__
     from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
-    from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+    from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 
     folder.mkdir(parents=True)
     image = read_image(source)

@@ -20,7 +20,7 @@ from AdvSegAttackLib.adversarial_training import (
     frequency_regularisation,
     training_attacks,
 )
-from AdvSegAttackLib.attacks import make_attack
+from AdvSegAttackLib.attacks.base import make_attack
 from AdvSegAttackLib.attacks.objective import dice_ce
 from AdvSegAttackLib.cards import load_model
 from AdvSegAttackLib.cli import main
@@ -94,7 +94,7 @@ def test_pgd_crops_stay_in_budget_and_raise_the_loss(real_crops):
 @pytest.mark.parametrize("name", training_attacks())
 def test_every_training_attack_changes_crops_only_inside_the_window(name, real_crops):
     card, network, images, labels = real_crops
-    fields = make_attack(name).config.flags()
+    fields = make_attack(name).config.values()
     attack = make_attack(name, **({"steps": 2} if "steps" in fields else {}))
     adversarial = CropAttacker(network, attack, "cpu")(network, images, labels, seed=0)
     inside = (images > 0) & (images < 1)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from AdvSegAttackLib.attacks import make_attack
+from AdvSegAttackLib.attacks.base import make_attack
 from AdvSegAttackLib.cards import load_model
 from AdvSegAttackLib.io import read_image, read_label
 from AdvSegAttackLib.metrics import dice_per_label

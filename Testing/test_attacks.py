@@ -8,9 +8,10 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from AdvSegAttackLib.attacks import ATTACKS, PRESETS, SegmentationObjective, make_attack
 from AdvSegAttackLib.attacks import objective as objective_module
-from AdvSegAttackLib.attacks.objective import dice_ce
+from AdvSegAttackLib.attacks.base import attack_class, make_attack
+from AdvSegAttackLib.attacks.catalogue import ATTACKS
+from AdvSegAttackLib.attacks.objective import SegmentationObjective, dice_ce
 from AdvSegAttackLib.attacks.saa import SpectralNoise
 from AdvSegAttackLib.attacks.vafa import Quantiser, alpha_at, soft_round
 from AdvSegAttackLib.errors import InputError
@@ -350,8 +351,8 @@ def test_bad_run_inputs(case):
 
 def test_registry_and_presets():
     assert set(ALL) <= set(ATTACKS)
-    for name, cls in ATTACKS.items():
-        assert cls.name == name
+    for name in ATTACKS:
+        assert attack_class(name).name == name
         config = make_attack(name).config
         described = config.to_dict()
         assert all(entry["unit"] and entry["flag"].startswith("--") for entry in described.values())
@@ -359,8 +360,8 @@ def test_registry_and_presets():
     assert (default.rho, default.steps, default.block_size, default.lambda_dice) == (0.2, 20, 32, 0.01)
     assert (default.use_ssim_loss, default.lambda_ssim, default.step_size) == (True, 1.0, 0.1)
     for name in ("saa", "saa-2d"):
-        assert set(PRESETS[name]) == {"specified", "authors-final"}
-        for preset in PRESETS[name]:
+        assert ATTACKS[name].preset_names() == ["specified", "authors-final"]
+        for preset in ATTACKS[name].preset_names():
             make_attack(name, preset=preset)
     final = make_attack("saa", preset="authors-final", steps=3).config
     assert (final.rho, final.steps, final.block_size, final.lambda_dice, final.lambda_ssim) == (

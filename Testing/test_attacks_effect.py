@@ -9,7 +9,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from AdvSegAttackLib.attacks import make_attack
+from AdvSegAttackLib.attacks.base import make_attack
 
 SIZE = 24
 ROI = (16, 16, 16)

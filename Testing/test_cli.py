@@ -204,3 +204,16 @@ def test_phantom_command_writes_image_and_label(tmp_path):
     )
     image = read_image(tmp_path / "phantom_seed3_image.nii.gz")
     assert image.GetSize() == (48, 40, 32) and image.GetSpacing() == (8.0, 8.0, 9.0)
+
+
+def test_attacks_prints_the_catalogue(capsys):
+    from AdvSegAttackLib.attacks.catalogue import catalogue
+
+    assert main(["attacks", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == catalogue()
+    assert main(["attacks"]) == 0
+    table = capsys.readouterr().out
+    assert (
+        "saa: SA² – 3D frequency attack" in table and "--preset specified (default), authors-final" in table
+    )
+    assert "--rho            0.2      (0, 1)" in table and "--q-init         max      max | one" in table

@@ -17,7 +17,7 @@ from AdvSegAttackLib.io import (
     write_image,
     write_segmentation,
 )
-from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 
 
 def oblique_volume(size=(40, 36, 24), spacing=(0.8, 0.9, 2.5)) -> sitk.Image:

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 from conftest import save_tiny_model
 
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.labels import BTCV_LABEL_NAMES
+from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES
 from AdvSegAttackLib.phantom import write_phantom
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "AdvSegAttack"

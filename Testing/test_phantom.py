@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.labels import BTCV_LABEL_NAMES
+from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES
 from AdvSegAttackLib.phantom import make_phantom, organ_centroids, write_phantom
 
 ORGAN = {name: value for value, name in enumerate(BTCV_LABEL_NAMES)}

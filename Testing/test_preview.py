@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 from AdvSegAttackLib.phantom import make_phantom
 from AdvSegAttackLib.preview import MIN_DELTA_E, preview_figure, write_preview
 

@@ -26,7 +26,7 @@ for _path in (REPO, MODULE_DIR):
 from AdvSegAttackSceneLib import engine, progress  # noqa: E402
 from conftest import application_scene  # noqa: E402
 
-from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES  # noqa: E402
+from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES  # noqa: E402
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
@@ -673,11 +673,7 @@ def test_bad_requests_are_one_sentence(changes, message):
 
 def test_catalogue_matches_the_engine_attack_configs():
     """Every flag the panel passes exists in the engine, with the same default (and vice versa)."""
-    pytest.importorskip("torch", reason="the engine's attack registry needs torch")
-    import dataclasses
-
-    from AdvSegAttackLib.attacks import ATTACKS
-    from AdvSegAttackLib.attacks.base import PRESETS as ENGINE_PRESETS
+    from AdvSegAttackLib.attacks.catalogue import ATTACKS
 
     notExposed = {"--q-min"}  # follows --q-init in the engine (5 with 'max', 1 with 'one')
     # Texture options the panel leaves at the published/engine defaults (command line only).
@@ -687,8 +683,8 @@ def test_catalogue_matches_the_engine_attack_configs():
         "--working-size", "--output-mapping",
     }  # fmt: skip
     assert set(engine.ATTACKS) == set(ATTACKS)
-    for name, cls in ATTACKS.items():
-        fields = {f.metadata["flag"]: f.default for f in dataclasses.fields(cls.Config)}
+    for name, entry in ATTACKS.items():
+        fields = {p["flag"]: p["default"] for p in entry.to_json()["parameters"]}
         spec = engine.ATTACKS[name]
         ours = {engine.PARAMETERS[p].flag: spec.default(p) for p in spec.parameters}
         assert set(ours) == set(fields) - notExposed, name
@@ -702,8 +698,8 @@ def test_catalogue_matches_the_engine_attack_configs():
         "stepSize": "step_size",
     }
     for presetName, values in engine.PRESETS.items():
-        assert {snake.get(k, k): v for k, v in values.items()} == ENGINE_PRESETS["saa"][presetName]
-    assert list(engine.PRESETS)[0] == list(ENGINE_PRESETS["saa"])[0] == engine.DEFAULT_PRESET
+        assert {snake.get(k, k): v for k, v in values.items()} == ATTACKS["saa"].preset_values(presetName)
+    assert list(engine.PRESETS)[0] == ATTACKS["saa"].default_preset == engine.DEFAULT_PRESET
 
 
 def test_catalogue_is_consistent():
@@ -763,7 +759,7 @@ def test_model_cards(tmp_path, caseData, monkeypatch):
     (bundled / "card.json").write_text(
         json.dumps({"name": "tiny-unet", "architecture": "unet"}), encoding="utf-8"
     )
-    from AdvSegAttackLib.labels import BTCV_LABEL_NAMES
+    from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES
 
     assert engine.cardLabels(str(bundled))[0] == list(BTCV_LABEL_NAMES)
     assert engine.cardLabels("btcv-unetr")[0] == list(BTCV_LABEL_NAMES)

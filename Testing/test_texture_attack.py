@@ -12,7 +12,7 @@ import SimpleITK as sitk
 import torch
 from conftest import save_tiny_model, shared_path
 
-from AdvSegAttackLib.attacks import make_attack
+from AdvSegAttackLib.attacks.base import make_attack
 from AdvSegAttackLib.casefolder import read_case
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
@@ -157,8 +157,8 @@ def test_defaults_are_the_published_ones():
         "enhance_alpha": 1.0,
         "noise_mu": 0.3,
         "noise_sigma": 0.3,
-        "window_low_hu": -135.0,
-        "window_high_hu": 215.0,
+        "window_low": -135.0,
+        "window_high": 215.0,
         "working_size": 256,
         "weights": "bundled",
         "ssim_floor": 0.9,
@@ -167,7 +167,7 @@ def test_defaults_are_the_published_ones():
     for bad, message in (
         ({"working_size": 100}, "--working-size"),
         ({"noise_mu": -1.0}, "--noise-mu"),
-        ({"window_low_hu": 300.0}, "--window-low"),
+        ({"window_low": 300.0}, "--window-low"),
         ({"output_mapping": "corner"}, "--output-mapping"),
         ({"coarse_alpha": 2.0}, "--coarse-alpha"),
     ):

@@ -75,7 +75,7 @@ def setup(model: str, image_path: Path, threads: int, preset: str | None = None)
 
 def step_ratios(card, network, space, target, steps: int) -> list[tuple]:
     """Per case: (label, median s/step, median floor s, median step/floor ratio, target)."""
-    from AdvSegAttackLib.attacks import make_attack
+    from AdvSegAttackLib.attacks.base import make_attack
     from AdvSegAttackLib.attacks.objective import SegmentationObjective
 
     objective = SegmentationObjective(network, target, card.roi_size, card.overlap, 4)
@@ -115,7 +115,7 @@ def step_ratios(card, network, space, target, steps: int) -> list[tuple]:
 
 
 def peak_memory(model: str, image_path: str, steps: int, threads: int, queue) -> None:
-    from AdvSegAttackLib.attacks import make_attack
+    from AdvSegAttackLib.attacks.base import make_attack
 
     card, network, space, target = setup(model, Path(image_path), threads)
     make_attack("saa", steps=steps).run(

@@ -7,7 +7,7 @@ RSS (whole process: Python, torch, data and weights) is its own:
 
 - `slice`: one 512² slice through all five round trips E_k -> D_k (k = 5..1), the network cost of the
   cascade without the level-4/5 patch matching; median of `--repeats` runs after one warm-up.
-- `organ`: `texture_attack_volume` (AdvSegAttackLib.texture.attack, `TextureConfig` defaults) on one organ of the
+- `organ`: `texture_attack_volume` (AdvSegAttackLib.texture.attack, the catalogue's defaults) on one organ of the
   real CT of ../shared (example_ct, labels btcv13 from TotalSegmentator v1), at working sizes 256² and 512²
   (full-size networks: 256² only by default);
   seconds for the organ and per organ slice.
@@ -70,7 +70,7 @@ def organ_child(weights: str, threads: int, organ: int, working_size: int, queue
     import SimpleITK as sitk
     import torch
 
-    from AdvSegAttackLib.attacks.texture import TextureConfig
+    from AdvSegAttackLib.attacks.catalogue import attack_config
     from AdvSegAttackLib.texture.attack import texture_attack_volume
 
     torch.set_num_threads(threads)
@@ -80,7 +80,7 @@ def organ_child(weights: str, threads: int, organ: int, working_size: int, queue
     label = np.rint(sitk.GetArrayFromImage(labels)).astype(np.uint8)
     spacing = image.GetSpacing()[::-1]
     slices = int((label == organ).any(axis=(1, 2)).sum())
-    config = TextureConfig(working_size=working_size)
+    config = attack_config("texture", working_size=working_size)
     start = time.perf_counter()
     texture_attack_volume(hu, spacing, label, organ, config, networks)
     queue.put((time.perf_counter() - start, slices, _peak_mib()))

@@ -481,7 +481,7 @@ def _cardFields(card) -> tuple[list[str], list[tuple[int, int, int]]]:
 
 
 def _btcvLabels() -> tuple[list[str], list[tuple[int, int, int]]]:
-    from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+    from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 
     return list(BTCV_LABEL_NAMES), [tuple(c) for c in BTCV_LABEL_COLORS]
 

@@ -1,4 +1,4 @@
-"""Attack interface, configuration with units and CLI flags, registry and presets.
+"""Attack interface and `make_attack` (parameters, presets and the registry are in `catalogue`).
 
 Every attack works on a model-space image [1, 1, X, Y, Z] in [0, 1] (Z axial) and returns the adversarial
 image of the same shape; outside `region` it is bit-identical to the input, also in every step.
@@ -6,8 +6,7 @@ image of the same shape; outside `region` it is bit-identical to the input, also
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import importlib
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -17,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import InputError
+from .catalogue import AttackConfig, attack_config, attack_entry
 from .objective import SegmentationObjective
 
 ProgressCallback = Callable[[int, int, float], None]
@@ -24,54 +24,6 @@ ProgressCallback = Callable[[int, int, float], None]
 
 StepHook = Callable[[int, dict[str, torch.Tensor]], None]
 """on_step(step, state): state holds the attack's current tensors (read-only views, e.g. "xi", "adversarial")."""
-
-
-def option(default: Any, flag: str, unit: str, doc: str) -> Any:
-    """A config field with its CLI flag, unit and one-line description (read by `to_dict` and the CLI)."""
-    return field(default=default, metadata={"flag": flag, "unit": unit, "doc": doc})
-
-
-def require(condition: bool, message: str) -> None:
-    """Raise InputError(message) unless condition holds."""
-    if not condition:
-        raise InputError(message)
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_steps(steps: Any) -> None:
-    require(
-        isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1,
-        f"--steps must be an integer >= 1, got {steps!r}.",
-    )
-
-
-def check_block_size(block: Any) -> None:
-    ok = isinstance(block, int) and not isinstance(block, bool) and block >= 2
-    require(ok, f"--block-size must be an integer >= 2 (voxels), got {block!r}.")
-
-
-@dataclass
-class AttackConfig:
-    """Base of the per-attack parameter dataclasses; subclasses validate in `__post_init__`."""
-
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        """{field: {"value", "unit", "flag"}} for provenance."""
-        return {
-            f.name: {
-                "value": getattr(self, f.name),
-                "unit": f.metadata.get("unit", ""),
-                "flag": f.metadata.get("flag"),
-            }
-            for f in dataclasses.fields(self)
-        }
-
-    @classmethod
-    def flags(cls) -> dict[str, str]:
-        """{field name: CLI flag}."""
-        return {f.name: f.metadata["flag"] for f in dataclasses.fields(cls)}
 
 
 @dataclass
@@ -123,18 +75,17 @@ class AttackContext:
 
 
 class Attack(ABC):
-    """An attack family member. Construct with a Config (or its fields as keywords), then `run`."""
+    """An attack family member. Construct with its validated config (or its parameters as keywords), then
+    `run`."""
 
     name: ClassVar[str]
-    Config: ClassVar[type[AttackConfig]]
-    needs_gradient: ClassVar[bool] = True
     source_space: ClassVar[bool] = False
     """True for an attack that works on the source grid in HU (`run_source`) instead of in model space."""
 
     def __init__(self, config: AttackConfig | None = None, **params: Any):
         if config is not None and params:
             raise TypeError("give either a config or keyword parameters, not both.")
-        self.config = config if config is not None else self.Config(**params)
+        self.config = config if config is not None else attack_config(self.name, **params)
 
     def steps(self) -> int:
         return int(getattr(self.config, "steps", 1))
@@ -174,7 +125,8 @@ class Attack(ABC):
                     f"region shape {tuple(region.shape)} differs from image shape {tuple(image.shape)}."
                 )
             region = region.detach().to(device, torch.bool)
-            require(bool(region.any()), "the attack region (--region) contains no voxel.")
+            if not region.any():
+                raise InputError("the attack region (--region) contains no voxel.")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError(f"--seed must be an integer, got {seed!r}.")
         objective = SegmentationObjective(
@@ -212,62 +164,13 @@ class Attack(ABC):
         """Return (adversarial image, attack-specific diagnostics)."""
 
 
-# ------------------------------------------------------------------------------------------------------
-# Registry and presets
-
-ATTACKS: dict[str, type[Attack]] = {}
-
-_SAA_PRESETS: dict[str, dict[str, Any]] = {
-    # What this project was specified with (published argparse defaults / earlier README): the default.
-    "specified": {
-        "rho": 0.2,
-        "steps": 20,
-        "block_size": 32,
-        "lambda_dice": 0.01,
-        "use_ssim_loss": True,
-        "lambda_ssim": 1.0,
-        "step_size": 0.1,
-    },
-    # The authors' final README command line.
-    "authors-final": {
-        "rho": 0.4,
-        "steps": 10,
-        "block_size": 16,
-        "lambda_dice": 0.2,
-        "use_ssim_loss": True,
-        "lambda_ssim": 0.75,
-        "step_size": 0.1,
-    },
-}
-
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {"saa": _SAA_PRESETS, "saa-2d": _SAA_PRESETS}
-"""Named parameter sets per attack (`--preset`); the first of each is the default."""
-
-
-def register(cls: type[Attack]) -> type[Attack]:
-    """Class decorator: add an attack to ATTACKS under its `name`."""
-    ATTACKS[cls.name] = cls
-    return cls
+def attack_class(name: str) -> type[Attack]:
+    """The class that implements attack `name` (imported on first use; see `catalogue.AttackEntry`)."""
+    module, _, cls = attack_entry(name).implementation.partition(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), cls)
 
 
 def make_attack(name: str, preset: str | None = None, **params: Any) -> Attack:
-    """Build an attack by registry name; params (config field names; None = not given) override the preset."""
-    if name not in ATTACKS:
-        raise InputError(f"--attack {name!r} is not known; choose one of {', '.join(sorted(ATTACKS))}.")
-    cls = ATTACKS[name]
-    values: dict[str, Any] = {}
-    if preset is not None:
-        available = PRESETS.get(name, {})
-        if preset not in available:
-            choices = ", ".join(available) if available else "none for this attack"
-            raise InputError(f"--preset {preset!r} is not a preset of --attack {name} ({choices}).")
-        values.update(available[preset])
-    flags = cls.Config.flags()
-    for key, value in params.items():
-        if value is None:
-            continue
-        if key not in flags:
-            flag = "--" + key.replace("_", "-")
-            raise InputError(f"{flag} does not apply to --attack {name}.")
-        values[key] = value
-    return cls(cls.Config(**values))
+    """Build an attack by name; params (config field names; None = not given) override the preset (None:
+    the attack's default preset). Every value is validated by the catalogue (InputError naming the flag)."""
+    return attack_class(name)(attack_config(name, preset, **params))

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-BANDS = ("all", "low", "middle", "high")
+from .catalogue import BANDS
 
 
 @functools.lru_cache(maxsize=64)

@@ -9,49 +9,11 @@ volume, targeted mode is organ removal (see objective.py), and a region confines
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .base import Attack, AttackConfig, AttackContext, check_steps, is_number, option, register, require
-
-EPS_UNIT = "k/255 of the [0, 1] model intensity"
-
-
-def _check_eps(eps: Any) -> None:
-    require(is_number(eps) and 0 < eps <= 255, f"--eps must be in (0, 255] (units of 1/255), got {eps!r}.")
-
-
-def _check_alpha(alpha: Any) -> None:
-    require(
-        is_number(alpha) and 0 < alpha <= 1,
-        f"--alpha must be in (0, 1] ([0, 1] intensity units), got {alpha!r}.",
-    )
-
-
-@dataclass
-class FGSMConfig(AttackConfig):
-    """FGSM parameters."""
-
-    eps: float = option(4.0, "--eps", EPS_UNIT, "L∞ budget and step size")
-
-    def __post_init__(self) -> None:
-        _check_eps(self.eps)
-
-
-@dataclass
-class IterativeConfig(AttackConfig):
-    """BIM / PGD parameters."""
-
-    eps: float = option(4.0, "--eps", EPS_UNIT, "L∞ budget")
-    alpha: float = option(0.01, "--alpha", "[0, 1] model intensity per step", "sign-gradient step size")
-    steps: int = option(20, "--steps", "iterations (one model forward+backward each)", "number of steps")
-
-    def __post_init__(self) -> None:
-        _check_eps(self.eps)
-        _check_alpha(self.alpha)
-        check_steps(self.steps)
+from .base import Attack, AttackContext
 
 
 class _SignGradient(Attack):
@@ -78,29 +40,23 @@ class _SignGradient(Attack):
         return adversarial, {"eps": eps}
 
 
-@register
 class FGSM(_SignGradient):
     """Fast gradient sign method: x + ε·sign ∇, one step."""
 
     name = "fgsm"
-    Config = FGSMConfig
 
     def _step_size(self) -> float:
         return self.config.eps / 255.0
 
 
-@register
 class BIM(_SignGradient):
     """Basic iterative method: FGSM steps of α, projected to the ε-ball and [0, 1]."""
 
     name = "bim"
-    Config = IterativeConfig
 
 
-@register
 class PGD(_SignGradient):
     """Projected gradient descent (ascent): BIM from a uniform random start in [−ε, ε]."""
 
     name = "pgd"
-    Config = IterativeConfig
     random_start = True

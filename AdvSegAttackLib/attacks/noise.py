@@ -2,34 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from .base import Attack, AttackConfig, AttackContext, is_number, option, register, require
+from .base import Attack, AttackContext
 
 
-@dataclass
-class GaussianNoiseConfig(AttackConfig):
-    """Gaussian-noise parameters."""
-
-    std: float = option(4.0, "--std", "k/255 of the [0, 1] model intensity", "noise standard deviation")
-
-    def __post_init__(self) -> None:
-        require(
-            is_number(self.std) and 0 < self.std <= 255,
-            f"--std must be in (0, 255] (units of 1/255), got {self.std!r}.",
-        )
-
-
-@register
 class GaussianNoise(Attack):
     """x + σ·N(0, 1), seeded; the reported loss is the DiceCE of the result (forward passes only)."""
 
     name = "gn"
-    Config = GaussianNoiseConfig
-    needs_gradient = False
 
     def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:
         std = self.config.std / 255.0

@@ -26,68 +26,14 @@ As published: the model sees x_adv unclamped during the steps; the SSIM is clipp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import dct
-from .base import (
-    Attack,
-    AttackConfig,
-    AttackContext,
-    check_block_size,
-    check_steps,
-    is_number,
-    option,
-    register,
-    require,
-)
+from .base import Attack, AttackContext
 from .box import block_box, paste, ssim_box
 from .fast_ssim import ReferenceSSIM
-
-BAND_ALIASES = {"mid": "middle"}
-
-
-@dataclass
-class SAAConfig(AttackConfig):
-    """SAA parameters; defaults = preset "specified"."""
-
-    rho: float = option(
-        0.2, "--rho", "relative DCT-coefficient change (ξ ∈ [1−ρ, 1+ρ])", "bound of |ξ − 1|, in (0, 1)"
-    )
-    steps: int = option(20, "--steps", "iterations (one model forward+backward each)", "number of ξ updates")
-    block_size: int = option(
-        32, "--block-size", "voxels (block edge)", "DCT block edge (cube; square for saa-2d)"
-    )
-    lambda_dice: float = option(0.01, "--lambda-dice", "dimensionless weight", "weight of DiceCE in the loss")
-    use_ssim_loss: bool = option(True, "--use-ssim-loss", "on/off", "add λ_ssim·(1 − SSIM3D) to the loss")
-    lambda_ssim: float = option(1.0, "--lambda-ssim", "dimensionless weight", "weight of (1 − SSIM3D)")
-    step_size: float = option(0.1, "--step-size", "ξ units per step (η)", "sign-gradient step on ξ")
-    band: str = option("all", "--band", "DCT band: all, low, middle, high", "which coefficients may change")
-
-    def __post_init__(self) -> None:
-        require(is_number(self.rho) and 0 < self.rho < 1, f"--rho must be in (0, 1), got {self.rho!r}.")
-        check_steps(self.steps)
-        check_block_size(self.block_size)
-        require(
-            is_number(self.lambda_dice) and self.lambda_dice > 0,
-            f"--lambda-dice must be > 0, got {self.lambda_dice!r}.",
-        )
-        require(
-            isinstance(self.use_ssim_loss, bool),
-            f"--use-ssim-loss must be true or false, got {self.use_ssim_loss!r}.",
-        )
-        require(
-            is_number(self.lambda_ssim) and self.lambda_ssim >= 0,
-            f"--lambda-ssim must be >= 0, got {self.lambda_ssim!r}.",
-        )
-        require(
-            is_number(self.step_size) and self.step_size > 0,
-            f"--step-size must be > 0, got {self.step_size!r}.",
-        )
-        self.band = BAND_ALIASES.get(self.band, self.band)
-        require(self.band in dct.BANDS, f"--band must be one of {', '.join(dct.BANDS)}, got {self.band!r}.")
 
 
 class SpectralNoise:
@@ -124,11 +70,10 @@ class SpectralNoise:
 
 
 class _SAA(Attack):
-    Config = SAAConfig
     dims = 3
 
     def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:
-        cfg: SAAConfig = self.config
+        cfg = self.config
         noise = SpectralNoise(ctx.image, ctx.region, cfg.block_size, self.dims, cfg.band)
         rho = cfg.rho
         xi = ctx.uniform(noise.shape, 1 - rho, 1 + rho).requires_grad_(True)
@@ -162,7 +107,6 @@ class _SAA(Attack):
         return adversarial, stats
 
 
-@register
 class SAA3D(_SAA):
     """SAA with 3-D DCT blocks (b×b×b)."""
 
@@ -170,7 +114,6 @@ class SAA3D(_SAA):
     dims = 3
 
 
-@register
 class SAA2D(_SAA):
     """SAA with 2-D DCT blocks (b×b) of every axial slice; the SSIM term stays 3-D."""
 

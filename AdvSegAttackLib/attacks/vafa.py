@@ -28,23 +28,12 @@ Deliberate differences from the published code:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import dct
-from .base import (
-    Attack,
-    AttackConfig,
-    AttackContext,
-    check_block_size,
-    check_steps,
-    is_number,
-    option,
-    register,
-    require,
-)
+from .base import Attack, AttackContext
 from .box import block_box, paste
 from .fast_ssim import ReferenceSSIM
 
@@ -64,63 +53,6 @@ def soft_round(x: torch.Tensor, alpha: float) -> torch.Tensor:
 def alpha_at(step_index: int, steps: int) -> float:
     """Temperature of step `step_index` (0-based): linear from 0.1 towards ~0, 0.1/steps at the last step."""
     return ALPHA_START + step_index * (ALPHA_END - ALPHA_START) / steps
-
-
-@dataclass
-class _VAFAConfig(AttackConfig):
-    q_max: float = option(20.0, "--q-max", "quantisation step, 0–255 DCT scale", "upper bound of q")
-    q_min: float | None = option(
-        None, "--q-min", "quantisation step, 0–255 DCT scale", "lower bound (5 code, 1 paper)"
-    )
-    q_init: str = option(
-        "max", "--q-init", "'max' (code: start q_max) or 'one' (paper: start 1)", "start of q"
-    )
-    block_size: int = option(
-        32, "--block-size", "voxels (block edge)", "DCT block edge (cube; square for 2-D)"
-    )
-
-    def _validate_common(self) -> None:
-        require(self.q_init in ("max", "one"), f"--q-init must be 'max' or 'one', got {self.q_init!r}.")
-        require(is_number(self.q_max) and self.q_max >= 1, f"--q-max must be >= 1, got {self.q_max!r}.")
-        if self.q_min is None:
-            self.q_min = 5.0 if self.q_init == "max" else 1.0
-        require(is_number(self.q_min) and self.q_min > 0, f"--q-min must be > 0, got {self.q_min!r}.")
-        require(self.q_min <= self.q_max, f"--q-min ({self.q_min}) must not exceed --q-max ({self.q_max}).")
-        if self.q_init == "one":
-            require(self.q_min <= 1, f"--q-min must be <= 1 with --q-init one, got {self.q_min}.")
-        self.q_max, self.q_min = float(self.q_max), float(self.q_min)
-        check_block_size(self.block_size)
-        check_steps(self.steps)
-
-
-@dataclass
-class VAFAConfig(_VAFAConfig):
-    """VAFA (3-D) parameters."""
-
-    steps: int = option(20, "--steps", "iterations (one model forward+backward each)", "number of q updates")
-    use_ssim_loss: bool = option(True, "--use-ssim-loss", "on/off", "add 1 − blockwise SSIM3D to the loss")
-
-    def __post_init__(self) -> None:
-        self._validate_common()
-        require(
-            isinstance(self.use_ssim_loss, bool),
-            f"--use-ssim-loss must be true or false, got {self.use_ssim_loss!r}.",
-        )
-        if self.use_ssim_loss:
-            require(
-                self.block_size >= 3,
-                f"--block-size must be >= 3 with --use-ssim-loss (3-voxel SSIM window), got {self.block_size}.",
-            )
-
-
-@dataclass
-class VAFA2DConfig(_VAFAConfig):
-    """VAFA-2D parameters (no SSIM term, as published)."""
-
-    steps: int = option(10, "--steps", "iterations (one model forward+backward each)", "number of q updates")
-
-    def __post_init__(self) -> None:
-        self._validate_common()
 
 
 class Quantiser:
@@ -216,19 +148,15 @@ class _VAFA(Attack):
         return adversarial, stats
 
 
-@register
 class VAFA3D(_VAFA):
     """VAFA with 3-D DCT blocks and the blockwise SSIM term."""
 
     name = "vafa"
-    Config = VAFAConfig
     dims = 3
 
 
-@register
 class VAFA2D(_VAFA):
     """VAFA with 2-D DCT blocks of every axial slice, no SSIM term."""
 
     name = "vafa-2d"
-    Config = VAFA2DConfig
     dims = 2

@@ -3,7 +3,7 @@
 Method (Lee et al., "Adversarial Attacks on Medical Segmentation Model via Transformation of Feature
 Statistics", Appl. Sci. 2024, 14(6) 2576; built on Texture Reformer), as this project runs it:
 
-1. Every axial slice that the organ occupies is windowed (`window_low_hu`..`window_high_hu`, published
+1. Every axial slice that the organ occupies is windowed (`window_low`..`window_high`, published
    -135..215 HU) to [0, 1], resized from its own in-plane size to `working_size`² (published 256²) and made
    3-channel. Its semantic map is the label map of that slice (label v -> grey v/14, unlabelled body ->
    14/14, air -> 0, as published), so the reformation matches organ with organ.
@@ -158,7 +158,7 @@ class TextureCascade:
         self.hu = hu_volume
         mask = organ_mask(label_volume, organ, organ_name)
         self.weight = feathered_weight(mask, spacing_mm, config.feather_mm)
-        self.low, self.high = float(config.window_low_hu), float(config.window_high_hu)
+        self.low, self.high = float(config.window_low), float(config.window_high)
         # Slices first: [Z, Y, X] views along the axial axis.
         hu_slices = np.moveaxis(hu_volume, self.axial_axis, 0)
         label_slices = np.moveaxis(label_volume, self.axial_axis, 0)
@@ -327,7 +327,7 @@ def texture_attack_volume(
     """(adversarial HU volume in the source's dtype, diagnostics) of the texture attack on one organ.
 
     `hu_volume`/`label_volume`: arrays of one shape (SimpleITK order (z, y, x) with axial_axis 0);
-    `spacing_mm` in the same axis order; `config`: a `TextureConfig`; `autoencoders`: `TextureAutoencoders`.
+    `spacing_mm` in the same axis order; `config`: the texture attack's `AttackConfig`; `autoencoders`: `TextureAutoencoders`.
     """
     cascade = TextureCascade(
         hu_volume,
