@@ -5,7 +5,7 @@ and this file runs on Python 3.9 up to that check (`make lint` checks it with ve
 The attack runs in a child process (``PythonSlicer -m AdvSegAttackLib.cli attack ... --progress jsonl``),
 so the application stays responsive and Cancel kills it; the results are loaded on the main thread.
 Export runs the engine's ``export`` the same way (one `EngineProcess` class for both). The "Reader study"
-section is the blinded reader mode (`AdvSegAttackReaderLogic`; engine: `AdvSegAttackLib.reader_session`;
+section is the blinded reader mode (`AdvSegAttackReaderLogic`; engine: `AdvSegAttackLib.studies.reader_session`;
 scene: `AdvSegAttackSceneLib.reader`), with the attack panels hidden.
 Nothing heavy happens at import: torch, MONAI and the engine are only needed by the child process, and
 missing packages are installed (with the user's consent, torch and Slicer's own packages held as they are)
@@ -1495,7 +1495,7 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
 class AdvSegAttackReaderLogic:
     """The blinded reader mode: one case of a reader session at a time, under its neutral ID only.
 
-    The session (order, answers, resume) is the engine's `AdvSegAttackLib.reader_session.ReaderSession`;
+    The session (order, answers, resume) is the engine's `AdvSegAttackLib.studies.reader_session.ReaderSession`;
     the scene side is `AdvSegAttackSceneLib.reader`. This class ties them to the application: it clears
     the scene, switches the layout and the slice-view annotations, and times each case.
     """
@@ -1529,7 +1529,7 @@ class AdvSegAttackReaderLogic:
     @staticmethod
     def organChoices() -> list:
         ensureEngineImportable()
-        from AdvSegAttackLib.reader_session import ORGAN_CHOICES
+        from AdvSegAttackLib.studies.reader_session import ORGAN_CHOICES
 
         return list(ORGAN_CHOICES)
 
@@ -1547,7 +1547,7 @@ class AdvSegAttackReaderLogic:
             raise ValueError(UNSUPPORTED_REASON)
         ensureEngineImportable()
         from AdvSegAttackLib.errors import InputError
-        from AdvSegAttackLib.reader_session import ReaderSession
+        from AdvSegAttackLib.studies.reader_session import ReaderSession
 
         self.stop()
         if not str(sessionDir).strip():
@@ -1823,8 +1823,8 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Reader mode")
         logic = AdvSegAttackReaderLogic()
         ensureEngineImportable()
-        from AdvSegAttackLib.io import sha256_file
-        from AdvSegAttackLib.session import build_session, load_key, ratings_path
+        from AdvSegAttackLib.studies.session import build_session, load_key, ratings_path
+        from AdvSegAttackLib.volumes.io import sha256_file
 
         root = tempfile.mkdtemp(prefix="AdvSegAttackReader-", dir=slicer.app.temporaryPath)
         try:
@@ -1925,7 +1925,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
                 "Skipping the end-to-end attack: torch or engine dependencies are not installed"
             )
             return
-        from AdvSegAttackLib.phantom import write_phantom
+        from AdvSegAttackLib.volumes.phantom import write_phantom
 
         self.delayDisplay("Attacking a phantom with abdomen-unet")
         phantomDir = tempfile.mkdtemp(prefix="AdvSegAttackPhantom-", dir=slicer.app.temporaryPath)
@@ -1963,7 +1963,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
             return
         import psutil
 
-        from AdvSegAttackLib.phantom import write_phantom
+        from AdvSegAttackLib.volumes.phantom import write_phantom
 
         self.delayDisplay("Cancelling an attack")
         phantomDir = tempfile.mkdtemp(prefix="AdvSegAttackCancel-", dir=slicer.app.temporaryPath)

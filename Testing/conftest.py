@@ -53,7 +53,7 @@ def msd_spleen() -> tuple[Path, Path]:
 
 def save_tiny_model(folder: Path, spacing_mm: float, roi: int) -> Path:
     """A randomly initialised, very small UNet card (for pipeline plumbing, not for accuracy)."""
-    from AdvSegAttackLib.cards import ModelCard, save_model
+    from AdvSegAttackLib.models.cards import ModelCard, save_model
 
     card = ModelCard(
         name="tiny",
@@ -117,8 +117,8 @@ def write_case_folder(
     import SimpleITK as sitk
 
     from AdvSegAttackLib import __version__
-    from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
     from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+    from AdvSegAttackLib.volumes.io import read_image, sha256_file, write_image, write_segmentation
 
     folder.mkdir(parents=True)
     image = read_image(source)

@@ -14,21 +14,21 @@ from conftest import REPO, save_tiny_model
 from safetensors.torch import load_file
 from scipy.fft import dctn
 
-from AdvSegAttackLib.adversarial_training import (
+from AdvSegAttackLib.attacks.base import make_attack
+from AdvSegAttackLib.attacks.objective import dice_ce
+from AdvSegAttackLib.cli import main
+from AdvSegAttackLib.errors import InputError
+from AdvSegAttackLib.models.cards import load_model
+from AdvSegAttackLib.training.adversarial import (
     AdversarialTraining,
     CropAttacker,
     frequency_regularisation,
     training_attacks,
 )
-from AdvSegAttackLib.attacks.base import make_attack
-from AdvSegAttackLib.attacks.objective import dice_ce
-from AdvSegAttackLib.cards import load_model
-from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.io import read_image, read_label, sha256_file
-from AdvSegAttackLib.phantom import make_phantom
-from AdvSegAttackLib.preprocess import to_model_space
-from AdvSegAttackLib.train import STATE_FILE, TrainConfig, TrainingCase, train
+from AdvSegAttackLib.training.supervised import STATE_FILE, TrainConfig, TrainingCase, train
+from AdvSegAttackLib.volumes.io import read_image, read_label, sha256_file
+from AdvSegAttackLib.volumes.phantom import make_phantom
+from AdvSegAttackLib.volumes.preprocess import to_model_space
 
 
 def test_frequency_regulariser_is_its_formula_and_zero_without_change():
@@ -171,11 +171,11 @@ DDP_DRIVER = textwrap.dedent(
     import torch
     from safetensors.torch import save_file
 
-    from AdvSegAttackLib.adversarial_training import AdversarialTraining
-    from AdvSegAttackLib.cards import load_model
-    from AdvSegAttackLib.distributed import init_distributed, shutdown
-    from AdvSegAttackLib.phantom import make_phantom
-    from AdvSegAttackLib.train import TrainConfig, TrainingCase, train
+    from AdvSegAttackLib.training.adversarial import AdversarialTraining
+    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.datasets.distributed import init_distributed, shutdown
+    from AdvSegAttackLib.volumes.phantom import make_phantom
+    from AdvSegAttackLib.training.supervised import TrainConfig, TrainingCase, train
 
     torch.set_num_threads(1)
     init, out, steps = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])

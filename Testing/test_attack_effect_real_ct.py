@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from AdvSegAttackLib.attacks.base import make_attack
-from AdvSegAttackLib.cards import load_model
-from AdvSegAttackLib.io import read_image, read_label
-from AdvSegAttackLib.metrics import dice_per_label
-from AdvSegAttackLib.preprocess import to_model_space
-from AdvSegAttackLib.segment import predict_labels
+from AdvSegAttackLib.evaluation.metrics import dice_per_label
+from AdvSegAttackLib.models.cards import load_model
+from AdvSegAttackLib.models.segment import predict_labels
+from AdvSegAttackLib.volumes.io import read_image, read_label
+from AdvSegAttackLib.volumes.preprocess import to_model_space
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from conftest import save_tiny_model
 from test_io import assert_same_geometry
 
-from AdvSegAttackLib.casefolder import read_case
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.io import read_image, read_label
+from AdvSegAttackLib.evaluation.casefolder import read_case
+from AdvSegAttackLib.volumes.io import read_image, read_label
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_metrics_and_provenance(organ_case, real_ct_small, tiny_model):
     assert perturbation["ssim_3d"] > 0.95 and perturbation["region"]["bbox"]
     assert set(metrics["seconds"]) >= {"load", "segment_clean", "attack", "write", "segment_adv", "metrics"}
     provenance = case.load_provenance()
-    from AdvSegAttackLib.io import sha256_file
+    from AdvSegAttackLib.volumes.io import sha256_file
 
     assert provenance["input"]["sha256"] == sha256_file(real_ct_small)
     assert provenance["model"]["weights_sha256"] == sha256_file(tiny_model.parent / "model.safetensors")

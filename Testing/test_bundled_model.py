@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import SimpleITK as sitk
 
-from AdvSegAttackLib.cards import bundled_models, load_model, weights_path
-from AdvSegAttackLib.io import read_image, read_label, sha256_file
-from AdvSegAttackLib.metrics import segmentation_report
-from AdvSegAttackLib.phantom import make_phantom
-from AdvSegAttackLib.segment import segment_image
+from AdvSegAttackLib.evaluation.metrics import segmentation_report
+from AdvSegAttackLib.models.cards import bundled_models, load_model, weights_path
+from AdvSegAttackLib.models.segment import segment_image
+from AdvSegAttackLib.volumes.io import read_image, read_label, sha256_file
+from AdvSegAttackLib.volumes.phantom import make_phantom
 
 MODEL = "abdomen-unet"
 

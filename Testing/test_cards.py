@@ -10,7 +10,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from AdvSegAttackLib.cards import (
+from AdvSegAttackLib.cli import main
+from AdvSegAttackLib.errors import InputError
+from AdvSegAttackLib.models.cards import (
     PRESETS,
     TRUST_TORCHSCRIPT_HELP,
     ModelCard,
@@ -19,9 +21,7 @@ from AdvSegAttackLib.cards import (
     load_weights_only,
     save_model,
 )
-from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.io import write_image
+from AdvSegAttackLib.volumes.io import write_image
 
 
 def small_card(**overrides) -> ModelCard:
@@ -323,7 +323,7 @@ def test_swin_unetr_btcv_shaped_bundle_is_read_as_data(tmp_path):
     folder = tmp_path / "swin_unetr_btcv_segmentation"
     (folder / "configs").mkdir(parents=True)
     (folder / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
-    from AdvSegAttackLib.cards import _bundle_card as read_bundle
+    from AdvSegAttackLib.models.cards import _bundle_card as read_bundle
 
     card, weights = read_bundle(folder)
     assert card.architecture == "swin-unetr" and card.num_classes == 14

@@ -14,7 +14,7 @@ import slicerio
 from conftest import save_tiny_model
 
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.io import read_image, write_image
+from AdvSegAttackLib.volumes.io import read_image, write_image
 
 
 @pytest.fixture(scope="module")

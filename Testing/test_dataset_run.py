@@ -15,9 +15,9 @@ import SimpleITK as sitk
 from conftest import save_tiny_model
 
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.datalist import load_cases, read_datalist, read_folder
+from AdvSegAttackLib.datasets.datalist import load_cases, read_datalist, read_folder
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.phantom import make_phantom, write_phantom
+from AdvSegAttackLib.volumes.phantom import make_phantom, write_phantom
 
 PHANTOM = {"shape": (36, 32, 30), "spacing": (6.0, 6.0, 6.0)}  # 216 x 192 x 180 mm, the phantom's field
 
@@ -398,7 +398,7 @@ def test_a_bad_datalist_item_never_deletes_a_finished_case(attacked, dataset, ti
 
 
 def test_clearing_a_case_touches_only_its_own_folders(tmp_path):
-    from AdvSegAttackLib.dataset_run import _clear_case_dir
+    from AdvSegAttackLib.datasets.runs import _clear_case_dir
 
     cases = tmp_path / "cases"
     for folder in ("finished", ".finished.staging-1", "*", ".*.staging-2"):

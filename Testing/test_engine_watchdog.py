@@ -76,7 +76,7 @@ def events(path: Path) -> list[dict]:
 @pytest.mark.slow  # 10-20 s each: the engine imports torch and MONAI before the attack starts
 @pytest.mark.parametrize("killed", ["slicer", "launcher"])
 def test_engine_stops_and_leaves_nothing_when_its_parent_is_killed(killed, tmp_path):
-    from AdvSegAttackLib.phantom import write_phantom
+    from AdvSegAttackLib.volumes.phantom import write_phantom
 
     image, _label = write_phantom(0, tmp_path / "phantom", shape=(24, 24, 12), spacing=(6.0, 6.0, 6.0))
     model = save_tiny_model(tmp_path / "model", spacing_mm=6.0, roi=16)

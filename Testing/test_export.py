@@ -24,7 +24,7 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.export import (
+from AdvSegAttackLib.studies.export import (
     DICOM_FOLDER,
     EXPORT_FORMATS,
     MANIPULATED_NOTE,
@@ -36,7 +36,7 @@ from AdvSegAttackLib.export import (
     sop_class_uid,
     write_dicom_series,
 )
-from AdvSegAttackLib.io import read_image, sha256_file, write_image, write_segmentation
+from AdvSegAttackLib.volumes.io import read_image, sha256_file, write_image, write_segmentation
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 

@@ -9,7 +9,8 @@ import pytest
 import SimpleITK as sitk
 
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.io import (
+from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
+from AdvSegAttackLib.volumes.io import (
     covers_same_space,
     read_image,
     read_label,
@@ -17,7 +18,6 @@ from AdvSegAttackLib.io import (
     write_image,
     write_segmentation,
 )
-from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 
 
 def oblique_volume(size=(40, 36, 24), spacing=(0.8, 0.9, 2.5)) -> sitk.Image:

@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.io import read_label, write_segmentation
 from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES, find_organ, normalise_organ_name, organ_index
+from AdvSegAttackLib.volumes.io import read_label, write_segmentation
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 

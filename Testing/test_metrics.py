@@ -1,4 +1,4 @@
-"""Tests of AdvSegAttackLib.metrics: Dice, HD95, segmentation and perturbation reports (skimage as reference)."""
+"""Tests of AdvSegAttackLib.evaluation.metrics: Dice, HD95, segmentation and perturbation reports (skimage as reference)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from AdvSegAttackLib import metrics
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.metrics import (
+from AdvSegAttackLib.evaluation import metrics
+from AdvSegAttackLib.evaluation.metrics import (
     dice_per_label,
     hd95_per_label,
     perturbation_report,
     segmentation_report,
 )
-from AdvSegAttackLib.ssim import ssim_map_uniform
+from AdvSegAttackLib.evaluation.ssim import ssim_map_uniform
 
 skm = pytest.importorskip("skimage.metrics")
 

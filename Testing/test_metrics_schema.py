@@ -15,7 +15,7 @@ from conftest import save_tiny_model
 
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES
-from AdvSegAttackLib.phantom import write_phantom
+from AdvSegAttackLib.volumes.phantom import write_phantom
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "AdvSegAttack"
 
@@ -30,7 +30,7 @@ def strict_json(path: Path):
 
 
 def test_organ_metrics_leave_organs_absent_from_the_reference_undefined():
-    from AdvSegAttackLib.metrics import organ_metrics
+    from AdvSegAttackLib.evaluation.metrics import organ_metrics
 
     reference = np.zeros((12, 12, 12), np.uint8)
     reference[2:6, 2:6, 2:6] = 1  # spleen
@@ -160,7 +160,7 @@ def test_scene_tables_and_export_readme_follow_the_schema(runs, tmp_path):
 
 
 def test_model_card_json_is_strict(tmp_path):
-    from AdvSegAttackLib.cards import ModelCard
+    from AdvSegAttackLib.models.cards import ModelCard
 
     card = ModelCard(
         name="c", architecture="unet", provenance={"training": {"validation_dice": {"mean": float("nan")}}}

@@ -18,9 +18,9 @@ import pytest
 from conftest import save_tiny_model
 from test_train import TINY
 
+from AdvSegAttackLib.attacks.texture.weights import BUNDLED_NAME, texture_models_dir
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.phantom import write_phantom
-from AdvSegAttackLib.texture.weights import BUNDLED_NAME, texture_models_dir
+from AdvSegAttackLib.volumes.phantom import write_phantom
 
 PHANTOM = {"shape": (36, 32, 30), "spacing": (6.0, 6.0, 6.0)}
 COMMANDS = (

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES
-from AdvSegAttackLib.phantom import make_phantom, organ_centroids, write_phantom
+from AdvSegAttackLib.volumes.phantom import make_phantom, organ_centroids, write_phantom
 
 ORGAN = {name: value for value, name in enumerate(BTCV_LABEL_NAMES)}
 SMALL = {"shape": (64, 56, 48), "spacing": (6.0, 6.0, 6.0)}

@@ -7,9 +7,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from AdvSegAttackLib.cards import ModelCard
-from AdvSegAttackLib.io import read_image, read_label
-from AdvSegAttackLib.preprocess import to_model_space
+from AdvSegAttackLib.models.cards import ModelCard
+from AdvSegAttackLib.volumes.io import read_image, read_label
+from AdvSegAttackLib.volumes.preprocess import to_model_space
 
 
 def card(spacing=(3.0, 3.0, 3.0), window=(-175.0, 250.0)) -> ModelCard:
@@ -162,7 +162,7 @@ def dicom_series_with_rescale(image: sitk.Image, folder, slope: float, intercept
 def test_dicom_with_a_rescale_slope_stays_on_its_value_lattice(real_ct_small, tmp_path):
     """Stored values x 0.3 HU - 1024.5 (a DICOM rescale): the attacked voxels stay on that lattice, and any value
     the source holds is written with the source's exact float representation."""
-    from AdvSegAttackLib.export import encode_pixels
+    from AdvSegAttackLib.studies.export import encode_pixels
 
     hu = sitk.Cast(read_image(real_ct_small)[:, :, 10:16], sitk.sitkFloat64)
     stored = sitk.Cast(sitk.Round((hu + 1024.5) / 0.3), sitk.sitkInt16)  # HU to within 0.15

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from AdvSegAttackLib.evaluation.preview import MIN_DELTA_E, preview_figure, write_preview
 from AdvSegAttackLib.models.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
-from AdvSegAttackLib.phantom import make_phantom
-from AdvSegAttackLib.preview import MIN_DELTA_E, preview_figure, write_preview
+from AdvSegAttackLib.volumes.phantom import make_phantom
 
 matplotlib.use("Agg")
 WINDOW = (-175.0, 250.0)
@@ -35,7 +35,7 @@ def _lps_slices_changed(clean: sitk.Image, adv: sitk.Image) -> np.ndarray:
 def real_case(real_ct_small, real_ct_small_labels):
     """The real CT, its label map as the clean prediction, and an 'attacked' prediction that loses part of the
     liver on three slices (most on file slice 20) and gains stomach voxels on another."""
-    from AdvSegAttackLib.io import read_image, read_label
+    from AdvSegAttackLib.volumes.io import read_image, read_label
 
     image, labels = read_image(real_ct_small), read_label(real_ct_small_labels)
     clean = sitk.GetArrayFromImage(labels)
@@ -108,7 +108,7 @@ def test_orientation_markers_in_every_panel(real_case):
 
 
 def test_titles_do_not_overlap_on_512_slices(real_ct_small, tmp_path):
-    from AdvSegAttackLib.io import read_image
+    from AdvSegAttackLib.volumes.io import read_image
 
     image = read_image(real_ct_small)[:, :, 10:14]
     grid = sitk.Image([512, 512, 4], sitk.sitkUInt8)

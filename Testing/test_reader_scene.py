@@ -23,8 +23,8 @@ for _path in (REPO, MODULE_DIR):
 from conftest import application_scene  # noqa: E402
 from test_reader_session import make_cases  # noqa: E402
 
-from AdvSegAttackLib.reader_session import ReaderSession  # noqa: E402
-from AdvSegAttackLib.session import build_session, load_key  # noqa: E402
+from AdvSegAttackLib.studies.reader_session import ReaderSession  # noqa: E402
+from AdvSegAttackLib.studies.session import build_session, load_key  # noqa: E402
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
@@ -187,7 +187,7 @@ def test_real_ct_keeps_its_voxels_and_geometry_in_reader_mode(mrml, real_ct_smal
 
     import SimpleITK as sitk
 
-    from AdvSegAttackLib.io import sha256_file
+    from AdvSegAttackLib.volumes.io import sha256_file
 
     slicer, scene, reader = mrml
     source = sitk.ReadImage(str(real_ct_small))

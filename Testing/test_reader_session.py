@@ -1,4 +1,4 @@
-"""One reader's side of a session (`AdvSegAttackLib.reader_session`): resume, crash safety, isolation."""
+"""One reader's side of a session (`AdvSegAttackLib.studies.reader_session`): resume, crash safety, isolation."""
 
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ import SimpleITK as sitk
 from conftest import engine_cli as main
 
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.io import sha256_file
-from AdvSegAttackLib.reader_session import ORGAN_CHOICES, ReaderSession, case_file
-from AdvSegAttackLib.session import (
+from AdvSegAttackLib.studies.reader_session import ORGAN_CHOICES, ReaderSession, case_file
+from AdvSegAttackLib.studies.session import (
     RatingsWarning,
     build_session,
     handout,
@@ -27,6 +26,7 @@ from AdvSegAttackLib.session import (
     load_order,
     ratings_path,
 )
+from AdvSegAttackLib.volumes.io import sha256_file
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
@@ -311,7 +311,7 @@ def test_half_written_line_is_ignored_with_a_warning_and_repaired(session):
 READER_PROCESS = textwrap.dedent(
     """
     import sys, time
-    from AdvSegAttackLib.reader_session import ReaderSession
+    from AdvSegAttackLib.studies.reader_session import ReaderSession
     session, name, pause = sys.argv[1], sys.argv[2], float(sys.argv[3])
     reader = ReaderSession.open(session, name)
     print("open", flush=True)

@@ -12,7 +12,7 @@ from scipy import stats
 from test_session import make_case, make_source
 
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.reader_stats import (
+from AdvSegAttackLib.studies.reader_stats import (
     _roc_figure,
     agreement,
     agreement_with_notes,
@@ -28,7 +28,7 @@ from AdvSegAttackLib.reader_stats import (
     rating_score,
     tost_binomial,
 )
-from AdvSegAttackLib.session import build_session, load_key, load_order, ratings_path
+from AdvSegAttackLib.studies.session import build_session, load_key, load_order, ratings_path
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 

@@ -19,8 +19,7 @@ import SimpleITK as sitk
 from conftest import engine_cli as main
 
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.io import sha256_file
-from AdvSegAttackLib.session import (
+from AdvSegAttackLib.studies.session import (
     RatingsWarning,
     append_rating,
     build_session,
@@ -31,6 +30,7 @@ from AdvSegAttackLib.session import (
     read_ratings,
     verify_session,
 )
+from AdvSegAttackLib.volumes.io import sha256_file
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
@@ -214,7 +214,7 @@ def test_build_reads_no_freed_image(tmp_path):
     ]
     out = tmp_path / "S"
     # the build alone, without the command line's torch import (slow with this allocator setting)
-    build = "import sys; from AdvSegAttackLib.session import build_session as b; b(sys.argv[2:], 2, 1, sys.argv[1])"
+    build = "import sys; from AdvSegAttackLib.studies.session import build_session as b; b(sys.argv[2:], 2, 1, sys.argv[1])"
     result = subprocess.run(
         [sys.executable, "-c", build, str(out), *map(str, cases)],
         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"},
@@ -291,7 +291,7 @@ def test_half_written_line_ignored_then_repaired(fresh):
 KILLED_READER = textwrap.dedent(
     """
     import sys, time
-    from AdvSegAttackLib.session import append_rating, next_case
+    from AdvSegAttackLib.studies.session import append_rating, next_case
     session = sys.argv[1]
     while (case_id := next_case(session, "reader1")) is not None:
         append_rating(session, "reader1", case_id, "real", 3, 1.0)
@@ -350,7 +350,7 @@ def test_two_readers_appending_at_once(fresh):
 BUILDER = textwrap.dedent(
     """
     import sys
-    from AdvSegAttackLib.session import build_session
+    from AdvSegAttackLib.studies.session import build_session
     build_session(sys.argv[2:], readers=2, seed=0, out=sys.argv[1], never_both=True)
     """
 )
@@ -414,7 +414,7 @@ def test_staging_folder_of_a_live_builder_is_kept(heavy_cases, cases, tmp_path):
 def test_which_staging_folders_are_removed(tmp_path):
     import psutil
 
-    from AdvSegAttackLib.staging import StagingWarning, host_tag, remove_abandoned_staging
+    from AdvSegAttackLib.volumes.staging import StagingWarning, host_tag, remove_abandoned_staging
 
     me = psutil.Process()
     started = round(me.create_time() * 100)
@@ -444,14 +444,14 @@ def test_any_staged_output_removes_staging_folders_of_killed_writers(tmp_path):
     next staged output in the same parent removes (a live writer's folder stays)."""
     import psutil
 
-    from AdvSegAttackLib.io import staged_output_dir
-    from AdvSegAttackLib.staging import host_tag
+    from AdvSegAttackLib.volumes.io import staged_output_dir
+    from AdvSegAttackLib.volumes.staging import host_tag
 
     writer = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import sys; from AdvSegAttackLib.staging import make_staging_dir; "
+            "import sys; from AdvSegAttackLib.volumes.staging import make_staging_dir; "
             "print(make_staging_dir(sys.argv[1], 'staging'), flush=True); import time; time.sleep(60)",
             str(tmp_path / "case"),
         ],

@@ -24,15 +24,8 @@ from test_session import make_case, make_source
 
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.phantom import make_phantom
-from AdvSegAttackLib.session import (
-    Item,
-    assign_ids,
-    build_session,
-    handout,
-    load_key,
-    plan_orders,
-)
+from AdvSegAttackLib.studies.session import Item, assign_ids, build_session, handout, load_key, plan_orders
+from AdvSegAttackLib.volumes.phantom import make_phantom
 
 CHANCE = 0.5
 NIFTI_HEADER = 352  # bytes of a NIfTI-1 single file header with its extension flag

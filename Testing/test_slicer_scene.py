@@ -89,7 +89,7 @@ def expectedIJKToRAS() -> np.ndarray:
 def caseData(tmp_path_factory):
     """A source CT (NRRD) and the case folder an attack on it would write."""
     sitk = pytest.importorskip("SimpleITK")
-    from AdvSegAttackLib.io import write_segmentation
+    from AdvSegAttackLib.volumes.io import write_segmentation
 
     root = tmp_path_factory.mktemp("advseg_case")
     rng = np.random.default_rng(0)
@@ -446,7 +446,7 @@ def test_difference_needs_the_same_grid(mrml, caseData):
 
 
 def test_export_copies_the_case_files_and_they_reload_with_the_same_geometry(mrml, caseData, tmp_path):
-    from AdvSegAttackLib.casefolder import read_case
+    from AdvSegAttackLib.evaluation.casefolder import read_case
 
     lib, scene = mrml["lib"], mrml["scene"]
     target = tmp_path / "exported case"
@@ -779,8 +779,8 @@ def test_engine_run_from_the_scene_loads_back_on_the_input_grid(mrml, tmp_path):
     pytest.importorskip("monai", reason="the engine needs MONAI")
     import subprocess
 
-    from AdvSegAttackLib.cards import ModelCard, save_model
-    from AdvSegAttackLib.phantom import write_phantom
+    from AdvSegAttackLib.models.cards import ModelCard, save_model
+    from AdvSegAttackLib.volumes.phantom import write_phantom
 
     lib, scene, slicer = mrml["lib"], mrml["scene"], mrml["slicer"]
     c, s = math.cos(0.3), math.sin(0.3)

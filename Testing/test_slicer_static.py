@@ -446,8 +446,8 @@ def test_engine_cmake_installs_the_engine_beside_the_module():
     assert (REPO / "AdvSegAttackLib" / "__init__.py").is_file()
     # The bundled models and texture auto-encoders go where the engine looks (cards.models_dir,
     # texture.weights.texture_models_dir): Resources/<folder> beside the package.
-    from AdvSegAttackLib.cards import models_dir
-    from AdvSegAttackLib.texture.weights import texture_models_dir
+    from AdvSegAttackLib.attacks.texture.weights import texture_models_dir
+    from AdvSegAttackLib.models.cards import models_dir
 
     engine_parent = (REPO / "AdvSegAttackLib").resolve().parent
     read_at_run_time = {
@@ -746,7 +746,7 @@ def test_reader_mode_hides_the_attack_panels():
 
 
 def test_export_widgets_match_the_engine_export():
-    from AdvSegAttackLib.export import EXPORT_FORMATS, PHI_OPTIONS
+    from AdvSegAttackLib.studies.export import EXPORT_FORMATS, PHI_OPTIONS
 
     tree = moduleTree()
     formatWidgets = moduleConstant(tree, "EXPORT_FORMAT_WIDGETS")
@@ -768,7 +768,7 @@ def test_export_command_line_is_accepted_by_the_engine(tmp_path):
     finally:
         sys.path.remove(str(MODULE_DIR))
     from AdvSegAttackLib.cli import build_parser
-    from AdvSegAttackLib.export import cmd_export
+    from AdvSegAttackLib.studies.export import cmd_export
 
     exportArguments = logicStaticMethod("exportArguments", {"advEngine": engine})
     case, bundle = tmp_path / "my case", tmp_path / "out dir"

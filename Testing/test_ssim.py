@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from AdvSegAttackLib.attacks.fast_ssim import ReferenceSSIM
-from AdvSegAttackLib.ssim import ssim
+from AdvSegAttackLib.evaluation.ssim import ssim
 
 
 def test_reference_ssim_value_and_gradient_equal_autograd_ssim():

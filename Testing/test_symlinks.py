@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from test_session import make_case, make_source
 
-from AdvSegAttackLib.casefolder import read_case
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.reader_session import ReaderSession
-from AdvSegAttackLib.session import append_rating, build_session, load_key, load_order, verify_session
+from AdvSegAttackLib.evaluation.casefolder import read_case
+from AdvSegAttackLib.studies.reader_session import ReaderSession
+from AdvSegAttackLib.studies.session import append_rating, build_session, load_key, load_order, verify_session
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX links and FIFOs")
 

@@ -13,23 +13,23 @@ import torch
 from conftest import save_tiny_model, shared_path
 
 from AdvSegAttackLib.attacks.base import make_attack
-from AdvSegAttackLib.casefolder import read_case
-from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.texture.attack import (
+from AdvSegAttackLib.attacks.texture.cascade import (
     TextureCascade,
     composite_hu,
     feathered_weight,
     texture_attack_volume,
 )
-from AdvSegAttackLib.texture.reformation import (
+from AdvSegAttackLib.attacks.texture.reformation import (
     FeatureStatistics,
     channel_mean_std,
     global_view_patch_size,
     modified_adain,
     texture_reformation,
 )
-from AdvSegAttackLib.texture.search import organ_box_ssim, search_texture
+from AdvSegAttackLib.attacks.texture.search import organ_box_ssim, search_texture
+from AdvSegAttackLib.cli import main
+from AdvSegAttackLib.errors import InputError
+from AdvSegAttackLib.evaluation.casefolder import read_case
 
 SPLEEN, LIVER, ESOPHAGUS = 1, 6, 5
 FAST = {"working_size": 64}  # 4x4 maps at level 5: the whole cascade in about a second per organ
@@ -128,14 +128,14 @@ def distilled_weights() -> Path:
 
 @pytest.fixture(scope="module")
 def networks(distilled_weights):
-    from AdvSegAttackLib.texture.weights import load_texture_autoencoders
+    from AdvSegAttackLib.attacks.texture.weights import load_texture_autoencoders
 
     return load_texture_autoencoders(distilled_weights, "cpu")
 
 
 @pytest.fixture(scope="module")
 def small_ct(real_ct_small, real_ct_small_labels):
-    from AdvSegAttackLib.io import read_image, read_label
+    from AdvSegAttackLib.volumes.io import read_image, read_label
 
     image = read_image(real_ct_small)
     labels = read_label(real_ct_small_labels, image)
@@ -216,7 +216,7 @@ def test_absent_organ_or_empty_mask_is_one_sentence(small_ct, networks):
 
 
 def test_semantic_map_is_the_published_encoding():
-    from AdvSegAttackLib.texture.attack import semantic_map
+    from AdvSegAttackLib.attacks.texture.cascade import semantic_map
 
     labels = np.array([[0, 1], [6, 0]])
     grey = semantic_map(labels, np.array([[False, False], [False, True]]))
@@ -299,10 +299,10 @@ def test_pipeline_refuses_bad_organs(
 
 
 def test_search_respects_the_ssim_floor_and_reports_its_path(small_ct, networks, tiny_model):
-    from AdvSegAttackLib.cards import load_model
-    from AdvSegAttackLib.metrics import dice_per_label
-    from AdvSegAttackLib.preprocess import to_model_space
-    from AdvSegAttackLib.segment import predict_labels
+    from AdvSegAttackLib.evaluation.metrics import dice_per_label
+    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.models.segment import predict_labels
+    from AdvSegAttackLib.volumes.preprocess import to_model_space
 
     image, hu, labels = small_ct
     card, network = load_model(str(tiny_model), device="cpu")
@@ -357,11 +357,11 @@ def test_cli_search_writes_its_path_into_metrics_and_provenance(
 
 
 def test_default_bundled_weights_run_the_attack(small_ct):
-    from AdvSegAttackLib.texture.weights import BUNDLED_NAME, OWN_WEIGHTS_FILE, texture_models_dir
+    from AdvSegAttackLib.attacks.texture.weights import BUNDLED_NAME, OWN_WEIGHTS_FILE, texture_models_dir
 
     if not (texture_models_dir() / BUNDLED_NAME / OWN_WEIGHTS_FILE).is_file():
         pytest.skip("the bundled CT texture auto-encoders are not in Resources/TextureModels yet")
-    from AdvSegAttackLib.texture.weights import load_texture_autoencoders
+    from AdvSegAttackLib.attacks.texture.weights import load_texture_autoencoders
 
     image, hu, labels = small_ct
     config = texture_config()

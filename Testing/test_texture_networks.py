@@ -11,16 +11,16 @@ import SimpleITK as sitk
 import torch
 from conftest import shared_path
 
+from AdvSegAttackLib.attacks.texture.networks import LEVELS, TextureAutoencoders
+from AdvSegAttackLib.attacks.texture.weights import load_texture_autoencoders, texture_models_dir
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.texture import LEVELS, TextureAutoencoders, load_texture_autoencoders
-from AdvSegAttackLib.texture.train_autoencoder import (
+from AdvSegAttackLib.training.texture_autoencoders import (
     axial_slices,
     parse_volume_spec,
     reconstruction_psnr,
     slices_tensor,
 )
-from AdvSegAttackLib.texture.weights import texture_models_dir
 
 # Held-out reconstruction PSNR floors (dB, levels 1..5) on three 256² slices of example_ct_sm, which is
 # example_ct[:, :, 82:112], the slab the bundled weights were NOT trained on. Measured on these slices:
@@ -184,7 +184,7 @@ def test_volume_spec_selects_a_slab(tmp_path):
 
 
 def test_train_texture_ae_writes_loadable_weights(tmp_path):
-    from AdvSegAttackLib.phantom import make_phantom
+    from AdvSegAttackLib.volumes.phantom import make_phantom
 
     image, _ = make_phantom(0, shape=(48, 40, 6), spacing=(8.0, 8.0, 8.0))
     phantom = tmp_path / "phantom.nii.gz"

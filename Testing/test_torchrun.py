@@ -17,7 +17,7 @@ from conftest import save_tiny_model
 from test_dataset_run import attack_args, manifest, voxels, write_dataset
 
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.dataset_run import CRASH_HOOK_ENV
+from AdvSegAttackLib.datasets.runs import CRASH_HOOK_ENV
 
 CASES = [f"phantom_seed{seed}_image" for seed in range(4)]
 VOLUMES = ("adversarial.nii.gz", "pred_clean.nii.gz", "pred_adv.nii.gz")
@@ -106,7 +106,7 @@ def test_killed_rank_leaves_a_dataset_that_a_rerun_completes(setup, tmp_path):
 def test_without_torchrun_there_is_no_process_group(monkeypatch):
     import torch
 
-    from AdvSegAttackLib.distributed import barrier, init_distributed, shared_store, shutdown
+    from AdvSegAttackLib.datasets.distributed import barrier, init_distributed, shared_store, shutdown
     from AdvSegAttackLib.errors import InputError
 
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):

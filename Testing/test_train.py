@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from AdvSegAttackLib.cards import load_model
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.train import STATE_FILE
+from AdvSegAttackLib.models.cards import load_model
+from AdvSegAttackLib.training.supervised import STATE_FILE
 
 TINY = [
     "--channels",

@@ -68,9 +68,9 @@ def main() -> int:
 
     import torch
 
-    from AdvSegAttackLib.phantom import write_phantom
-    from AdvSegAttackLib.pipeline import AttackRequest, run_attack
+    from AdvSegAttackLib.pipeline.case import AttackRequest, run_attack
     from AdvSegAttackLib.progress import TqdmReporter
+    from AdvSegAttackLib.volumes.phantom import write_phantom
 
     torch.set_num_threads(args.threads)
     folder = Path(tempfile.mkdtemp(prefix="adversarial-training-"))

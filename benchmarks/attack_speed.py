@@ -56,10 +56,10 @@ def setup(model: str, image_path: Path, threads: int, preset: str | None = None)
     """(card, network, model-space image, target): the model's own clean prediction is the target."""
     import torch
 
-    from AdvSegAttackLib.cards import PRESETS, load_model
-    from AdvSegAttackLib.io import read_image
-    from AdvSegAttackLib.preprocess import to_model_space
-    from AdvSegAttackLib.segment import predict_labels
+    from AdvSegAttackLib.models.cards import PRESETS, load_model
+    from AdvSegAttackLib.models.segment import predict_labels
+    from AdvSegAttackLib.volumes.io import read_image
+    from AdvSegAttackLib.volumes.preprocess import to_model_space
 
     torch.set_num_threads(threads)
     if preset:
@@ -154,7 +154,7 @@ def main() -> int:
         print(f"| {label} | {per_step:.2f} | {floor:.2f} | {ratio:.3f} | <= {target:.2f} |")
 
     if not args.skip_memory:
-        from AdvSegAttackLib.phantom import write_phantom
+        from AdvSegAttackLib.volumes.phantom import write_phantom
 
         folder = Path(tempfile.mkdtemp(prefix="attack-memory-"))
         context = mp.get_context("spawn")

@@ -24,7 +24,7 @@ ATTACKS = ("gn", "fgsm", "bim", "pgd", "vafa", "vafa-2d", "saa", "saa-2d", "saa:
 
 
 def volumes(folder: Path) -> list[tuple[str, Path, Path]]:
-    from AdvSegAttackLib.phantom import write_phantom
+    from AdvSegAttackLib.volumes.phantom import write_phantom
 
     cases = []
     ct = SHARED / "totalsegmentator" / "example_ct.nii.gz"
@@ -48,7 +48,7 @@ def main() -> int:
 
     import torch
 
-    from AdvSegAttackLib.pipeline import AttackRequest, run_attack
+    from AdvSegAttackLib.pipeline.case import AttackRequest, run_attack
     from AdvSegAttackLib.progress import TqdmReporter
 
     folder = Path(tempfile.mkdtemp(prefix="attack-table-"))

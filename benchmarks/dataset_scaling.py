@@ -23,7 +23,7 @@ from pathlib import Path
 
 def write_dataset(folder: Path, cases: int, shape: tuple[int, int, int]) -> Path:
     """Phantoms of seeds 2000.. in FOLDER/data and a datalist with them as the `validation` split."""
-    from AdvSegAttackLib.phantom import write_phantom
+    from AdvSegAttackLib.volumes.phantom import write_phantom
 
     items = []
     for seed in range(2000, 2000 + cases):

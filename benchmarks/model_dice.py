@@ -30,11 +30,11 @@ def main() -> int:
 
     import SimpleITK as sitk
 
-    from AdvSegAttackLib.cards import load_model
-    from AdvSegAttackLib.io import read_image, read_label, write_json_atomic
-    from AdvSegAttackLib.metrics import segmentation_report
-    from AdvSegAttackLib.phantom import make_phantom
-    from AdvSegAttackLib.segment import segment_image
+    from AdvSegAttackLib.evaluation.metrics import segmentation_report
+    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.models.segment import segment_image
+    from AdvSegAttackLib.volumes.io import read_image, read_label, write_json_atomic
+    from AdvSegAttackLib.volumes.phantom import make_phantom
 
     card, network = load_model(args.model)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from AdvSegAttackLib.io import read_image
+from AdvSegAttackLib.volumes.io import read_image
 
 DEFAULT_CT = Path(__file__).resolve().parents[2] / "shared/data/real/totalsegmentator/example_ct.nii.gz"
 

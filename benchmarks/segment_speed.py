@@ -27,10 +27,10 @@ def measure(image_path: str, model: str, repeats: int, threads: int, queue) -> N
     import torch
     from monai.inferers import sliding_window_inference
 
-    from AdvSegAttackLib.cards import load_model
-    from AdvSegAttackLib.io import read_image, write_image, write_segmentation
-    from AdvSegAttackLib.preprocess import to_model_space
-    from AdvSegAttackLib.segment import segment_image
+    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.models.segment import segment_image
+    from AdvSegAttackLib.volumes.io import read_image, write_image, write_segmentation
+    from AdvSegAttackLib.volumes.preprocess import to_model_space
 
     torch.set_num_threads(threads)
     card, network = load_model(model)
@@ -61,7 +61,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (1 on a busy machine)")
     args = parser.parse_args()
 
-    from AdvSegAttackLib.phantom import write_phantom
+    from AdvSegAttackLib.volumes.phantom import write_phantom
 
     cases = []
     for name in ("totalsegmentator/example_ct.nii.gz", "msd_spleen/sub-spleen2_ct.nii.gz"):

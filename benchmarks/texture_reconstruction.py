@@ -33,8 +33,9 @@ def main() -> None:
     import SimpleITK as sitk
     import torch
 
-    from AdvSegAttackLib.texture import LEVELS, load_texture_autoencoders
-    from AdvSegAttackLib.texture.train_autoencoder import axial_slices, reconstruction_psnr, slices_tensor
+    from AdvSegAttackLib.attacks.texture.networks import LEVELS
+    from AdvSegAttackLib.attacks.texture.weights import load_texture_autoencoders
+    from AdvSegAttackLib.training.texture_autoencoders import axial_slices, reconstruction_psnr, slices_tensor
 
     torch.set_num_threads(args.threads)
     held_out = [

@@ -7,7 +7,7 @@ RSS (whole process: Python, torch, data and weights) is its own:
 
 - `slice`: one 512² slice through all five round trips E_k -> D_k (k = 5..1), the network cost of the
   cascade without the level-4/5 patch matching; median of `--repeats` runs after one warm-up.
-- `organ`: `texture_attack_volume` (AdvSegAttackLib.texture.attack, the catalogue's defaults) on one organ of the
+- `organ`: `texture_attack_volume` (AdvSegAttackLib.attacks.texture.cascade, the catalogue's defaults) on one organ of the
   real CT of ../shared (example_ct, labels btcv13 from TotalSegmentator v1), at working sizes 256² and 512²
   (full-size networks: 256² only by default);
   seconds for the organ and per organ slice.
@@ -35,7 +35,8 @@ LABELS = SHARED / "data/real/btcv13/example_ct_btcv13_from_tsv1highres.nii.gz"
 def _networks(weights: str):
     import torch
 
-    from AdvSegAttackLib.texture import TextureAutoencoders, load_texture_autoencoders
+    from AdvSegAttackLib.attacks.texture.networks import TextureAutoencoders
+    from AdvSegAttackLib.attacks.texture.weights import load_texture_autoencoders
 
     if weights == "full-random":
         torch.manual_seed(0)
@@ -71,7 +72,7 @@ def organ_child(weights: str, threads: int, organ: int, working_size: int, queue
     import torch
 
     from AdvSegAttackLib.attacks.catalogue import attack_config
-    from AdvSegAttackLib.texture.attack import texture_attack_volume
+    from AdvSegAttackLib.attacks.texture.cascade import texture_attack_volume
 
     torch.set_num_threads(threads)
     networks = _networks(weights)

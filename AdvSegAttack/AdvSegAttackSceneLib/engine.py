@@ -488,7 +488,7 @@ def _btcvLabels() -> tuple[list[str], list[tuple[int, int, int]]]:
 
 def modelsDir(engineRoot: str | os.PathLike | None) -> Path | None:
     """Where the bundled models are: ``$ADVSEG_MODELS_DIR``, else ``Resources/Models`` beside the engine
-    package (the rule of ``AdvSegAttackLib.cards.models_dir``)."""
+    package (the rule of ``AdvSegAttackLib.models.cards.models_dir``)."""
     override = os.environ.get("ADVSEG_MODELS_DIR")
     if override:
         return Path(override)

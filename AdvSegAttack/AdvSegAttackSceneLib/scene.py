@@ -483,7 +483,7 @@ def loadCase(
 ) -> LoadedCase:
     """Load a case folder written by `AdvSegAttackLib.cli attack` into the scene.
 
-    :param caseFolder: the folder; read through `AdvSegAttackLib.casefolder.read_case` only.
+    :param caseFolder: the folder; read through `AdvSegAttackLib.evaluation.casefolder.read_case` only.
     :param inputVolume: the clean input volume node; names, window/level, parent transform and the
       subject-hierarchy study of the results follow it, and its exact geometry is given to the
       adversarial volume when both are the same grid.
@@ -491,7 +491,7 @@ def loadCase(
     :param labelNames: model card label names; when given, segments are named and coloured after them.
     :return: the created nodes. If anything fails, nothing is left in the scene.
     """
-    from AdvSegAttackLib.casefolder import read_case
+    from AdvSegAttackLib.evaluation.casefolder import read_case
 
     case = read_case(caseFolder)
     if not attack:
@@ -573,7 +573,7 @@ def exportCaseFolder(caseFolder, targetDir) -> list[Path]:
 
     :return: the written paths.
     """
-    from AdvSegAttackLib.casefolder import read_case
+    from AdvSegAttackLib.evaluation.casefolder import read_case
 
     case = read_case(caseFolder)
     target = Path(targetDir)

@@ -763,7 +763,7 @@ ATTACKS: dict[str, AttackEntry] = {
             "texture",
             "Texture – organ feature statistics (Lee et al., 2024)",
             "Changes one organ's texture through its feature statistics, slice by slice, on the source grid.",
-            "texture:TextureAttack",
+            "texture.attack:TextureAttack",
             TEXTURE_PARAMETERS,
             source_grid=True,
             needs_organ=True,

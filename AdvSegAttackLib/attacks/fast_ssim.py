@@ -1,4 +1,4 @@
-"""SSIM against a fixed reference, as a loss: same value as `AdvSegAttackLib.ssim.ssim`, ~4× cheaper.
+"""SSIM against a fixed reference, as a loss: same value as `AdvSegAttackLib.evaluation.ssim.ssim`, ~4× cheaper.
 
 The attacks compare a changing image with the constant clean one every step, so the reference's local
 mean and variance are computed once, the symmetric Gaussian blur is done with in-place shifted adds instead
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..ssim import gaussian_taps
+from ..evaluation.ssim import gaussian_taps
 
 
 def _blur_valid(x: torch.Tensor, taps: list[float]) -> torch.Tensor:

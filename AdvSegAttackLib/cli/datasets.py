@@ -1,0 +1,167 @@
+"""`advseg attack-dataset` and `advseg evaluate`: dataset runs, alone or under `torchrun`.
+
+Both run unchanged as one process or as `torchrun --nproc-per-node N -m AdvSegAttackLib.cli …`
+(see `distributed`); the cases are shared among the ranks, rank 0 writes the aggregate. Exit status:
+0 when every case is ok, 1 when any case failed (the others are still done), 2 on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError
+from ..progress import Reporter
+
+
+def _add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        help="dataset folder: the base of the --datalist paths (default: the datalist's folder), "
+        "or a plain folder with imagesTr/labelsTr",
+    )
+    p.add_argument("--datalist", help="MONAI decathlon-style datalist JSON ({split: [{image, label}]})")
+    p.add_argument(
+        "--split",
+        help="datalist split (default validation; plain folders: training = imagesTr, test = imagesTs)",
+    )
+
+
+def _datalist_input(args: argparse.Namespace) -> list:
+    """The --datalist as an input of the run (an --out must never overwrite it)."""
+    return [(args.datalist, "--datalist")] if args.datalist else []
+
+
+def _print_summary(summary, out_dir: Path, reporter_kind: str) -> None:
+    from ..datasets.runs import AGGREGATE_MD
+
+    if reporter_kind != "jsonl":
+        print((out_dir / AGGREGATE_MD).read_text(encoding="utf-8"))
+        print(
+            f"{summary.total} cases: {len(summary.ok)} ok ({summary.ran} run now, {summary.skipped} already done),"
+            f" {summary.failed_total} failed; output: {out_dir}"
+        )
+    for name, sentence in summary.failed.items():
+        print(f"advseg: failed case {name}: {sentence}", file=sys.stderr)
+
+
+def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Attack every case of a dataset split; one case folder each, manifest and aggregate table."""
+    from ..datasets.datalist import load_cases
+    from ..datasets.distributed import init_distributed, shutdown
+    from ..datasets.runs import attack_dataset
+    from ..pipeline.case import AttackRequest
+    from . import attack_parameters, resolve_device
+
+    ctx, device = init_distributed(resolve_device(args.device))
+    try:
+        cases = load_cases(args.data_dir, args.datalist, args.split)
+        template = AttackRequest(
+            image=Path(),
+            model=args.model,
+            out=Path(),
+            attack=args.attack,
+            params=attack_parameters(args),
+            preset=args.preset,
+            card=args.card,
+            organs=args.organ,
+            region=args.region,
+            dilation_mm=args.dilation_mm,
+            targeted=args.targeted,
+            seed=args.seed,
+            device=device,
+            sw_batch_size=args.sw_batch_size,
+            preview=not args.no_preview,
+            command_line=args.command_line,
+            trust_torchscript=args.trust_torchscript,
+        )
+        summary = attack_dataset(cases, template, Path(args.out), ctx, reporter, _datalist_input(args))
+    finally:
+        shutdown(ctx)
+    reporter.close()
+    if ctx.is_main:
+        _print_summary(summary, Path(args.out), args.progress)
+    return {"cases": summary.total, "failed": summary.failed_total, "exit_status": summary.exit_status}
+
+
+def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Segment saved adversarial volumes (and their clean images); the same aggregate table."""
+    from ..datasets.datalist import load_cases
+    from ..datasets.distributed import init_distributed, shutdown
+    from ..datasets.runs import cases_from_case_folders, evaluate_dataset, match_adversarial
+    from . import resolve_device
+
+    adv_dir, out = Path(args.adv_dir), Path(args.out)
+    if not adv_dir.is_dir():
+        raise InputError(f"--adv-dir {adv_dir} is not a folder.")
+    ctx, device = init_distributed(resolve_device(args.device))
+    try:
+        if args.datalist or args.data_dir:
+            cases = match_adversarial(load_cases(args.data_dir, args.datalist, args.split), adv_dir)
+        else:
+            cases = cases_from_case_folders(adv_dir)
+        summary = evaluate_dataset(
+            cases,
+            args.model,
+            args.card,
+            out,
+            ctx,
+            device,
+            reporter,
+            args.sw_batch_size,
+            adv_dir,
+            _datalist_input(args),
+            trust_torchscript=args.trust_torchscript,
+        )
+    finally:
+        shutdown(ctx)
+    reporter.close()
+    if ctx.is_main:
+        _print_summary(summary, out, args.progress)
+    return {"cases": summary.total, "failed": summary.failed_total, "exit_status": summary.exit_status}
+
+
+def add_parser(sub, common) -> None:
+    """Register `attack-dataset` and `evaluate` on the `advseg` sub-command parser."""
+    from ..attacks.catalogue import ATTACKS
+    from ..models.cards import add_trust_torchscript_argument
+    from . import DEMO_MODEL, _positive_int, add_attack_parameters, preset_help
+
+    p = sub.add_parser(
+        "attack-dataset", help="attack every case of a dataset split (also under torchrun, several processes)"
+    )
+    _add_dataset_arguments(p)
+    p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
+    p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    add_trust_torchscript_argument(p)
+    p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
+    p.add_argument("--preset", help=preset_help())
+    p.add_argument("--organ", nargs="+", default=[], help="organ names: loss focus and region, every case")
+    p.add_argument(
+        "--region", default="whole", choices=("whole", "organ", "bbox"), help="where voxels may change"
+    )
+    p.add_argument("--dilation-mm", type=float, default=10.0, help="organ region dilation, mm (default 10)")
+    p.add_argument("--targeted", action="store_true", help="drive the --organ to background (organ removal)")
+    p.add_argument("--seed", type=int, default=0, help="attack seed (the same for every case)")
+    p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward/backward pass")
+    p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
+    p.add_argument("--out", required=True, help="dataset output folder (a rerun completes it)")
+    add_attack_parameters(p)
+    common(p)
+    p.set_defaults(func=cmd_attack_dataset)
+
+    p = sub.add_parser("evaluate", help="segment saved adversarial volumes and tabulate Dice/HD95/SSIM/PSNR")
+    p.add_argument(
+        "--adv-dir",
+        required=True,
+        help="attack-dataset output, folder of case folders, or flat folder of adversarial volumes",
+    )
+    _add_dataset_arguments(p)
+    p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
+    p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
+    add_trust_torchscript_argument(p)
+    p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward pass")
+    p.add_argument("--out", required=True, help="evaluation output folder")
+    common(p)
+    p.set_defaults(func=cmd_evaluate)

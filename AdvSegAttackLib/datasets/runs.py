@@ -1,0 +1,721 @@
+"""Dataset runs: attack every case of a split (`advseg attack-dataset`) or score saved adversarial
+volumes (`advseg evaluate`), in one process or shared among the ranks of a `torchrun` job.
+
+Output folder layout (`OUT`):
+
+    OUT/run.json                 the settings of the run (a rerun with other settings is refused)
+    OUT/cases/<case>/            one folder per case (attack-dataset: what `advseg attack` writes)
+    OUT/manifest.rank<R>.jsonl   one JSON line per finished case of rank R (appended, fsynced per line)
+    OUT/manifest.jsonl           rank 0's merge: the latest line of every case of the split
+    OUT/aggregate.csv, .md       mean ± sd per organ, clean vs attacked Dice and HD95; SSIM, PSNR
+    OUT/summary.json             counts and the failed cases with their sentences
+
+Cases are handed out dynamically: every rank takes the next case number from an atomic counter in the
+`torch.distributed` store (`store.add`), so a slow case never idles the others. A manifest line is
+written only after a case's folder is complete, with the SHA-256 of every file; a rerun skips the cases
+whose latest `ok` line still matches the files on disk and redoes all others (failed, missing, changed or
+half-written). A failing case (missing file, label on another grid, any exception) gets a `failed` line
+with its sentence and the run goes on; the command then exits with status 1.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io as text_io
+import itertools
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError, describe_error, write_error_log
+from ..evaluation.casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, CaseFolder, read_case
+from ..progress import Reporter
+from ..volumes.io import (
+    json_safe,
+    read_image,
+    read_label,
+    same_grid,
+    sha256_file,
+    write_json_atomic,
+    write_text_atomic,
+)
+from ..volumes.outputs import Input, claim_output_folder, model_inputs
+from .datalist import Case, safe_case_name
+from .distributed import DistributedContext, barrier, shared_store
+
+CASES_DIR = "cases"
+RUN_FILE = "run.json"
+MANIFEST = "manifest.jsonl"
+AGGREGATE_CSV = "aggregate.csv"
+AGGREGATE_MD = "aggregate.md"
+SUMMARY = "summary.json"
+#: Everything a dataset run writes at the top of OUT (glob patterns), for the output-folder check.
+DATASET_FILES = (RUN_FILE, CASES_DIR, MANIFEST, "manifest.rank*.jsonl", AGGREGATE_CSV, AGGREGATE_MD, SUMMARY)
+
+#: Test hook (used by Testing/test_torchrun.py to simulate a rank that dies mid-run):
+#: "R:N" makes rank R leave with `os._exit(CRASH_EXIT_STATUS)` right after the folder of its N-th case is
+#: written and before that case's manifest line, i.e. at the worst moment for a rerun.
+CRASH_HOOK_ENV = "ADVSEG_TEST_CRASH_AFTER_CASES"
+CRASH_EXIT_STATUS = 70
+
+_run_numbers = itertools.count()  # same sequence on every rank: names the store keys of each run
+
+
+class SilentReporter(Reporter):
+    """Reports nothing (ranks other than 0 keep quiet; their cases show in rank 0's case counter)."""
+
+    def progress(self, stage: str, step: int, total: int, **values: float) -> None:
+        pass
+
+    def done(self, out: str) -> None:
+        pass
+
+    def error(self, message: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class AdversarialCase:
+    """A case of `evaluate`: the clean case and its saved adversarial volume (None if not found)."""
+
+    case: Case
+    adversarial: Path | None
+
+    @property
+    def name(self) -> str:
+        return self.case.name
+
+    @property
+    def problem(self) -> str | None:
+        if self.case.problem:
+            return self.case.problem
+        if self.adversarial is None:
+            return f"case {self.name}: no adversarial volume was found for it."
+        if self.adversarial.resolve() == self.case.image.resolve():
+            return f"case {self.name}: the adversarial volume found, {self.adversarial}, is the clean image itself."
+        return None
+
+
+@dataclass
+class RunSummary:
+    """What one dataset run did, over all ranks (the case names and sentences only on rank 0)."""
+
+    total: int  # cases in the split
+    ran: int  # cases run now (ok or failed)
+    skipped: int  # cases whose earlier outputs checked out
+    ok: list[str]  # cases whose latest manifest line is ok
+    failed: dict[str, str]  # case -> sentence (rank 0; other ranks: their own)
+    failed_total: int
+
+    @property
+    def exit_status(self) -> int:
+        return 1 if self.failed_total else 0
+
+
+# --- manifest ---------------------------------------------------------------------------------------------
+
+
+def manifest_path(out: Path, rank: int) -> Path:
+    return out / f"manifest.rank{rank}.jsonl"
+
+
+class ManifestWriter:
+    """Appends one JSON line per case to this rank's manifest; each line is flushed and fsynced."""
+
+    def __init__(self, out: Path, rank: int) -> None:
+        path = manifest_path(out, rank)
+        self._handle = open(path, "a+b")  # kept open for the whole run
+        self._handle.seek(0, os.SEEK_END)
+        if self._handle.tell() > 0:  # a line cut short by a crash must not swallow the next one
+            self._handle.seek(-1, os.SEEK_END)
+            if self._handle.read(1) != b"\n":
+                self._handle.write(b"\n")
+
+    def write(self, record: dict) -> None:
+        line = json.dumps(json_safe(record), allow_nan=False, sort_keys=True) + "\n"
+        self._handle.write(line.encode())
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def read_manifest_lines(out: Path) -> list[dict]:
+    """Every complete line of every rank's manifest (a line cut short by a crash is ignored)."""
+    records = []
+    for path in sorted(out.glob("manifest.rank*.jsonl")):
+        for line in path.read_text(errors="replace", encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "case" in record and "finished_at" in record:
+                records.append(record)
+    return records
+
+
+def latest_records(records: Sequence[dict]) -> dict[str, dict]:
+    """The latest line of each case (by `finished_at`, UTC ISO time)."""
+    latest: dict[str, dict] = {}
+    for record in sorted(records, key=lambda r: r["finished_at"]):
+        latest[record["case"]] = record
+    return latest
+
+
+def hash_outputs(case_dir: Path) -> dict[str, str]:
+    """SHA-256 of every (non-hidden) file of a case folder, by file name."""
+    return {
+        p.name: sha256_file(p)
+        for p in sorted(case_dir.iterdir())
+        if p.is_file() and not p.name.startswith(".")
+    }
+
+
+def outputs_check_out(case_dir: Path, record: dict | None, required: Sequence[str]) -> bool:
+    """True when `record` is an `ok` line whose files (including every `required` one) match the disk."""
+    if not record or record.get("status") != "ok":
+        return False
+    outputs = record.get("outputs") or {}
+    if not set(required) <= set(outputs):
+        return False
+    for name, digest in outputs.items():
+        path = case_dir / name
+        if not path.is_file() or sha256_file(path) != digest:
+            return False
+    return True
+
+
+# --- metrics of a case and of the dataset -----------------------------------------------------------------
+
+
+def case_numbers(metrics: dict) -> dict:
+    """The numbers of a case's metrics.json that go into the manifest and the aggregate table."""
+    perturbation = metrics.get("perturbation") or {}
+    return {
+        "reference": metrics.get("reference"),
+        "organs": {
+            name: {
+                key: row.get(key)
+                for key in ("label", "dice_clean", "dice_adv", "hd95_clean_mm", "hd95_adv_mm")
+            }
+            for name, row in metrics.get("organs", {}).items()
+        },
+        **{
+            f"mean_{key}{count}": metrics.get(f"mean_{key}{count}")
+            for key in ("dice_clean", "dice_adv", "hd95_clean_mm", "hd95_adv_mm")
+            for count in ("", "_organs")  # the mean and how many organs it covers
+        },
+        "ssim_3d": perturbation.get("ssim_3d"),
+        "ssim_axial_mean": perturbation.get("ssim_axial_mean"),
+        "psnr_db": perturbation.get("psnr_db"),
+        "linf_hu": perturbation.get("linf_hu"),
+    }
+
+
+ORGAN_COLUMNS = (
+    ("dice_clean", "Dice clean", ""),
+    ("dice_adv", "Dice attacked", ""),
+    ("hd95_clean_mm", "HD95 clean", "mm"),
+    ("hd95_adv_mm", "HD95 attacked", "mm"),
+)
+CASE_COLUMNS = (
+    ("mean_dice_clean", "Dice clean", ""),
+    ("mean_dice_adv", "Dice attacked", ""),
+    ("mean_hd95_clean_mm", "HD95 clean", "mm"),
+    ("mean_hd95_adv_mm", "HD95 attacked", "mm"),
+)
+PERTURBATION_ROWS = (
+    ("ssim_3d", "SSIM 3-D", ""),
+    ("ssim_axial_mean", "SSIM axial (mean over slices)", ""),
+    ("psnr_db", "PSNR", "dB"),
+    ("linf_hu", "L-inf", "HU"),
+)
+ALL_ORGANS = "mean over organs"
+
+
+def _stats(values: Sequence) -> tuple[int, float, float]:
+    """(n, mean, sample sd) over the finite values; NaN mean when none, NaN sd when fewer than two."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not finite:
+        return 0, math.nan, math.nan
+    sd = float(np.std(finite, ddof=1)) if len(finite) > 1 else math.nan
+    return len(finite), float(np.mean(finite)), sd
+
+
+def aggregate(numbers: Sequence[dict]) -> list[dict]:
+    """Tidy rows {scope, metric, unit, n, mean, sd}: per organ, the per-case organ means, the perturbation.
+
+    Organs come in order of label value; a value that is None/NaN/inf (organ absent from a map, HD95
+    of an organ the prediction missed) is left out of its mean, so `n` says how many cases count.
+    """
+    labels = {name: row.get("label", 0) for case in numbers for name, row in case["organs"].items()}
+    organs = sorted(labels, key=lambda name: (labels[name], name))
+    rows = []
+    for organ in organs:
+        for key, _, unit in ORGAN_COLUMNS:
+            values = [case["organs"][organ].get(key) for case in numbers if organ in case["organs"]]
+            n, mean, sd = _stats(values)
+            rows.append({"scope": organ, "metric": key, "unit": unit, "n": n, "mean": mean, "sd": sd})
+    for key, _, unit in (*CASE_COLUMNS, *PERTURBATION_ROWS):
+        n, mean, sd = _stats([case.get(key) for case in numbers])
+        scope = ALL_ORGANS if (key, _, unit) in CASE_COLUMNS else "perturbation"
+        rows.append({"scope": scope, "metric": key, "unit": unit, "n": n, "mean": mean, "sd": sd})
+    return rows
+
+
+def _number(value: float, digits: int) -> str:
+    return "" if not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def aggregate_csv(rows: Sequence[dict]) -> str:
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["scope", "metric", "unit", "n", "mean", "sd"])
+    for row in rows:
+        writer.writerow(
+            [
+                row["scope"],
+                row["metric"],
+                row["unit"],
+                row["n"],
+                _number(row["mean"], 6),
+                _number(row["sd"], 6),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _mean_sd(row: dict | None, digits: int) -> str:
+    if row is None or row["n"] == 0:
+        return "–"
+    if not math.isfinite(row["sd"]):
+        return f"{row['mean']:.{digits}f} (n={row['n']})"
+    return f"{row['mean']:.{digits}f} ± {row['sd']:.{digits}f}"
+
+
+def aggregate_markdown(rows: Sequence[dict], title: str, total: int, ok_cases: int, failed: dict) -> str:
+    """The aggregate as Markdown: organ table, perturbation table, failures."""
+    by_key = {(r["scope"], r["metric"]): r for r in rows}
+    scopes = list(dict.fromkeys(r["scope"] for r in rows if r["scope"] not in (ALL_ORGANS, "perturbation")))
+    lines = [
+        f"# {title}",
+        "",
+        f"{ok_cases} of {total} cases scored; mean ± sample sd over cases (n = cases counted"
+        " when fewer than all; Dice only where the reference has the organ, HD95 only where both maps have it).",
+        "",
+        "| organ | cases | Dice clean | Dice attacked | HD95 clean (mm) | HD95 attacked (mm) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for scope, keys in [(s, [k for k, _, _ in ORGAN_COLUMNS]) for s in scopes] + [
+        (ALL_ORGANS, [k for k, _, _ in CASE_COLUMNS])
+    ]:
+        cells = [_mean_sd(by_key.get((scope, k)), 3 if "dice" in k else 1) for k in keys]
+        count = by_key[(scope, keys[0])]["n"]
+        name = f"**{scope}**" if scope == ALL_ORGANS else scope
+        lines.append(f"| {name} | {count} | " + " | ".join(cells) + " |")
+    lines += ["", "| perturbation | cases | mean ± sd |", "|---|---:|---:|"]
+    for key, label, unit in PERTURBATION_ROWS:
+        row = by_key[("perturbation", key)]
+        label = f"{label} ({unit})" if unit else label
+        lines.append(f"| {label} | {row['n']} | {_mean_sd(row, 4 if 'ssim' in key else 1)} |")
+    if failed:
+        lines += ["", f"## Failed cases ({len(failed)})", ""]
+        lines += [f"- `{name}`: {sentence}" for name, sentence in failed.items()]
+    return "\n".join(lines) + "\n"
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+
+def _check_settings(out: Path, settings: dict, ctx: DistributedContext) -> None:
+    """Refuse an OUT folder that holds a run with other settings; rank 0 records them for a new one."""
+    path = out / RUN_FILE
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            previous = None
+        if previous != json_safe(settings):
+            raise InputError(
+                f"--out {out} holds a run with other settings (see {path}); use another --out, or the same settings."
+            )
+    elif ctx.is_main:
+        write_json_atomic(path, settings)
+
+
+def _crash_hook(rank: int) -> int | None:
+    text = os.environ.get(CRASH_HOOK_ENV)
+    if not text:
+        return None
+    hook_rank, count = (int(part) for part in text.split(":"))
+    return count if hook_rank == rank else None
+
+
+def _tickets(store, key: str, total: int):
+    """Case numbers for this rank: the next free one of the shared counter, until none is left."""
+    if store is None:
+        yield from range(total)
+        return
+    while (ticket := store.add(f"{key}/next", 1) - 1) < total:
+        yield ticket
+
+
+def _clear_case_dir(cases_dir: Path, name: str) -> Path:
+    """Remove a case's earlier (unverified) folder and any staging folder a killed run left behind.
+
+    Only ever `cases_dir/<name>` and `cases_dir/.<name>.staging-*` for a safe (non-empty, one-component) name.
+    """
+    case_dir = cases_dir / name
+    if not safe_case_name(name) or case_dir.parent != cases_dir:
+        raise InputError(f"case name {name!r} is not a safe folder name; nothing was deleted.")
+    for stale in cases_dir.glob(f".{glob.escape(name)}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    return case_dir
+
+
+def run_cases(
+    cases: Sequence,
+    out: Path,
+    run_case: Callable[[object, Path], dict],
+    required: Sequence[str],
+    settings: dict,
+    ctx: DistributedContext,
+    reporter: Reporter,
+) -> RunSummary:
+    """Run `run_case(case, case_dir) -> metrics` for every case not already done, shared among ranks.
+
+    `cases` have `.name` and `.problem` (a sentence when the case cannot run). `required` are the file
+    names every finished case folder has. Rank 0 merges the manifests and writes the aggregate.
+    """
+    out = Path(out)
+    cases_dir = out / CASES_DIR
+    cases_dir.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, settings, ctx)
+    previous = latest_records(read_manifest_lines(out))
+    barrier(ctx)  # every rank has read the old manifests before any rank appends to them
+    if not (out / RUN_FILE).is_file():  # rank 0 wrote it before the barrier
+        raise InputError(
+            f"--out {out} is not on a file system shared by all ranks (rank {ctx.rank} on {socket.gethostname()}"
+            f" does not see {RUN_FILE} that rank 0 wrote); use a shared folder."
+        )
+
+    store = shared_store(ctx)
+    key = f"advseg/{settings['kind']}/{next(_run_numbers)}"
+    crash_after = _crash_hook(ctx.rank)
+    writer = ManifestWriter(out, ctx.rank)
+    host = socket.gethostname()
+    ran: list[str] = []
+    skipped: list[str] = []
+    failed: dict[str, str] = {}
+    try:
+        for ticket in _tickets(store, key, len(cases)):
+            case = cases[ticket]
+            case_dir = cases_dir / case.name
+            if outputs_check_out(case_dir, previous.get(case.name), required):
+                skipped.append(case.name)
+            else:
+                started = time.perf_counter()
+                record = {"case": case.name, "rank": ctx.rank, "host": host}
+                try:
+                    if case.problem:
+                        raise InputError(case.problem)
+                    case_dir = _clear_case_dir(cases_dir, case.name)
+                    metrics = run_case(case, case_dir)
+                    record.update(status="ok", error=None, metrics=case_numbers(metrics))
+                    record["outputs"] = hash_outputs(case_dir)
+                except Exception as error:  # a case that fails must not stop the others
+                    sentence = str(error) if isinstance(error, InputError) else describe_error(error)
+                    log = (
+                        None if isinstance(error, InputError) else write_error_log(error, " ".join(sys.argv))
+                    )
+                    where = f" (traceback in {log})" if log else ""
+                    print(f"advseg: case {case.name} failed: {sentence}{where}", file=sys.stderr)
+                    record.update(status="failed", error=sentence, metrics=None, outputs={})
+                    failed[case.name] = sentence
+                ran.append(case.name)
+                if crash_after is not None and len(ran) >= crash_after:
+                    os._exit(CRASH_EXIT_STATUS)
+                record["seconds"] = round(time.perf_counter() - started, 3)
+                record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+                writer.write(record)
+            finished = store.add(f"{key}/finished", 1) if store is not None else len(ran) + len(skipped)
+            reporter.progress("cases", int(finished), len(cases))
+    finally:
+        writer.close()
+    counts = {"ran": len(ran), "skipped": len(skipped), "failed": len(failed)}
+    if store is not None:
+        for name, value in counts.items():
+            store.add(f"{key}/{name}", value)
+    barrier(ctx)  # every rank's manifest lines are on disk and its counts in the store
+    if store is not None:
+        counts = {name: store.add(f"{key}/{name}", 0) for name in counts}
+    if ctx.is_main:
+        ok, failed = _merge(out, cases, settings, counts)
+    else:
+        ok = []
+    summary = RunSummary(len(cases), counts["ran"], counts["skipped"], ok, failed, len(failed))
+    if store is not None:  # every rank learns the outcome, so all exit with the same status
+        if ctx.is_main:
+            store.set(f"{key}/failed_total", str(len(failed)))
+        barrier(ctx)
+        summary.failed_total = int(store.get(f"{key}/failed_total").decode())
+    return summary
+
+
+def _merge(out: Path, cases: Sequence, settings: dict, counts: dict) -> tuple[list[str], dict[str, str]]:
+    """Rank 0: one manifest line per case, the aggregate tables and the summary; returns (ok, failed)."""
+    latest = latest_records(read_manifest_lines(out))
+    merged = [latest[c.name] for c in cases if c.name in latest]
+    write_text_atomic(
+        out / MANIFEST, "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in merged)
+    )
+    ok = [r for r in merged if r["status"] == "ok"]
+    failed = {r["case"]: r["error"] for r in merged if r["status"] != "ok"}
+    for case in cases:
+        if case.name not in latest:
+            failed[case.name] = (
+                f"case {case.name} has no manifest line (its rank stopped before finishing it)."
+            )
+    rows = aggregate([r["metrics"] for r in ok])
+    write_text_atomic(out / AGGREGATE_CSV, aggregate_csv(rows))
+    title = settings.get("title", settings["kind"])
+    write_text_atomic(out / AGGREGATE_MD, aggregate_markdown(rows, title, len(cases), len(ok), failed))
+    write_json_atomic(
+        out / SUMMARY,
+        {
+            "cases": len(cases),
+            "ok": len(ok),
+            "ran_now": counts["ran"],
+            "skipped_now": counts["skipped"],
+            "failed": [{"case": name, "error": sentence} for name, sentence in failed.items()],
+            "settings": settings,
+            "written_at": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    return [r["case"] for r in ok], failed
+
+
+# --- attack-dataset ---------------------------------------------------------------------------------------
+
+
+def case_inputs(cases: Iterable) -> list[Input]:
+    """(path, what) of every file the cases read (image, label; evaluate: the adversarial volume)."""
+    inputs: list[Input] = []
+    for item in cases:
+        case = getattr(item, "case", item)
+        inputs += [(case.image, f"the image of case {case.name}")]
+        inputs += [(case.label, f"the label of case {case.name}")] if case.label else []
+        adversarial = getattr(item, "adversarial", None)
+        inputs += [(adversarial, f"the adversarial volume of case {case.name}")] if adversarial else []
+    return inputs
+
+
+def attack_dataset(
+    cases: Sequence[Case],
+    template,
+    out: Path,
+    ctx: DistributedContext,
+    reporter: Reporter,
+    inputs: Sequence[Input] = (),
+) -> RunSummary:
+    """Attack every case with the settings of `template` (a `pipeline.AttackRequest`; its image, label and
+    out are replaced per case) and write the dataset folder `out`.
+
+    The settings are validated once, before any case runs and before `out` is claimed (see `outputs`);
+    `inputs` are further files the run reads (the datalist), so that `out` never overwrites them.
+    """
+    from ..models.cards import load_model
+    from ..pipeline.case import check_request, run_attack
+
+    card, _ = load_model(
+        template.model, card=template.card, device="cpu", trust_torchscript=template.trust_torchscript
+    )
+    attack = check_request(template, card)  # bad parameters, unknown organs: exit 2 now
+    settings = {
+        "kind": "attack-dataset",
+        "title": f"{attack.name} against {card.name}",
+        "model": _source_name(template.model),
+        "card": _source_name(template.card) if template.card else None,
+        "attack": attack.name,
+        "preset": template.preset,
+        "parameters": attack.config.to_dict(),
+        "organs": list(template.organs),
+        "region": template.region,
+        "dilation_mm": template.dilation_mm,
+        "targeted": template.targeted,
+        "seed": template.seed,
+        "preview": template.preview,
+    }
+    inner = reporter if ctx.is_main else SilentReporter()
+
+    def run_one(case: Case, case_dir: Path) -> dict:
+        request = replace(template, image=case.image, label=case.label, out=case_dir)
+        return run_attack(request, inner)
+
+    required = [p.name for p in CaseFolder(Path(".")).required()]
+    inputs = [
+        *inputs,
+        *case_inputs(cases),
+        *model_inputs(template.model),
+        *model_inputs(template.card, "--card"),
+    ]
+    with claim_output_folder(out, inputs, DATASET_FILES, ctx=ctx):
+        return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
+
+
+def _source_name(source: str | Path) -> str:
+    """A model given as a path is recorded absolute (a rerun from another folder is the same run)."""
+    path = Path(source)
+    return str(path.resolve()) if path.exists() else str(source)
+
+
+# --- evaluate ---------------------------------------------------------------------------------------------
+
+ADVERSARIAL_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def find_adversarial(adv_dir: Path, case: Case) -> Path | None:
+    """The saved adversarial volume of `case` in `adv_dir`: an attack-dataset folder (`cases/<name>/`),
+    a folder of case folders (`<name>/`), or a flat folder of volumes named as the image or `<name>.<suffix>`.
+    """
+    candidates = [
+        adv_dir / CASES_DIR / case.name / ADVERSARIAL,
+        adv_dir / case.name / ADVERSARIAL,
+        adv_dir / case.image.name,
+        *(adv_dir / f"{case.name}{suffix}" for suffix in ADVERSARIAL_SUFFIXES),
+    ]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def cases_from_case_folders(adv_dir: Path) -> list[AdversarialCase]:
+    """Evaluate cases from the case folders in `adv_dir` (or `adv_dir/cases`): input and label from provenance."""
+    root = adv_dir / CASES_DIR if (adv_dir / CASES_DIR).is_dir() else adv_dir
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = [p for p in folders if (p / "provenance.json").is_file()]
+    if not folders:
+        raise InputError(
+            f"--adv-dir {adv_dir} holds no case folders (with provenance.json); give --datalist or --data-dir"
+            " to match a flat folder of adversarial volumes."
+        )
+    out = []
+    for folder in folders:
+        try:
+            provenance = read_case(folder).load_provenance()
+            image = Path(provenance["input"]["path"])
+            label = (provenance.get("reference_label") or {}).get("path")
+            problem = None
+        except (InputError, KeyError, json.JSONDecodeError) as error:
+            image, label, problem = folder, None, f"case folder {folder} cannot be read ({error})."
+        label_path = Path(label) if label else None
+        if problem is None and not image.exists():
+            problem = f"case {folder.name}: its input {image} (from provenance.json) does not exist."
+        elif problem is None and label_path is not None and not label_path.exists():
+            problem = f"case {folder.name}: its label {label_path} (from provenance.json) does not exist."
+        case = Case(folder.name, image, label_path, problem)
+        out.append(AdversarialCase(case, folder / ADVERSARIAL))
+    return out
+
+
+def evaluate_dataset(
+    cases: Sequence[AdversarialCase],
+    model: str,
+    card_source: str | None,
+    out: Path,
+    ctx: DistributedContext,
+    device,
+    reporter: Reporter,
+    sw_batch_size: int = 4,
+    adv_dir: Path | None = None,
+    inputs: Sequence[Input] = (),
+    trust_torchscript: bool = False,
+) -> RunSummary:
+    """Segment every clean and saved adversarial volume with the model; score them like `attack` does.
+
+    `out` is claimed (see `outputs`) after the model loads; it never overwrites `adv_dir`, the cases' files
+    or further `inputs` (the datalist).
+    """
+    from ..models.cards import load_model
+    from ..models.segment import predict_labels
+    from ..pipeline.case import _case_metrics
+    from ..volumes.io import staged_output_dir, write_image
+    from ..volumes.preprocess import to_model_space
+
+    card, network = load_model(model, card=card_source, device=device, trust_torchscript=trust_torchscript)
+    adv_name = str(Path(adv_dir).resolve()) if adv_dir else None
+    settings = {
+        "kind": "evaluate",
+        "title": f"{card.name} on the adversarial volumes of {adv_name}",
+        "model": _source_name(model),
+        "card": _source_name(card_source) if card_source else None,
+        "adv_dir": adv_name,
+    }
+    inner = reporter if ctx.is_main else SilentReporter()
+
+    def run_one(item: AdversarialCase, case_dir: Path) -> dict:
+        source = read_image(item.case.image)
+        adversarial = read_image(item.adversarial)
+        if not same_grid(source, adversarial):
+            raise InputError(
+                f"case {item.name}: the adversarial volume {item.adversarial} is not on the grid of {item.case.image}."
+            )
+        reference = read_label(item.case.label, source, card.label_names) if item.case.label else None
+        predictions = []
+        for stage, volume in (("segment-clean", source), ("segment-adv", adversarial)):
+            space = to_model_space(volume, card)
+            labels = predict_labels(
+                network,
+                space.tensor,
+                card,
+                device,
+                sw_batch_size,
+                lambda d, t, s=stage: inner.progress(s, d, t),
+            )
+            predictions.append((space, space.labels_to_source(labels)))
+        (clean_space, pred_clean), (_, pred_adv) = predictions
+        metrics = _case_metrics(
+            clean_space,
+            source,
+            adversarial,
+            pred_clean,
+            pred_adv,
+            reference,
+            None,
+            kind="evaluate",
+            reporter=inner,
+        )
+        metrics["adversarial"] = {
+            "path": str(item.adversarial.resolve()),
+            "sha256": sha256_file(item.adversarial),
+        }
+        metrics["input"] = {"path": str(item.case.image.resolve()), "sha256": sha256_file(item.case.image)}
+        with staged_output_dir(case_dir) as staging:
+            write_image(pred_clean, staging / f"{PRED_CLEAN}.nii.gz")
+            write_image(pred_adv, staging / f"{PRED_ADV}.nii.gz")
+            write_json_atomic(staging / METRICS, metrics)
+        return metrics
+
+    required = [f"{PRED_CLEAN}.nii.gz", f"{PRED_ADV}.nii.gz", METRICS]
+    inputs = [*inputs, *case_inputs(cases), *model_inputs(model), *model_inputs(card_source, "--card")]
+    if adv_dir is not None:
+        inputs.append((adv_dir, "--adv-dir"))
+    with claim_output_folder(out, inputs, DATASET_FILES, ctx=ctx):
+        return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
+
+
+def match_adversarial(cases: Sequence[Case], adv_dir: Path) -> list[AdversarialCase]:
+    """Pair every datalist case with its saved adversarial volume in `adv_dir` (None when there is none)."""
+    return [AdversarialCase(case, find_adversarial(adv_dir, case)) for case in cases]
