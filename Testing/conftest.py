@@ -53,7 +53,8 @@ def msd_spleen() -> tuple[Path, Path]:
 
 def save_tiny_model(folder: Path, spacing_mm: float, roi: int) -> Path:
     """A randomly initialised, very small UNet card (for pipeline plumbing, not for accuracy)."""
-    from AdvSegAttackLib.models.cards import ModelCard, save_model
+    from AdvSegAttackLib.models.cards import ModelCard
+    from AdvSegAttackLib.models.networks import build_network, save_model
 
     card = ModelCard(
         name="tiny",
@@ -62,7 +63,7 @@ def save_tiny_model(folder: Path, spacing_mm: float, roi: int) -> Path:
         spacing_mm=[spacing_mm] * 3,
         roi_size=[roi] * 3,
     )
-    return save_model(card, card.build_network(), folder / "tiny")
+    return save_model(card, build_network(card), folder / "tiny")
 
 
 @contextlib.contextmanager

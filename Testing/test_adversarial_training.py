@@ -18,7 +18,7 @@ from AdvSegAttackLib.attacks.base import make_attack
 from AdvSegAttackLib.attacks.objective import dice_ce
 from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.models.cards import load_model
+from AdvSegAttackLib.models.networks import load_model
 from AdvSegAttackLib.training.adversarial import (
     AdversarialTraining,
     CropAttacker,
@@ -51,7 +51,7 @@ def real_crops(tmp_path_factory, real_ct_small, real_ct_small_labels):
     """A tiny 3 mm card and two 16³ crops of the real CT (model space) with their reference labels."""
     card, network = load_model(save_tiny_model(tmp_path_factory.mktemp("tiny"), 3.0, 16))
     image = read_image(real_ct_small)
-    space = to_model_space(image, card)
+    space = to_model_space(image, **card.preprocessing)
     label = space.label_to_model(read_label(real_ct_small_labels, image, card.label_names))
     centre = [n // 2 for n in space.tensor.shape[2:]]
     crops = []

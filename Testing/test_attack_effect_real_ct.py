@@ -8,7 +8,7 @@ import torch
 
 from AdvSegAttackLib.attacks.base import make_attack
 from AdvSegAttackLib.evaluation.metrics import dice_per_label
-from AdvSegAttackLib.models.cards import load_model
+from AdvSegAttackLib.models.networks import load_model
 from AdvSegAttackLib.models.segment import predict_labels
 from AdvSegAttackLib.volumes.io import read_image, read_label
 from AdvSegAttackLib.volumes.preprocess import to_model_space
@@ -18,7 +18,7 @@ from AdvSegAttackLib.volumes.preprocess import to_model_space
 def setting(real_ct_small, real_ct_small_labels):
     card, network = load_model("abdomen-unet")
     image = read_image(real_ct_small)
-    space = to_model_space(image, card)
+    space = to_model_space(image, **card.preprocessing)
     target = space.label_to_model(read_label(real_ct_small_labels, image))
     return card, network, space, target
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import SimpleITK as sitk
 
 from AdvSegAttackLib.evaluation.metrics import segmentation_report
-from AdvSegAttackLib.models.cards import bundled_models, load_model, weights_path
+from AdvSegAttackLib.models.cards import bundled_models, weights_path
+from AdvSegAttackLib.models.networks import load_model
 from AdvSegAttackLib.models.segment import segment_image
 from AdvSegAttackLib.volumes.io import read_image, read_label, sha256_file
 from AdvSegAttackLib.volumes.phantom import make_phantom

@@ -10,17 +10,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from AdvSegAttackLib.cli import main
+from AdvSegAttackLib.cli import TRUST_TORCHSCRIPT_HELP, main
 from AdvSegAttackLib.errors import InputError
-from AdvSegAttackLib.models.cards import (
-    PRESETS,
-    TRUST_TORCHSCRIPT_HELP,
-    ModelCard,
-    load_card,
-    load_model,
-    load_weights_only,
-    save_model,
-)
+from AdvSegAttackLib.models.cards import PRESETS, ModelCard, load_card
+from AdvSegAttackLib.models.networks import build_network, load_model, load_weights_only, save_model
 from AdvSegAttackLib.volumes.io import write_image
 
 
@@ -44,7 +37,7 @@ def outputs(network: torch.nn.Module) -> torch.Tensor:
 
 def test_card_json_round_trip_and_safetensors(tmp_path):
     card = small_card()
-    network = card.build_network()
+    network = build_network(card)
     path = save_model(card, network, tmp_path / "model")
     assert (tmp_path / "model" / "model.safetensors").is_file()
     loaded_card, loaded = load_model(path)
@@ -73,7 +66,7 @@ def test_btcv_presets_build_the_published_networks(name):
     card = PRESETS[name]()
     assert card.label_names[6] == "liver" and card.num_classes == 14
     assert card.spacing_mm == [1.5, 1.5, 2.0] and card.intensity_window_hu == [-175.0, 250.0]
-    network = card.build_network()
+    network = build_network(card)
     parameters = sum(p.numel() for p in network.parameters())
     if name == "btcv-unetr":
         assert 92_000_000 < parameters < 94_000_000  # 92.8 M with MONAI 1.6 (perceptron embedding)
@@ -88,7 +81,7 @@ def test_btcv_presets_build_the_published_networks(name):
 
 def test_research_code_checkpoint_with_module_prefix_loads(tmp_path):
     card = small_card()
-    network = card.build_network()
+    network = build_network(card)
     state = OrderedDict((f"module.{k}", v) for k, v in network.state_dict().items())
     path = tmp_path / "model_best.pt"
     torch.save({"epoch": 12, "best_acc": 0.81, "state_dict": state}, path)
@@ -98,7 +91,7 @@ def test_research_code_checkpoint_with_module_prefix_loads(tmp_path):
 
 def test_checkpoint_without_a_card_is_refused(tmp_path):
     path = tmp_path / "model.pt"
-    torch.save(small_card().build_network().state_dict(), path)
+    torch.save(build_network(small_card()).state_dict(), path)
     with pytest.raises(InputError, match="give --card"):
         load_model(path)
 
@@ -116,7 +109,7 @@ def test_checkpoint_that_needs_unpickling_is_refused(tmp_path):
 
 def test_pickle_based_files_are_refused_on_torch_with_a_flawed_weights_only_loader(tmp_path):
     path = tmp_path / "model.pt"
-    torch.save(small_card().build_network().state_dict(), path)
+    torch.save(build_network(small_card()).state_dict(), path)
     assert isinstance(load_weights_only(path), dict)
     with pytest.raises(InputError, match=r"model.pt is a pickle-based PyTorch file.*torch 2.5.1.*2.10"):
         load_weights_only(path, torch_version="2.5.1")
@@ -134,9 +127,9 @@ def test_every_command_that_takes_a_model_offers_the_trust_flag_and_says_the_ris
 
 
 def test_checkpoint_keys_that_do_not_fit_are_named(tmp_path):
-    other = small_card(
-        arguments={"channels": [4, 8, 32], "strides": [2, 2], "num_res_units": 1}
-    ).build_network()
+    other = build_network(
+        small_card(arguments={"channels": [4, 8, 32], "strides": [2, 2], "num_res_units": 1})
+    )
     path = tmp_path / "other.pth"
     torch.save({"state_dict": other.state_dict()}, path)
     with pytest.raises(InputError, match="keys do not fit the model card: .*wrong shape"):
@@ -154,7 +147,7 @@ def test_unetr_checkpoint_from_older_monai_without_norm_cross_attn_loads(tmp_pat
         arguments={"feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4},
         roi_size=[16, 16, 16],
     )
-    network = card.build_network()
+    network = build_network(card)
     state = {k: v for k, v in network.state_dict().items() if ".norm_cross_attn." not in k}
     assert len(state) < len(network.state_dict())
     path = tmp_path / "unetr.pt"
@@ -199,7 +192,7 @@ def test_torchscript_is_refused_unless_trusted_and_then_loads(tmp_path, capfd):
     assert "code in the TorchScript file ran" in capfd.readouterr().out  # what the refusal protects from
 
     card = small_card()
-    network = card.build_network().eval()
+    network = build_network(card).eval()
     traced = torch.jit.trace(network, torch.zeros(1, 1, 16, 16, 16))
     traced.save(str(tmp_path / "model.ts"))
     _, loaded = load_model(tmp_path / "model.ts", card=card, trust_torchscript=True)
@@ -323,7 +316,7 @@ def test_swin_unetr_btcv_shaped_bundle_is_read_as_data(tmp_path):
     folder = tmp_path / "swin_unetr_btcv_segmentation"
     (folder / "configs").mkdir(parents=True)
     (folder / "configs" / "inference.json").write_text(json.dumps(config), encoding="utf-8")
-    from AdvSegAttackLib.models.cards import _bundle_card as read_bundle
+    from AdvSegAttackLib.models.bundles import bundle_card as read_bundle
 
     card, weights = read_bundle(folder)
     assert card.architecture == "swin-unetr" and card.num_classes == 14

@@ -24,7 +24,7 @@ def card(spacing=(3.0, 3.0, 3.0), window=(-175.0, 250.0)) -> ModelCard:
 
 def test_matching_spacing_is_a_pure_reorientation(real_ct):
     image = read_image(real_ct)  # 3 mm, RAS voxel axes already
-    space = to_model_space(image, card())
+    space = to_model_space(image, **card().preprocessing)
     assert not space.resampled
     expected = (np.clip(sitk.GetArrayFromImage(image).transpose(2, 1, 0), -175, 250) + 175) / 425
     np.testing.assert_allclose(space.tensor[0, 0].numpy(), expected, atol=1e-6)
@@ -34,7 +34,7 @@ def test_lps_source_is_flipped_to_ras():
     array = np.arange(4 * 5 * 6, dtype=np.int16).reshape(6, 5, 4)  # (z, y, x)
     image = sitk.GetImageFromArray(array)
     image.SetSpacing((3.0, 3.0, 3.0))  # identity direction: LPS voxel axes
-    space = to_model_space(image, card(window=(0, 1000)))
+    space = to_model_space(image, **card(window=(0, 1000)).preprocessing)
     ras = array.transpose(2, 1, 0)[::-1, ::-1, :] / 1000.0
     np.testing.assert_allclose(space.tensor[0, 0].numpy(), ras, atol=1e-6)
     assert space.grid.GetDirection() == (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -43,7 +43,7 @@ def test_lps_source_is_flipped_to_ras():
 @pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (1.5, 1.5, 2.0)])
 def test_zero_perturbation_returns_the_source_bit_for_bit(real_ct, spacing):
     image = read_image(real_ct)
-    space = to_model_space(image, card(spacing))
+    space = to_model_space(image, **card(spacing).preprocessing)
     out = space.adversarial_to_source(space.tensor.clone())
     assert out.GetPixelID() == image.GetPixelID()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(image))
@@ -54,7 +54,7 @@ def test_zero_perturbation_returns_the_source_bit_for_bit(real_ct, spacing):
 @pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (1.5, 1.5, 2.0)])
 def test_local_perturbation_changes_only_voxels_it_reaches(real_ct, spacing):
     image = read_image(real_ct)
-    space = to_model_space(image, card(spacing))
+    space = to_model_space(image, **card(spacing).preprocessing)
     adversarial = space.tensor.clone()
     x, y, z = (s // 2 for s in adversarial.shape[-3:])
     adversarial[..., x - 4 : x + 4, y - 4 : y + 4, z - 4 : z + 4] += 0.02
@@ -72,12 +72,12 @@ def test_local_perturbation_changes_only_voxels_it_reaches(real_ct, spacing):
 
 def test_written_adversarial_is_what_the_model_sees(real_ct):
     image = read_image(real_ct)
-    space = to_model_space(image, card())
+    space = to_model_space(image, **card().preprocessing)
     generator = torch.Generator().manual_seed(0)
     noisy = (space.tensor + 0.02 * torch.randn(space.tensor.shape, generator=generator)).clamp(0, 1)
     adversarial = torch.where(space.attackable_mask(), noisy, space.tensor)
     written = space.adversarial_to_source(adversarial)
-    again = to_model_space(written, card())
+    again = to_model_space(written, **card().preprocessing)
     # Integer HU rounding is the only loss: half a HU in model units.
     assert (again.tensor - adversarial).abs().max().item() <= 0.5 / 425 + 1e-6
 
@@ -88,7 +88,7 @@ def test_only_voxels_inside_the_window_change():
     image = sitk.GetImageFromArray(array.transpose(2, 1, 0).copy())
     image.SetSpacing((3.0, 3.0, 3.0))
     image.SetDirection((-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0))
-    space = to_model_space(image, card())
+    space = to_model_space(image, **card().preprocessing)
     np.testing.assert_array_equal(space.attackable_mask()[0, 0, 0, 0].numpy(), [0, 0, 0, 1, 1, 0, 0, 0])
     for sign in (-1, 1):
         written = space.adversarial_to_source((space.tensor + sign * 10 / 425).clamp(0, 1))
@@ -110,7 +110,7 @@ def test_only_voxels_inside_the_window_change():
 def test_labels_round_trip_through_a_resampled_model_grid(real_ct, real_ct_labels):
     image = read_image(real_ct)
     label = read_label(real_ct_labels, image)
-    space = to_model_space(image, card((1.5, 1.5, 2.0)))
+    space = to_model_space(image, **card((1.5, 1.5, 2.0)).preprocessing)
     assert space.resampled
     in_model = space.label_to_model(label)
     assert tuple(in_model.shape[-3:]) == tuple(space.tensor.shape[-3:])
@@ -123,7 +123,7 @@ def test_oblique_source_keeps_its_geometry_on_the_way_back():
     from test_io import oblique_volume
 
     image = oblique_volume()
-    space = to_model_space(image, card((1.0, 1.0, 2.0), window=(-300, 300)))
+    space = to_model_space(image, **card((1.0, 1.0, 2.0), window=(-300, 300)).preprocessing)
     out = space.adversarial_to_source(space.tensor.clone())
     assert out.GetDirection() == image.GetDirection() and out.GetOrigin() == image.GetOrigin()
     np.testing.assert_array_equal(sitk.GetArrayFromImage(out), sitk.GetArrayFromImage(image))
@@ -170,7 +170,7 @@ def test_dicom_with_a_rescale_slope_stays_on_its_value_lattice(real_ct_small, tm
     image = read_image(tmp_path / "dicom")
     assert image.GetPixelID() == sitk.sitkFloat64  # GDCM applies the non-integer slope
     source = sitk.GetArrayFromImage(image)
-    space = to_model_space(image, card((1.5, 1.5, 2.0)))
+    space = to_model_space(image, **card((1.5, 1.5, 2.0)).preprocessing)
     generator = torch.Generator().manual_seed(0)
     noisy = (space.tensor + 0.01 * torch.randn(space.tensor.shape, generator=generator)).clamp(0, 1)
     out = sitk.GetArrayFromImage(space.adversarial_to_source(noisy))
@@ -194,7 +194,7 @@ def test_continuous_float_source_keeps_fractional_values():
     rng = np.random.default_rng(1)
     image = sitk.GetImageFromArray(rng.uniform(-100, 100, (12, 12, 12)).astype(np.float32))
     image.SetSpacing((3.0, 3.0, 3.0))
-    space = to_model_space(image, card())
+    space = to_model_space(image, **card().preprocessing)
     out = sitk.GetArrayFromImage(space.adversarial_to_source((space.tensor + 2 / 425).clamp(0, 1)))
     delta = out.astype(np.float64) - sitk.GetArrayFromImage(image)
     np.testing.assert_allclose(delta, 2.0, atol=1e-4)
@@ -208,7 +208,9 @@ def test_float32_source_on_a_fractional_lattice_stays_on_it():
     source = (stored * 0.3 - 1024.5).astype(np.float32)
     image = sitk.GetImageFromArray(source)
     image.SetSpacing((3.0, 3.0, 3.0))
-    space = to_model_space(image, card(window=(-1100.0, 4500.0)))  # every voxel inside, none clipped by +3.4
+    space = to_model_space(
+        image, **card(window=(-1100.0, 4500.0)).preprocessing
+    )  # every voxel inside, none clipped by +3.4
     out = sitk.GetArrayFromImage(space.adversarial_to_source((space.tensor + 3.4 / 5600).clamp(0, 1)))
     changed = out != source
     assert out.dtype == np.float32 and changed.mean() > 0.9

@@ -779,7 +779,8 @@ def test_engine_run_from_the_scene_loads_back_on_the_input_grid(mrml, tmp_path):
     pytest.importorskip("monai", reason="the engine needs MONAI")
     import subprocess
 
-    from AdvSegAttackLib.models.cards import ModelCard, save_model
+    from AdvSegAttackLib.models.cards import ModelCard
+    from AdvSegAttackLib.models.networks import build_network, save_model
     from AdvSegAttackLib.volumes.phantom import write_phantom
 
     lib, scene, slicer = mrml["lib"], mrml["scene"], mrml["slicer"]
@@ -801,7 +802,7 @@ def test_engine_run_from_the_scene_loads_back_on_the_input_grid(mrml, tmp_path):
     import torch
 
     torch.manual_seed(0)
-    cardPath = save_model(card, card.build_network(), tmp_path / "tiny-unet")
+    cardPath = save_model(card, build_network(card), tmp_path / "tiny-unet")
     labelNames, labelColors = engine.cardLabels(str(cardPath))
 
     inputVolume = lib.readVolumeFile(scene, image, "phantom")

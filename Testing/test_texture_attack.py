@@ -300,18 +300,20 @@ def test_pipeline_refuses_bad_organs(
 
 def test_search_respects_the_ssim_floor_and_reports_its_path(small_ct, networks, tiny_model):
     from AdvSegAttackLib.evaluation.metrics import dice_per_label
-    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.models.networks import load_model
     from AdvSegAttackLib.models.segment import predict_labels
     from AdvSegAttackLib.volumes.preprocess import to_model_space
 
     image, hu, labels = small_ct
     card, network = load_model(str(tiny_model), device="cpu")
-    target = predict_labels(network, to_model_space(image, card).tensor, card).numpy()
+    target = predict_labels(network, to_model_space(image, **card.preprocessing).tensor, card).numpy()
 
     def organ_dice(adversarial_hu: np.ndarray) -> float:
         candidate = sitk.GetImageFromArray(adversarial_hu)
         candidate.CopyInformation(image)
-        predicted = predict_labels(network, to_model_space(candidate, card).tensor, card).numpy()
+        predicted = predict_labels(
+            network, to_model_space(candidate, **card.preprocessing).tensor, card
+        ).numpy()
         return dice_per_label(predicted, target, [LIVER])[LIVER]
 
     cascade = TextureCascade(

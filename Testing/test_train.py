@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.models.cards import load_model
+from AdvSegAttackLib.models.networks import load_model
 from AdvSegAttackLib.training.supervised import STATE_FILE
 
 TINY = [

@@ -56,7 +56,8 @@ def setup(model: str, image_path: Path, threads: int, preset: str | None = None)
     """(card, network, model-space image, target): the model's own clean prediction is the target."""
     import torch
 
-    from AdvSegAttackLib.models.cards import PRESETS, load_model
+    from AdvSegAttackLib.models.cards import PRESETS
+    from AdvSegAttackLib.models.networks import build_network, load_model
     from AdvSegAttackLib.models.segment import predict_labels
     from AdvSegAttackLib.volumes.io import read_image
     from AdvSegAttackLib.volumes.preprocess import to_model_space
@@ -65,10 +66,10 @@ def setup(model: str, image_path: Path, threads: int, preset: str | None = None)
     if preset:
         torch.manual_seed(0)
         card = PRESETS[preset]()
-        network = card.build_network().eval()
+        network = build_network(card).eval()
     else:
         card, network = load_model(model)
-    space = to_model_space(read_image(image_path), card)
+    space = to_model_space(read_image(image_path), **card.preprocessing)
     target = predict_labels(network, space.tensor, card)
     return card, network, space, target
 

@@ -31,7 +31,7 @@ def main() -> int:
     import SimpleITK as sitk
 
     from AdvSegAttackLib.evaluation.metrics import segmentation_report
-    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.models.networks import load_model
     from AdvSegAttackLib.models.segment import segment_image
     from AdvSegAttackLib.volumes.io import read_image, read_label, write_json_atomic
     from AdvSegAttackLib.volumes.phantom import make_phantom

@@ -27,14 +27,14 @@ def measure(image_path: str, model: str, repeats: int, threads: int, queue) -> N
     import torch
     from monai.inferers import sliding_window_inference
 
-    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.models.networks import load_model
     from AdvSegAttackLib.models.segment import segment_image
     from AdvSegAttackLib.volumes.io import read_image, write_image, write_segmentation
     from AdvSegAttackLib.volumes.preprocess import to_model_space
 
     torch.set_num_threads(threads)
     card, network = load_model(model)
-    tensor = to_model_space(read_image(image_path), card).tensor
+    tensor = to_model_space(read_image(image_path), **card.preprocessing).tensor
     end_to_end, bare = [], []
     with tempfile.TemporaryDirectory() as out:
         for _ in range(repeats):

@@ -18,11 +18,22 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import InputError, unexpected_error_sentence, write_error_log
+from ..models.cards import model_inputs
 from ..progress import Reporter, make_reporter
-from ..volumes.outputs import claim_output_folder, model_inputs
+from ..volumes.outputs import claim_output_folder
 from ..watchdog import start_parent_watchdog
 
 DEMO_MODEL = "abdomen-unet"
+
+TRUST_TORCHSCRIPT_HELP = (
+    "accept a TorchScript --model: TorchScript is a program that runs with your rights as soon as it is "
+    "loaded, so give this only for a file from an author you trust (default: refused)"
+)
+
+
+def add_trust_torchscript_argument(parser) -> None:
+    """`--trust-torchscript` on an argparse parser of a command that takes a model."""
+    parser.add_argument("--trust-torchscript", action="store_true", help=TRUST_TORCHSCRIPT_HELP)
 
 
 def resolve_device(name: str):
@@ -215,7 +226,7 @@ def run_segment(
     import SimpleITK as sitk
 
     from ..evaluation.metrics import metrics_document, organ_metrics
-    from ..models.cards import load_model
+    from ..models.networks import load_model
     from ..models.segment import segment_image
     from ..volumes.io import (
         read_image,
@@ -322,7 +333,8 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
 
 
 def _train(args: argparse.Namespace, reporter: Reporter, adversarial, distributed, device) -> dict:
-    from ..models.cards import ModelCard, load_card, load_model, weights_path
+    from ..models.cards import ModelCard, load_card, weights_path
+    from ..models.networks import load_model
     from ..training.supervised import TrainConfig, TrainingCase, train
     from ..volumes.io import read_image, read_label, sha256_file
 
@@ -454,7 +466,6 @@ def preset_help() -> str:
 
 def _add_attack_arguments(p: argparse.ArgumentParser) -> None:
     from ..attacks.catalogue import ATTACKS
-    from ..models.cards import add_trust_torchscript_argument
 
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA or a DICOM folder)")
     p.add_argument("--label", help="reference label map (the attack target; else the clean prediction)")
@@ -662,7 +673,6 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..models.cards import add_trust_torchscript_argument
 
     parser = argparse.ArgumentParser(prog="advseg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"advseg {__version__}")

@@ -125,8 +125,13 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
 def add_parser(sub, common) -> None:
     """Register `attack-dataset` and `evaluate` on the `advseg` sub-command parser."""
     from ..attacks.catalogue import ATTACKS
-    from ..models.cards import add_trust_torchscript_argument
-    from . import DEMO_MODEL, _positive_int, add_attack_parameters, preset_help
+    from . import (
+        DEMO_MODEL,
+        _positive_int,
+        add_attack_parameters,
+        add_trust_torchscript_argument,
+        preset_help,
+    )
 
     p = sub.add_parser(
         "attack-dataset", help="attack every case of a dataset split (also under torchrun, several processes)"

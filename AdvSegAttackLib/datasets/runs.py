@@ -40,6 +40,7 @@ import numpy as np
 
 from ..errors import InputError, describe_error, write_error_log
 from ..evaluation.casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, CaseFolder, read_case
+from ..models.cards import model_inputs
 from ..progress import Reporter
 from ..volumes.io import (
     json_safe,
@@ -50,7 +51,7 @@ from ..volumes.io import (
     write_json_atomic,
     write_text_atomic,
 )
-from ..volumes.outputs import Input, claim_output_folder, model_inputs
+from ..volumes.outputs import Input, claim_output_folder
 from .datalist import Case, safe_case_name
 from .distributed import DistributedContext, barrier, shared_store
 
@@ -538,7 +539,7 @@ def attack_dataset(
     The settings are validated once, before any case runs and before `out` is claimed (see `outputs`);
     `inputs` are further files the run reads (the datalist), so that `out` never overwrites them.
     """
-    from ..models.cards import load_model
+    from ..models.networks import load_model
     from ..pipeline.case import check_request, run_attack
 
     card, _ = load_model(
@@ -648,7 +649,7 @@ def evaluate_dataset(
     `out` is claimed (see `outputs`) after the model loads; it never overwrites `adv_dir`, the cases' files
     or further `inputs` (the datalist).
     """
-    from ..models.cards import load_model
+    from ..models.networks import load_model
     from ..models.segment import predict_labels
     from ..pipeline.case import _case_metrics
     from ..volumes.io import staged_output_dir, write_image
@@ -675,7 +676,7 @@ def evaluate_dataset(
         reference = read_label(item.case.label, source, card.label_names) if item.case.label else None
         predictions = []
         for stage, volume in (("segment-clean", source), ("segment-adv", adversarial)):
-            space = to_model_space(volume, card)
+            space = to_model_space(volume, **card.preprocessing)
             labels = predict_labels(
                 network,
                 space.tensor,
@@ -687,7 +688,8 @@ def evaluate_dataset(
             predictions.append((space, space.labels_to_source(labels)))
         (clean_space, pred_clean), (_, pred_adv) = predictions
         metrics = _case_metrics(
-            clean_space,
+            card,
+            clean_space.window,
             source,
             adversarial,
             pred_clean,

@@ -82,6 +82,6 @@ def segment_image(
     progress: WindowProgress | None = None,
 ) -> tuple[sitk.Image, ModelSpaceImage, torch.Tensor]:
     """(label map on the source grid, the model-space image, model-space labels) of a CT volume in HU."""
-    space = to_model_space(image, card)
+    space = to_model_space(image, **card.preprocessing)
     labels = predict_labels(model, space.tensor, card, device, sw_batch_size, progress)
     return space.labels_to_source(labels), space, labels

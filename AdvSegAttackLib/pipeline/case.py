@@ -27,8 +27,9 @@ from ..evaluation.metrics import (
     organ_metrics,
     perturbation_report,
 )
-from ..models.cards import ModelCard, load_model, weights_path
+from ..models.cards import ModelCard, weights_path
 from ..models.labels import organ_index
+from ..models.networks import load_model
 from ..models.segment import predict_labels
 from ..progress import Reporter, StageCounter
 from ..volumes.io import (
@@ -40,7 +41,7 @@ from ..volumes.io import (
     write_json_atomic,
     write_segmentation,
 )
-from ..volumes.preprocess import ModelSpaceImage, to_model_space
+from ..volumes.preprocess import to_model_space
 
 REGIONS = ("whole", "organ", "bbox")
 
@@ -144,7 +145,11 @@ def _run_source_attack(
         image = sitk.GetImageFromArray(adversarial_hu)
         image.CopyInformation(source)
         predicted = predict_labels(
-            network, to_model_space(image, card).tensor, card, request.device, request.sw_batch_size
+            network,
+            to_model_space(image, **card.preprocessing).tensor,
+            card,
+            request.device,
+            request.sw_batch_size,
         )
         return dice_per_label(predicted.numpy(), target.numpy(), [organ])[organ]
 
@@ -175,7 +180,8 @@ def _versions() -> dict:
 
 
 def _case_metrics(
-    space: ModelSpaceImage,
+    card: ModelCard,
+    window_hu: tuple[float, float],
     source: sitk.Image,
     adversarial: sitk.Image,
     pred_clean: sitk.Image,
@@ -196,18 +202,18 @@ def _case_metrics(
     clean_array, adv_array = sitk.GetArrayFromImage(pred_clean), sitk.GetArrayFromImage(pred_adv)
     reference_array = sitk.GetArrayFromImage(reference) if reference is not None else clean_array
     reports = 3 if reference is not None else 2
-    organ_count = len(space.card.label_names) - 1
+    organ_count = len(card.label_names) - 1
     units = reports * organ_count + PERTURBATION_PARTS * (2 if region_source is not None else 1)
     counter = StageCounter(reporter, "metrics", units) if reporter is not None else None
 
     def part():
         return counter.part() if counter is not None else None
 
-    organs = organ_metrics(space.card.label_names, spacing, clean_array, reference_array, adv_array, part)
+    organs = organ_metrics(card.label_names, spacing, clean_array, reference_array, adv_array, part)
     perturbation = perturbation_report(
         sitk.GetArrayFromImage(source),
         sitk.GetArrayFromImage(adversarial),
-        space.window,
+        window_hu,
         region=region_source,
         progress=part(),
     )
@@ -215,7 +221,7 @@ def _case_metrics(
         counter.finish()
     return metrics_document(
         kind,
-        space.card.name,
+        card.name,
         source.GetSize(),
         source.GetSpacing(),
         "reference label" if reference is not None else "clean prediction",
@@ -266,7 +272,7 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
     )
     attack = check_request(request, card)
     reference = read_label(request.label, source, card.label_names) if request.label else None
-    space = to_model_space(source, card)
+    space = to_model_space(source, **card.preprocessing)
     reporter.progress("load", 1, 1)
     lap("load")
 
@@ -329,14 +335,22 @@ def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
             volumes.step()
         lap("write")
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
-        written_space = to_model_space(written, card)
+        written_space = to_model_space(written, **card.preprocessing)
         adv_model = predict_labels(
             network, written_space.tensor, card, request.device, request.sw_batch_size, windows("segment-adv")
         )
         lap("segment_adv")
         pred_adv = written_space.labels_to_source(adv_model)
         metrics = _case_metrics(
-            space, source, written, pred_clean, pred_adv, reference, region_source, reporter=reporter
+            card,
+            space.window,
+            source,
+            written,
+            pred_clean,
+            pred_adv,
+            reference,
+            region_source,
+            reporter=reporter,
         )
         lap("metrics")
         metrics["attack"] = {"name": attack.name, "diagnostics": diagnostics}

@@ -30,7 +30,8 @@ import torch
 from ..datasets.distributed import SINGLE_PROCESS, DistributedContext, barrier
 from ..errors import InputError
 from ..evaluation.metrics import dice_per_label
-from ..models.cards import ModelCard, load_weights_only, save_model
+from ..models.cards import ModelCard
+from ..models.networks import build_network, load_weights_only, save_model
 from ..models.segment import predict_labels
 from ..volumes.io import atomic_path
 from ..volumes.preprocess import to_model_space
@@ -181,7 +182,7 @@ def train(
     generator = np.random.default_rng(seed)
 
     def prepare(case: TrainingCase) -> dict:
-        space = to_model_space(case.image, card)
+        space = to_model_space(case.image, **card.preprocessing)
         label = space.label_to_model(case.label)
         if int(label.max()) >= card.num_classes:
             raise InputError(
@@ -200,7 +201,7 @@ def train(
     sampler = _augmentations(card.roi_size, config.crops_per_volume, config.augment)
     sampler.set_random_state(seed=seed)
 
-    network = (initial if initial is not None else card.build_network()).to(device)
+    network = (initial if initial is not None else build_network(card)).to(device)
     for parameter in network.parameters():
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(

@@ -48,25 +48,6 @@ def lock_path(out: str | Path) -> Path:
     return real.parent / f".{real.name}.lock"
 
 
-def model_inputs(source: str | Path | None, what: str = "--model") -> list[Input]:
-    """The files a model source is read from: a card and its weights, a checkpoint, or a bundle folder."""
-    from ..models.cards import load_card, weights_path
-
-    if source is None:
-        return []
-    path = Path(source)
-    if path.is_dir() and (path / "configs").is_dir():  # a MONAI bundle folder is read as a whole
-        return [(path, what)]
-    if path.is_file() and path.suffix.lower() != ".json":  # a checkpoint or TorchScript file
-        return [(path, what)]
-    try:
-        card = load_card(source)
-    except InputError:  # not a card: the command reports it with its own sentence
-        return [(path, what)] if path.exists() else []
-    files = ((card.path, f"the model card of {what}"), (weights_path(card), f"the weights of {what}"))
-    return [(file, name) for file, name in files if file is not None]
-
-
 def _overlap_sentence(
     out: Path, target: Path, inputs: Iterable[Input], writes: Sequence[str] | None
 ) -> str | None:

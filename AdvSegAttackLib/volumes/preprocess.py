@@ -1,8 +1,9 @@
-"""Model space: the card's orientation, spacing and HU window; and the inverse path back to the source grid.
+"""Model space: a model's orientation, spacing and HU window (a card's `preprocessing`); and the inverse path
+back to the source grid.
 
-Forward: source volume -> reorient (axis permutation/flip, exact) -> resample to the card spacing (linear;
+Forward: source volume -> reorient (axis permutation/flip, exact) -> resample to the model spacing (linear;
 skipped when the spacing already matches) -> clip to the HU window and scale to [0, 1] -> tensor
-[1, 1, X, Y, Z] in the card's voxel axis order (for "RAS": X to the right, ..., Z superior; as MONAI after
+[1, 1, X, Y, Z] in the orientation's voxel axis order (for "RAS": X to the right, ..., Z superior; as MONAI after
 `Orientationd("RAS")`).
 
 Inverse: a model-space perturbation is scaled to HU, resampled onto the source grid (linear) and added to the
@@ -19,13 +20,12 @@ range). Label maps go both ways by nearest neighbour.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
 import torch
-
-from ..models.cards import ModelCard
 
 _CHUNK_VOXELS = 4_000_000  # voxels per chunk of the whole-volume passes of ValueLattice
 _LOOKUP_MAX = 1 << 24  # largest lattice span (steps) with a table of the source's exact values
@@ -143,18 +143,14 @@ def _image_from_xyz(array: np.ndarray, geometry: sitk.Image) -> sitk.Image:
 
 @dataclass
 class ModelSpaceImage:
-    """A source volume in a card's model space, with what is needed to go back."""
+    """A source volume in a model's space, with what is needed to go back."""
 
-    card: ModelCard
+    orientation: str  # the model's orientation code, e.g. "RAS"
+    window: tuple[float, float]  # the model's HU window (low, high)
     source: sitk.Image
     grid: sitk.Image  # model-space geometry (voxels not used)
     tensor: torch.Tensor  # [1, 1, X, Y, Z] float32 in [0, 1]
     resampled: bool  # False when only a reorientation was needed
-
-    @property
-    def window(self) -> tuple[float, float]:
-        low, high = self.card.intensity_window_hu
-        return float(low), float(high)
 
     def _to_source(self, image: sitk.Image, interpolator: int, default: float = 0.0) -> sitk.Image:
         if not self.resampled:
@@ -199,7 +195,7 @@ class ModelSpaceImage:
 
     def label_to_model(self, label: sitk.Image) -> torch.Tensor:
         """A source-grid label map as a LongTensor [1, 1, X, Y, Z] on the model grid (nearest neighbour)."""
-        oriented = sitk.DICOMOrient(label, self.card.orientation)
+        oriented = sitk.DICOMOrient(label, self.orientation)
         if not self.resampled and _same_grid(oriented, self.grid):
             on_grid = oriented
         else:
@@ -258,15 +254,14 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
     )
 
 
-def model_grid(source: sitk.Image, card: ModelCard) -> tuple[sitk.Image, bool]:
-    """(empty image with the model-space geometry, whether resampling is needed) for `source` under `card`."""
-    oriented_info = sitk.DICOMOrient(
-        sitk.Image([2, 2, 2], sitk.sitkUInt8), card.orientation
-    )  # direction only
+def model_grid(source: sitk.Image, orientation: str, spacing_mm: Sequence[float]) -> tuple[sitk.Image, bool]:
+    """(empty image with the model-space geometry, whether resampling is needed) of `source` reoriented to
+    `orientation` and resampled to `spacing_mm` (mm, in that orientation's axis order)."""
+    oriented_info = sitk.DICOMOrient(sitk.Image([2, 2, 2], sitk.sitkUInt8), orientation)  # direction only
     direction = oriented_info.GetDirection()
-    oriented = sitk.DICOMOrient(source, card.orientation) if source.GetNumberOfPixels() else source
+    oriented = sitk.DICOMOrient(source, orientation) if source.GetNumberOfPixels() else source
     spacing = np.array(oriented.GetSpacing())
-    target = np.array(card.spacing_mm, dtype=float)
+    target = np.array(spacing_mm, dtype=float)
     if np.allclose(spacing, target, rtol=0, atol=1e-6):
         grid = sitk.Image(oriented.GetSize(), sitk.sitkUInt8)
         grid.CopyInformation(oriented)
@@ -285,10 +280,14 @@ def model_grid(source: sitk.Image, card: ModelCard) -> tuple[sitk.Image, bool]:
     return grid, True
 
 
-def to_model_space(source: sitk.Image, card: ModelCard) -> ModelSpaceImage:
-    """The source volume (HU) as a [1, 1, X, Y, Z] tensor in [0, 1] on the card's grid."""
-    grid, resample = model_grid(source, card)
-    oriented = sitk.DICOMOrient(sitk.Cast(source, sitk.sitkFloat32), card.orientation)
+def to_model_space(
+    source: sitk.Image, orientation: str, spacing_mm: Sequence[float], window_hu: tuple[float, float]
+) -> ModelSpaceImage:
+    """The source volume (HU) as a [1, 1, X, Y, Z] tensor in [0, 1] on the model grid: reoriented to
+    `orientation`, resampled to `spacing_mm` and scaled from `window_hu` (a card gives them as
+    `to_model_space(image, **card.preprocessing)`)."""
+    grid, resample = model_grid(source, orientation, spacing_mm)
+    oriented = sitk.DICOMOrient(sitk.Cast(source, sitk.sitkFloat32), orientation)
     if resample:
         oriented = sitk.Resample(
             oriented,
@@ -299,7 +298,7 @@ def to_model_space(source: sitk.Image, card: ModelCard) -> ModelSpaceImage:
             sitk.sitkFloat32,
             useNearestNeighborExtrapolator=True,
         )
-    low, high = card.intensity_window_hu
+    low, high = (float(w) for w in window_hu)
     array = (np.clip(_array_xyz(oriented), low, high) - low) / (high - low)
     tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-    return ModelSpaceImage(card=card, source=source, grid=grid, tensor=tensor, resampled=resample)
+    return ModelSpaceImage(orientation, (low, high), source, grid, tensor, resample)

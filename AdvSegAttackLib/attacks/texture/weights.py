@@ -23,7 +23,7 @@ import torch
 
 from ... import resources_dir
 from ...errors import InputError
-from ...models.cards import load_weights_only
+from ...models.networks import load_weights_only
 from .networks import LEVELS, TextureAutoencoders
 
 BUNDLED_NAME = "ct-16x"
