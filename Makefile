@@ -19,7 +19,7 @@ SLICER_PINS := AdvSegAttack/Resources/slicer-5.10-constraints.txt
 SLICER_REQUIREMENTS := AdvSegAttack/Resources/requirements.txt
 SLICER_TEST_PACKAGES := $(shell grep -vE '^[[:space:]]*(\#|$$|monai|torch)' $(SLICER_REQUIREMENTS)) \
 	numpy scipy pydicom SimpleITK pytest slicer-core
-TORCHFREE_TESTS = $(shell grep -l '^pytestmark = pytest.mark.torchfree' Testing/test_*.py)
+TORCHFREE_TESTS = $(shell grep -l '^pytestmark = .*pytest.mark.torchfree' Testing/test_*.py)
 
 .PHONY: setup demo test lint test-slicer-python
 

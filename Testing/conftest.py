@@ -188,13 +188,3 @@ def write_case_folder(
     preview = sitk.GetImageFromArray(np.full((8, 8), 128, np.uint8))
     sitk.WriteImage(preview, str(folder / "preview.png"))
     return folder
-
-
-def engine_cli(argv: list[str]) -> int:
-    """`advseg ARGV` in this process (`AdvSegAttackLib.cli.main`). Skips where torch is not installed (the
-    Python 3.12 run with Slicer 5.10's packages): the parser still imports the attack catalogue, which needs
-    torch until that catalogue is made torch-free (issue 14)."""
-    pytest.importorskip("torch", reason="advseg's parser imports the attack catalogue, which needs torch")
-    from AdvSegAttackLib.cli import main
-
-    return main(argv)

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from AdvSegAttackLib.cli import TRUST_TORCHSCRIPT_HELP, main
+from AdvSegAttackLib.cli import main
+from AdvSegAttackLib.cli.common import TRUST_TORCHSCRIPT_HELP
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.models.cards import PRESETS, ModelCard, load_card
 from AdvSegAttackLib.models.networks import build_network, load_model, load_weights_only, save_model

@@ -100,7 +100,6 @@ def run_engine(launch: process.EngineLaunch, run: process.EngineRun, chunk: int 
 
 def test_engine_export_runs_from_the_case_folder(tmp_path, real_ct_small):
     """The module's export: launched in the case's own folder, with the engine root on PYTHONPATH."""
-    pytest.importorskip("torch", reason="advseg's parser imports the attack catalogue, which needs torch")
     case = write_case_folder(real_ct_small, tmp_path / "case")
     bundle = tmp_path / "bundle dir"
     arguments = [

@@ -17,12 +17,12 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from conftest import engine_cli as main
 from conftest import write_case_folder
 from pydicom.datadict import DicomDictionary, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
+from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.studies.export import (
     DICOM_FOLDER,

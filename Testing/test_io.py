@@ -19,6 +19,8 @@ from AdvSegAttackLib.volumes.io import (
     write_segmentation,
 )
 
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
+
 
 def oblique_volume(size=(40, 36, 24), spacing=(0.8, 0.9, 2.5)) -> sitk.Image:
     """A float volume on an oblique grid (rotated about two axes) with a non-trivial origin."""

@@ -10,6 +10,8 @@ from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES
 from AdvSegAttackLib.volumes.phantom import make_phantom, organ_centroids, write_phantom
 
+pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
+
 ORGAN = {name: value for value, name in enumerate(BTCV_LABEL_NAMES)}
 SMALL = {"shape": (64, 56, 48), "spacing": (6.0, 6.0, 6.0)}
 MEDIUM = {"shape": (96, 84, 72), "spacing": (4.0, 4.0, 4.0)}  # same 384 x 336 x 288 mm field of view

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import engine_cli as main
 
+from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.studies.reader_session import ORGAN_CHOICES, ReaderSession, case_file
 from AdvSegAttackLib.studies.session import (

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import engine_cli as main
 from scipy import stats
 from test_session import make_case, make_source
 
+from AdvSegAttackLib.cli import main
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.studies.reader_stats import (
     _roc_figure,

@@ -768,7 +768,7 @@ def test_export_command_line_is_accepted_by_the_engine(tmp_path):
     finally:
         sys.path.remove(str(MODULE_DIR))
     from AdvSegAttackLib.cli import build_parser
-    from AdvSegAttackLib.studies.export import cmd_export
+    from AdvSegAttackLib.cli.studies import cmd_export
 
     exportArguments = logicStaticMethod("exportArguments", {"advEngine": engine})
     case, bundle = tmp_path / "my case", tmp_path / "out dir"

@@ -20,7 +20,8 @@ from AdvSegAttackLib.evaluation.casefolder import read_case
 from AdvSegAttackLib.studies.reader_session import ReaderSession
 from AdvSegAttackLib.studies.session import append_rating, build_session, load_key, load_order, verify_session
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX links and FIFOs")
+POSIX = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX links and FIFOs")
+pytestmark = [pytest.mark.torchfree, POSIX]  # torchfree: also run with Slicer 5.10's Python and packages
 
 
 @contextmanager

@@ -296,6 +296,11 @@ def parameter_flags() -> dict[str, Parameter]:
     return flags
 
 
+def model_space_attacks() -> list[str]:
+    """The attacks that work in model space (on any crop or volume), i.e. all but the source-grid ones."""
+    return [name for name, entry in ATTACKS.items() if not entry.source_grid]
+
+
 def catalogue() -> dict[str, Any]:
     """Every attack with its parameters and presets, JSON-ready (see the module docstring)."""
     return {"attacks": [entry.to_json() for entry in ATTACKS.values()]}

@@ -13,9 +13,18 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..progress import Reporter
+from .common import (
+    add_attack_options,
+    add_common_options,
+    add_model_options,
+    attack_request,
+    positive_int,
+    resolve_device,
+)
 
 
-def _add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+def _add_dataset_options(p: argparse.ArgumentParser) -> None:
+    """--data-dir, --datalist and --split: which cases."""
     p.add_argument(
         "--data-dir",
         help="dataset folder: the base of the --datalist paths (default: the datalist's folder), "
@@ -51,31 +60,11 @@ def cmd_attack_dataset(args: argparse.Namespace, reporter: Reporter) -> dict:
     from ..datasets.datalist import load_cases
     from ..datasets.distributed import init_distributed, shutdown
     from ..datasets.runs import attack_dataset
-    from ..pipeline.case import AttackRequest
-    from . import attack_parameters, resolve_device
 
     ctx, device = init_distributed(resolve_device(args.device))
     try:
         cases = load_cases(args.data_dir, args.datalist, args.split)
-        template = AttackRequest(
-            image=Path(),
-            model=args.model,
-            out=Path(),
-            attack=args.attack,
-            params=attack_parameters(args),
-            preset=args.preset,
-            card=args.card,
-            organs=args.organ,
-            region=args.region,
-            dilation_mm=args.dilation_mm,
-            targeted=args.targeted,
-            seed=args.seed,
-            device=device,
-            sw_batch_size=args.sw_batch_size,
-            preview=not args.no_preview,
-            command_line=args.command_line,
-            trust_torchscript=args.trust_torchscript,
-        )
+        template = attack_request(args, Path(), None, Path(), device)  # image, label and out: per case
         summary = attack_dataset(cases, template, Path(args.out), ctx, reporter, _datalist_input(args))
     finally:
         shutdown(ctx)
@@ -90,7 +79,6 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
     from ..datasets.datalist import load_cases
     from ..datasets.distributed import init_distributed, shutdown
     from ..datasets.runs import cases_from_case_folders, evaluate_dataset, match_adversarial
-    from . import resolve_device
 
     adv_dir, out = Path(args.adv_dir), Path(args.out)
     if not adv_dir.is_dir():
@@ -122,51 +110,26 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
     return {"cases": summary.total, "failed": summary.failed_total, "exit_status": summary.exit_status}
 
 
-def add_parser(sub, common) -> None:
-    """Register `attack-dataset` and `evaluate` on the `advseg` sub-command parser."""
-    from ..attacks.catalogue import ATTACKS
-    from . import (
-        DEMO_MODEL,
-        _positive_int,
-        add_attack_parameters,
-        add_trust_torchscript_argument,
-        preset_help,
-    )
-
-    p = sub.add_parser(
-        "attack-dataset", help="attack every case of a dataset split (also under torchrun, several processes)"
-    )
-    _add_dataset_arguments(p)
-    p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
-    p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
-    add_trust_torchscript_argument(p)
-    p.add_argument("--attack", required=True, choices=sorted(ATTACKS), help="attack name")
-    p.add_argument("--preset", help=preset_help())
-    p.add_argument("--organ", nargs="+", default=[], help="organ names: loss focus and region, every case")
-    p.add_argument(
-        "--region", default="whole", choices=("whole", "organ", "bbox"), help="where voxels may change"
-    )
-    p.add_argument("--dilation-mm", type=float, default=10.0, help="organ region dilation, mm (default 10)")
-    p.add_argument("--targeted", action="store_true", help="drive the --organ to background (organ removal)")
-    p.add_argument("--seed", type=int, default=0, help="attack seed (the same for every case)")
-    p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward/backward pass")
-    p.add_argument("--no-preview", action="store_true", help="do not write preview.png")
+def add_attack_dataset(p: argparse.ArgumentParser) -> None:
+    _add_dataset_options(p)
     p.add_argument("--out", required=True, help="dataset output folder (a rerun completes it)")
-    add_attack_parameters(p)
-    common(p)
+    add_attack_options(p, every_case=True)
+    add_common_options(p)
     p.set_defaults(func=cmd_attack_dataset)
 
-    p = sub.add_parser("evaluate", help="segment saved adversarial volumes and tabulate Dice/HD95/SSIM/PSNR")
+
+def add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--adv-dir",
         required=True,
         help="attack-dataset output, folder of case folders, or flat folder of adversarial volumes",
     )
-    _add_dataset_arguments(p)
-    p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
-    p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
-    add_trust_torchscript_argument(p)
-    p.add_argument("--sw-batch-size", type=_positive_int, default=4, help="windows per forward pass")
+    _add_dataset_options(p)
+    add_model_options(p)
+    p.add_argument("--sw-batch-size", type=positive_int, default=4, help="windows per forward pass")
     p.add_argument("--out", required=True, help="evaluation output folder")
-    common(p)
+    add_common_options(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+PARSERS = {"attack-dataset": add_attack_dataset, "evaluate": add_evaluate}

@@ -26,7 +26,6 @@ the network as one batch (equal for the instance/group norms of the architecture
 
 from __future__ import annotations
 
-import argparse
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from ..attacks.base import Attack, make_attack
-from ..attacks.catalogue import ATTACKS
+from ..attacks.catalogue import ATTACKS, model_space_attacks
 from ..attacks.dct import dct3
 from ..errors import InputError
 
@@ -44,7 +43,7 @@ DEFAULT_ATTACK = "pgd"
 
 def training_attacks() -> list[str]:
     """Attacks that work on model-space crops (not those that need the source grid, like `texture`)."""
-    return sorted(name for name, entry in ATTACKS.items() if not entry.source_grid)
+    return sorted(model_space_attacks())
 
 
 def frequency_regularisation(clean_logits: torch.Tensor, adversarial_logits: torch.Tensor) -> torch.Tensor:
@@ -192,46 +191,3 @@ def adversarial_loss(
         "freq_reg": float(regulariser.detach()),
     }
     return clean + attacked + regulariser, terms
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The adversarial-training options of `advseg train`."""
-    group = parser.add_argument_group("adversarial training")
-    group.add_argument(
-        "--adv-training",
-        action="store_true",
-        help="train on crops attacked (every step) against a frozen copy of the current weights",
-    )
-    group.add_argument(
-        "--freq-reg",
-        action="store_true",
-        help="with --adv-training: DiceCE(clean) + DiceCE(adv) + |DCT(z)-DCT(z_adv)|_1/|DCT(z)|_1 on logits",
-    )
-    group.add_argument(
-        "--train-attack",
-        choices=training_attacks(),
-        help="attack generating the adversarial crops (default pgd)",
-    )
-    group.add_argument(
-        "--train-attack-preset", help="named parameter set of --train-attack (saa: specified, authors-final)"
-    )
-    group.add_argument(
-        "--train-attack-param",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="a parameter of --train-attack as in `advseg attack` without the dashes, e.g. eps=4, steps=5, "
-        "block-size=16 (repeat)",
-    )
-
-
-def from_args(args: argparse.Namespace) -> AdversarialTraining | None:
-    """The AdversarialTraining that `add_arguments`' options ask for, or None without --adv-training."""
-    if not args.adv_training:
-        given = args.freq_reg or args.train_attack or args.train_attack_param or args.train_attack_preset
-        if given:
-            raise InputError("--freq-reg and --train-attack-* options need --adv-training.")
-        return None
-    return AdversarialTraining.from_options(
-        args.train_attack or DEFAULT_ATTACK, args.train_attack_param, args.train_attack_preset, args.freq_reg
-    )
