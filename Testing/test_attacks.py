@@ -9,7 +9,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from AdvSegAttackLib.attacks import objective as objective_module
-from AdvSegAttackLib.attacks.base import attack_class, make_attack
+from AdvSegAttackLib.attacks.base import ModelSpaceAttack, SourceGridAttack, attack_class, make_attack
 from AdvSegAttackLib.attacks.catalogue import ATTACKS
 from AdvSegAttackLib.attacks.objective import SegmentationObjective, dice_ce
 from AdvSegAttackLib.attacks.saa import SpectralNoise
@@ -351,8 +351,10 @@ def test_bad_run_inputs(case):
 
 def test_registry_and_presets():
     assert set(ALL) <= set(ATTACKS)
-    for name in ATTACKS:
+    for name, entry in ATTACKS.items():
         assert attack_class(name).name == name
+        interface = SourceGridAttack if entry.source_grid else ModelSpaceAttack
+        assert issubclass(attack_class(name), interface) and isinstance(make_attack(name), interface)
         config = make_attack(name).config
         described = config.to_dict()
         assert all(entry["unit"] and entry["flag"].startswith("--") for entry in described.values())

@@ -398,7 +398,7 @@ def test_a_bad_datalist_item_never_deletes_a_finished_case(attacked, dataset, ti
 
 
 def test_clearing_a_case_touches_only_its_own_folders(tmp_path):
-    from AdvSegAttackLib.datasets.runs import _clear_case_dir
+    from AdvSegAttackLib.datasets.runs import clear_case_dir
 
     cases = tmp_path / "cases"
     for folder in ("finished", ".finished.staging-1", "*", ".*.staging-2"):
@@ -406,9 +406,30 @@ def test_clearing_a_case_touches_only_its_own_folders(tmp_path):
         (cases / folder / "file").write_text("x", encoding="utf-8")
     for unsafe in ("", ".", "..", ".hidden", "a/b"):
         with pytest.raises(InputError, match="not a safe folder name; nothing was deleted"):
-            _clear_case_dir(cases, unsafe)
+            clear_case_dir(cases, unsafe)
     assert sorted(p.name for p in cases.iterdir()) == sorted(
         ["finished", ".finished.staging-1", "*", ".*.staging-2"]
     )
-    assert _clear_case_dir(cases, "*") == cases / "*"  # a name with glob characters matches only itself
+    assert clear_case_dir(cases, "*") == cases / "*"  # a name with glob characters matches only itself
     assert sorted(p.name for p in cases.iterdir()) == [".finished.staging-1", "finished"]
+
+
+def test_a_dataset_run_loads_its_model_once(tmp_path, tiny_model, monkeypatch):
+    """attack-dataset and evaluate load the model once for all their cases, not once per case."""
+    import AdvSegAttackLib.pipeline.case as case_steps
+
+    loads = []
+    real_load = case_steps.load_model
+
+    def counted_load(*args, **kwargs):
+        loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(case_steps, "load_model", counted_load)
+    datalist = write_dataset(tmp_path / "data", [0, 1, 2])
+    assert main(attack_args(datalist, tiny_model, tmp_path / "attacked")) == 0
+    assert loads == [str(tiny_model)]
+    loads.clear()
+    evaluate = ["evaluate", "--adv-dir", str(tmp_path / "attacked"), "--model", str(tiny_model)]
+    assert main([*evaluate, "--device", "cpu", "--out", str(tmp_path / "evaluated")]) == 0
+    assert loads == [str(tiny_model)]

@@ -8,9 +8,17 @@ import SimpleITK as sitk
 
 from AdvSegAttackLib.errors import InputError
 from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES
-from AdvSegAttackLib.volumes.phantom import make_phantom, organ_centroids, write_phantom
+from AdvSegAttackLib.volumes.phantom import make_phantom, write_phantom
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
+
+
+def organ_centroids(label: sitk.Image) -> dict[int, np.ndarray]:
+    """World (LPS mm) centroid of every label value present (> 0), by SimpleITK's label statistics."""
+    statistics = sitk.LabelShapeStatisticsImageFilter()
+    statistics.Execute(label)
+    return {int(value): np.array(statistics.GetCentroid(value)) for value in statistics.GetLabels()}
+
 
 ORGAN = {name: value for value, name in enumerate(BTCV_LABEL_NAMES)}
 SMALL = {"shape": (64, 56, 48), "spacing": (6.0, 6.0, 6.0)}

@@ -17,16 +17,13 @@ from conftest import save_tiny_model
 from test_dataset_run import attack_args, manifest, voxels, write_dataset
 
 from AdvSegAttackLib.cli import main
-from AdvSegAttackLib.datasets.runs import CRASH_HOOK_ENV
 
 CASES = [f"phantom_seed{seed}_image" for seed in range(4)]
 VOLUMES = ("adversarial.nii.gz", "pred_clean.nii.gz", "pred_adv.nii.gz")
 
 
 def environment(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", CRASH_HOOK_ENV)
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     return {**env, "OMP_NUM_THREADS": "1", **extra}
 
 
@@ -81,12 +78,29 @@ def test_two_processes_equal_one_process(setup, tmp_path):
     assert "4 cases: 4 ok" in result.stdout and result.stdout.count("4 cases: 4 ok") == 1  # rank 0 reports
 
 
+KILL_RANK_1 = """
+import os, signal
+if os.environ.get("RANK") == "1":
+    from AdvSegAttackLib.datasets.runs import ManifestWriter
+
+    def killed(self, record):  # the case folder is complete; its manifest line is not written yet
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    ManifestWriter.write = killed
+"""
+
+
 def test_killed_rank_leaves_a_dataset_that_a_rerun_completes(setup, tmp_path):
     datalist, model, reference = setup
     out = tmp_path / "killed"
-    # test hook: rank 1 dies right after writing its first case folder, before that case's manifest line
-    crashed = torchrun(attack_args(datalist, model, out), processes=2, **{CRASH_HOOK_ENV: "1:1"})
-    assert crashed.returncode != 0
+    # rank 1 gets SIGKILL right after writing its first case folder, before that case's manifest line: a
+    # sitecustomize (imported by every Python that starts with it on the path) replaces its manifest writer
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_RANK_1, encoding="utf-8")
+    path = os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
+    crashed = torchrun(attack_args(datalist, model, out), processes=2, PYTHONPATH=path)
+    assert crashed.returncode != 0 and "SIGKILL" in crashed.stderr, crashed.stderr[-3000:]
     assert not (out / "aggregate.csv").exists()
     orphan = [p.name for p in (out / "cases").iterdir() if not p.name.startswith(".")]
     recorded = [

@@ -48,7 +48,8 @@ def main() -> int:
 
     import torch
 
-    from AdvSegAttackLib.pipeline.case import AttackRequest, run_attack
+    from AdvSegAttackLib.pipeline.case import run_attack
+    from AdvSegAttackLib.pipeline.request import AttackRequest
     from AdvSegAttackLib.progress import TqdmReporter
 
     folder = Path(tempfile.mkdtemp(prefix="attack-table-"))

@@ -1,7 +1,14 @@
-"""Attack interface and `make_attack` (parameters, presets and the registry are in `catalogue`).
+"""The two attack interfaces and `make_attack` (parameters, presets and the registry are in `catalogue`).
 
-Every attack works on a model-space image [1, 1, X, Y, Z] in [0, 1] (Z axial) and returns the adversarial
-image of the same shape; outside `region` it is bit-identical to the input, also in every step.
+`ModelSpaceAttack` (SA², VAFA, the pixel baselines): works on a model-space image [1, 1, X, Y, Z] in [0, 1]
+(Z axial) against a model and returns the adversarial image of the same shape; outside `region` it is
+bit-identical to the input, also in every step. The pipeline maps it back to the source grid.
+
+`SourceGridAttack` (texture): works on the source volume in HU and one organ of a label map on the same
+grid, and returns the adversarial volume on that grid; every voxel outside the organ is bit-identical.
+
+Both take their validated parameters (`catalogue.AttackConfig`); the catalogue's `source_grid` says which
+interface an attack has.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
+import SimpleITK as sitk
 import torch
 
 from ..errors import InputError
@@ -34,6 +43,14 @@ class AttackResult:
     stats such as "ssim", "xi_min"/"xi_max", "q_min"/"q_max")."""
 
     adversarial: torch.Tensor
+    diagnostics: dict[str, Any]
+
+
+@dataclass
+class SourceGridResult:
+    """adversarial: the volume on the source grid (source geometry and pixel type); diagnostics: JSON-friendly."""
+
+    adversarial: sitk.Image
     diagnostics: dict[str, Any]
 
 
@@ -75,12 +92,9 @@ class AttackContext:
 
 
 class Attack(ABC):
-    """An attack family member. Construct with its validated config (or its parameters as keywords), then
-    `run`."""
+    """An attack with its validated parameters (`config`; or its parameters as keywords)."""
 
     name: ClassVar[str]
-    source_space: ClassVar[bool] = False
-    """True for an attack that works on the source grid in HU (`run_source`) instead of in model space."""
 
     def __init__(self, config: AttackConfig | None = None, **params: Any):
         if config is not None and params:
@@ -88,7 +102,12 @@ class Attack(ABC):
         self.config = config if config is not None else attack_config(self.name, **params)
 
     def steps(self) -> int:
+        """How many progress steps `run` reports."""
         return int(getattr(self.config, "steps", 1))
+
+
+class ModelSpaceAttack(Attack):
+    """An attack on a model-space image against a model: `run`, which calls the method's `_run`."""
 
     def run(
         self,
@@ -162,6 +181,37 @@ class Attack(ABC):
     @abstractmethod
     def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:
         """Return (adversarial image, attack-specific diagnostics)."""
+
+
+SourceProgress = Callable[[int, int], None]
+"""progress(done, total) of a source-grid attack; may raise to cancel."""
+
+
+class SourceGridAttack(Attack):
+    """An attack on the source volume in HU that changes one organ of a label map on the same grid."""
+
+    @abstractmethod
+    def run(
+        self,
+        source: sitk.Image,
+        labels: sitk.Image,
+        organ: int,
+        organ_name: str | None = None,
+        *,
+        organ_dice: Callable[[np.ndarray], float] | None = None,
+        window_hu: tuple[float, float] | None = None,
+        device: torch.device | str = "cpu",
+        progress: SourceProgress | None = None,
+    ) -> SourceGridResult:
+        """Attack the organ of label value `organ` of `labels` (a label map on the grid of `source`).
+
+        `organ_dice(adversarial HU array)` scores a candidate with the model (an attack that searches its
+        settings uses it), `window_hu` is the model's HU window (for its SSIM).
+        """
+
+    def region_provenance(self) -> dict[str, Any]:
+        """How provenance.json describes the region this attack changes: the organ."""
+        return {"mode": "organ"}
 
 
 def attack_class(name: str) -> type[Attack]:

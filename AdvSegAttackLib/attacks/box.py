@@ -6,16 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-
-def region_bounds(region: torch.Tensor) -> tuple[tuple[int, int], ...]:
-    """(low, high) voxel bounds (high exclusive) of the True voxels of a [1, 1, X, Y, Z] mask, per axis."""
-    mask = region[0, 0]
-    bounds = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = torch.nonzero(mask.any(dim=others)).flatten()
-        bounds.append((int(hits[0]), int(hits[-1]) + 1))
-    return tuple(bounds)
+from ..evaluation.metrics import bounding_box, region_box
 
 
 @dataclass(frozen=True)
@@ -51,7 +42,8 @@ def block_box(volume: tuple[int, ...], region: torch.Tensor | None, block: int, 
     if region is None:
         return Box((0, 0, 0), volume, volume)
     low, high = [], []
-    for axis, (lo, hi) in enumerate(region_bounds(region)):
+    for axis, extent in enumerate(bounding_box(region[0, 0])):
+        lo, hi = extent.start, extent.stop
         if axis < blocked_axes:
             lo, hi = (lo // block) * block, min(-(-hi // block) * block, volume[axis])
         low.append(lo)
@@ -60,17 +52,13 @@ def block_box(volume: tuple[int, ...], region: torch.Tensor | None, block: int, 
 
 
 def ssim_box(volume: tuple[int, ...], region: torch.Tensor | None, min_size: int = 3) -> Box:
-    """The region's bounding box (whole volume without region), grown to >= min_size voxels per axis."""
+    """The region's bounding box (whole volume without region), grown symmetrically to >= min_size voxels
+    per axis (`evaluation.metrics.region_box`)."""
     volume = tuple(int(n) for n in volume)
     if region is None:
         return Box((0, 0, 0), volume, volume)
-    low, high = [], []
-    for (lo, hi), n in zip(region_bounds(region), volume, strict=True):
-        while hi - lo < min(min_size, n):
-            lo, hi = (lo - 1, hi) if lo > 0 else (lo, hi + 1)
-        low.append(lo)
-        high.append(hi)
-    return Box(tuple(low), tuple(high), volume)
+    box = region_box(region[0, 0], min_size)
+    return Box(tuple(s.start for s in box), tuple(s.stop for s in box), volume)
 
 
 def paste(image: torch.Tensor, box: Box, values: torch.Tensor) -> torch.Tensor:

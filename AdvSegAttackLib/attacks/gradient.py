@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from .base import Attack, AttackContext
+from .base import AttackContext, ModelSpaceAttack
 
 
-class _SignGradient(Attack):
+class _SignGradient(ModelSpaceAttack):
     random_start = False
 
     def _step_size(self) -> float:

@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
-from .base import Attack, AttackContext
+from .base import AttackContext, ModelSpaceAttack
 
 
-class GaussianNoise(Attack):
+class GaussianNoise(ModelSpaceAttack):
     """x + σ·N(0, 1), seeded; the reported loss is the DiceCE of the result (forward passes only)."""
 
     name = "gn"

@@ -39,34 +39,12 @@ from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.data.utils import dense_patch_slices
 
 from ..errors import InputError
+from ..models.labels import require_organs_present
+from ..models.segment import window_slices
 
 SMOOTH_DR = 1e-6  # MONAI DiceLoss smooth_dr as in the published scripts (smooth_nr = 0)
-
-
-def scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> tuple[int, ...]:
-    """MONAI's sliding-window step (voxels): int(roi·(1−overlap)) (≥ 1), or roi where roi == image size."""
-    return tuple(
-        int(r) if r == n else max(int(r * (1 - overlap)), 1)
-        for n, r in zip(image_size, roi_size, strict=True)
-    )
-
-
-def window_slices(
-    image_size: Sequence[int], roi_size: Sequence[int], overlap: float
-) -> tuple[list[tuple[slice, ...]], tuple[tuple[int, int], ...]]:
-    """Windows (slices into the padded volume) and per-axis (low, high) zero padding, as MONAI builds them."""
-    pads = []
-    for n, r in zip(image_size, roi_size, strict=True):
-        diff = max(int(r) - int(n), 0)
-        pads.append((diff // 2, diff - diff // 2))
-    padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(image_size, pads, strict=True))
-    slices = dense_patch_slices(
-        padded, tuple(int(r) for r in roi_size), scan_interval(padded, roi_size, overlap)
-    )
-    return list(slices), tuple(pads)
 
 
 CHUNK_ELEMENTS = 1 << 18  # logits elements per chunk (1 MiB): the loss runs in L2 cache, chunk by chunk
@@ -224,14 +202,13 @@ class SegmentationObjective:
         if self.organs is not None:
             if not self.organs:
                 raise InputError("--organ needs at least one label value.")
-            present = set(torch.unique(self.target).tolist())
             for organ in self.organs:
                 if organ <= 0:
                     raise InputError(
                         f"--organ {organ} is background or negative; give organ label values >= 1."
                     )
-                if organ not in present:
-                    raise InputError(f"--organ {organ} is not present in the target label map.")
+            present = set(torch.unique(self.target).tolist())
+            require_organs_present({str(o): o for o in self.organs}, present, "the target label map")
         if self.targeted and self.organs is None:
             raise InputError(
                 "--targeted needs --organ: it removes the chosen organs (sets them to background)."

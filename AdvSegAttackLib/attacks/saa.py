@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from . import dct
-from .base import Attack, AttackContext
+from .base import AttackContext, ModelSpaceAttack
 from .box import block_box, paste, ssim_box
 from .fast_ssim import ReferenceSSIM
 
@@ -69,7 +69,7 @@ class SpectralNoise:
         return xi.detach().expand(self.shape)[self.mask.expand(self.shape) > 0]
 
 
-class _SAA(Attack):
+class _SAA(ModelSpaceAttack):
     dims = 3
 
     def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from . import dct
-from .base import Attack, AttackContext
+from .base import AttackContext, ModelSpaceAttack
 from .box import block_box, paste
 from .fast_ssim import ReferenceSSIM
 
@@ -109,7 +109,7 @@ class Quantiser:
         return torch.relu(per_block).mean()
 
 
-class _VAFA(Attack):
+class _VAFA(ModelSpaceAttack):
     dims = 3
 
     def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -130,7 +130,8 @@ def add_demo(p: argparse.ArgumentParser) -> None:
 
 def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
     """SAA (default preset) on a phantom (or --image) with the bundled model: table, case folder, preview PNG."""
-    from ..pipeline.case import AttackRequest, run_attack
+    from ..pipeline.case import run_attack
+    from ..pipeline.request import AttackRequest
     from ..volumes.phantom import write_phantom
 
     out = Path(args.out)

@@ -126,7 +126,7 @@ def attack_request(args: argparse.Namespace, image: Path, label: Path | None, ou
     """The `pipeline.AttackRequest` of `add_attack_options`' options for one volume (a dataset run replaces
     image, label and out per case)."""
     from ..attacks.catalogue import parameter_flags
-    from ..pipeline.case import AttackRequest
+    from ..pipeline.request import AttackRequest
 
     return AttackRequest(
         image=image,

@@ -26,8 +26,6 @@ from .common import (
 
 # --- segment ----------------------------------------------------------------------------------------------
 
-SEGMENT_FILES = ("pred.nii.gz", "pred.seg.nrrd", "metrics.json")
-
 
 def add_segment(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="CT volume (NIfTI, NRRD, MHA or a DICOM folder)")
@@ -47,88 +45,16 @@ def segmentation_rows(metrics: dict) -> list[list[str]]:
     ]
 
 
-def run_segment(
-    image_path: Path,
-    model: str,
-    out_dir: Path,
-    label_path: Path | None,
-    device,
-    reporter: Reporter,
-    card: str | None = None,
-    sw_batch_size: int = 4,
-    trust_torchscript: bool = False,
-) -> dict:
-    """Segment a volume, write `pred.nii.gz` and `pred.seg.nrrd`, and score it against a reference if given."""
-    import SimpleITK as sitk
-
-    from ..evaluation.metrics import metrics_document, organ_metrics
-    from ..models.networks import load_model
-    from ..models.segment import segment_image
-    from ..volumes.io import (
-        read_image,
-        read_label,
-        sha256_file,
-        staged_output_dir,
-        write_image,
-        write_json_atomic,
-        write_segmentation,
-    )
-
-    image = read_image(image_path)
-    model_card, network = load_model(model, card=card, device=device, trust_torchscript=trust_torchscript)
-    reference = read_label(label_path, image, model_card.label_names) if label_path else None
-    with staged_output_dir(out_dir) as staging:
-        predicted, _, _ = segment_image(
-            image,
-            model_card,
-            network,
-            device,
-            sw_batch_size,
-            progress=lambda done, total: reporter.progress("segment", done, total),
-        )
-        write_image(predicted, staging / "pred.nii.gz")
-        write_segmentation(
-            predicted, staging / "pred.seg.nrrd", model_card.label_names, model_card.label_colors
-        )
-        organs = organ_metrics(
-            model_card.label_names,
-            tuple(reversed(image.GetSpacing())),  # SimpleITK arrays are (z, y, x)
-            sitk.GetArrayFromImage(predicted),
-            sitk.GetArrayFromImage(reference) if reference is not None else None,
-        )
-        result = metrics_document(
-            "segment",
-            model_card.name,
-            image.GetSize(),
-            image.GetSpacing(),
-            "reference label" if reference is not None else None,
-            organs,
-            input={"path": str(image_path), "sha256": sha256_file(image_path)},
-            reference_label=(
-                {"path": str(label_path), "sha256": sha256_file(label_path)}
-                if reference is not None
-                else None
-            ),
-        )
-        write_json_atomic(staging / "metrics.json", result)
-    reporter.close()
-    return result
-
-
 def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Segment a volume; with --label, print Dice and HD95 per organ."""
+    from ..pipeline.case import SEGMENT_FILES, LoadedModel, run_segment
+
     device = resolve_device(args.device)
     with claim_output_folder(args.out, volume_and_model_inputs(args), SEGMENT_FILES):
-        result = run_segment(
-            Path(args.image),
-            args.model,
-            Path(args.out),
-            Path(args.label) if args.label else None,
-            device,
-            reporter,
-            card=args.card,
-            sw_batch_size=args.sw_batch_size,
-            trust_torchscript=args.trust_torchscript,
-        )
+        model = LoadedModel.load(args.model, args.card, device, args.sw_batch_size, args.trust_torchscript)
+        label = Path(args.label) if args.label else None
+        result = run_segment(model, Path(args.image), label, Path(args.out), reporter)
+    reporter.close()
     if result["reference"] and args.progress != "jsonl":
         print_table(segmentation_rows(result), ["organ", "label", "Dice", "HD95 mm"])
         print(

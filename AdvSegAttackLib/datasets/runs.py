@@ -44,9 +44,6 @@ from ..models.cards import model_inputs
 from ..progress import Reporter
 from ..volumes.io import (
     json_safe,
-    read_image,
-    read_label,
-    same_grid,
     sha256_file,
     write_json_atomic,
     write_text_atomic,
@@ -63,12 +60,6 @@ AGGREGATE_MD = "aggregate.md"
 SUMMARY = "summary.json"
 #: Everything a dataset run writes at the top of OUT (glob patterns), for the output-folder check.
 DATASET_FILES = (RUN_FILE, CASES_DIR, MANIFEST, "manifest.rank*.jsonl", AGGREGATE_CSV, AGGREGATE_MD, SUMMARY)
-
-#: Test hook (used by Testing/test_torchrun.py to simulate a rank that dies mid-run):
-#: "R:N" makes rank R leave with `os._exit(CRASH_EXIT_STATUS)` right after the folder of its N-th case is
-#: written and before that case's manifest line, i.e. at the worst moment for a rerun.
-CRASH_HOOK_ENV = "ADVSEG_TEST_CRASH_AFTER_CASES"
-CRASH_EXIT_STATUS = 70
 
 _run_numbers = itertools.count()  # same sequence on every rank: names the store keys of each run
 
@@ -356,14 +347,6 @@ def _check_settings(out: Path, settings: dict, ctx: DistributedContext) -> None:
         write_json_atomic(path, settings)
 
 
-def _crash_hook(rank: int) -> int | None:
-    text = os.environ.get(CRASH_HOOK_ENV)
-    if not text:
-        return None
-    hook_rank, count = (int(part) for part in text.split(":"))
-    return count if hook_rank == rank else None
-
-
 def _tickets(store, key: str, total: int):
     """Case numbers for this rank: the next free one of the shared counter, until none is left."""
     if store is None:
@@ -373,7 +356,7 @@ def _tickets(store, key: str, total: int):
         yield ticket
 
 
-def _clear_case_dir(cases_dir: Path, name: str) -> Path:
+def clear_case_dir(cases_dir: Path, name: str) -> Path:
     """Remove a case's earlier (unverified) folder and any staging folder a killed run left behind.
 
     Only ever `cases_dir/<name>` and `cases_dir/.<name>.staging-*` for a safe (non-empty, one-component) name.
@@ -416,7 +399,6 @@ def run_cases(
 
     store = shared_store(ctx)
     key = f"advseg/{settings['kind']}/{next(_run_numbers)}"
-    crash_after = _crash_hook(ctx.rank)
     writer = ManifestWriter(out, ctx.rank)
     host = socket.gethostname()
     ran: list[str] = []
@@ -434,7 +416,7 @@ def run_cases(
                 try:
                     if case.problem:
                         raise InputError(case.problem)
-                    case_dir = _clear_case_dir(cases_dir, case.name)
+                    case_dir = clear_case_dir(cases_dir, case.name)
                     metrics = run_case(case, case_dir)
                     record.update(status="ok", error=None, metrics=case_numbers(metrics))
                     record["outputs"] = hash_outputs(case_dir)
@@ -448,8 +430,6 @@ def run_cases(
                     record.update(status="failed", error=sentence, metrics=None, outputs={})
                     failed[case.name] = sentence
                 ran.append(case.name)
-                if crash_after is not None and len(ran) >= crash_after:
-                    os._exit(CRASH_EXIT_STATUS)
                 record["seconds"] = round(time.perf_counter() - started, 3)
                 record["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="microseconds")
                 writer.write(record)
@@ -539,13 +519,13 @@ def attack_dataset(
     The settings are validated once, before any case runs and before `out` is claimed (see `outputs`);
     `inputs` are further files the run reads (the datalist), so that `out` never overwrites them.
     """
-    from ..models.networks import load_model
-    from ..pipeline.case import check_request, run_attack
+    from ..pipeline.case import LoadedModel, prepare_attack, run_attack
 
-    card, _ = load_model(
-        template.model, card=template.card, device="cpu", trust_torchscript=template.trust_torchscript
-    )
-    attack = check_request(template, card)  # bad parameters, unknown organs: exit 2 now
+    model = LoadedModel.load(
+        template.model, template.card, template.device, template.sw_batch_size, template.trust_torchscript
+    )  # once for every case
+    card = model.card
+    attack, _ = prepare_attack(template, card)  # bad parameters, unknown organs: exit 2 now
     settings = {
         "kind": "attack-dataset",
         "title": f"{attack.name} against {card.name}",
@@ -565,7 +545,7 @@ def attack_dataset(
 
     def run_one(case: Case, case_dir: Path) -> dict:
         request = replace(template, image=case.image, label=case.label, out=case_dir)
-        return run_attack(request, inner)
+        return run_attack(request, inner, model)
 
     required = [p.name for p in CaseFolder(Path(".")).required()]
     inputs = [
@@ -649,17 +629,13 @@ def evaluate_dataset(
     `out` is claimed (see `outputs`) after the model loads; it never overwrites `adv_dir`, the cases' files
     or further `inputs` (the datalist).
     """
-    from ..models.networks import load_model
-    from ..models.segment import predict_labels
-    from ..pipeline.case import _case_metrics
-    from ..volumes.io import staged_output_dir, write_image
-    from ..volumes.preprocess import to_model_space
+    from ..pipeline.case import LoadedModel, evaluate_case
 
-    card, network = load_model(model, card=card_source, device=device, trust_torchscript=trust_torchscript)
+    loaded = LoadedModel.load(model, card_source, device, sw_batch_size, trust_torchscript)  # once
     adv_name = str(Path(adv_dir).resolve()) if adv_dir else None
     settings = {
         "kind": "evaluate",
-        "title": f"{card.name} on the adversarial volumes of {adv_name}",
+        "title": f"{loaded.card.name} on the adversarial volumes of {adv_name}",
         "model": _source_name(model),
         "card": _source_name(card_source) if card_source else None,
         "adv_dir": adv_name,
@@ -667,48 +643,8 @@ def evaluate_dataset(
     inner = reporter if ctx.is_main else SilentReporter()
 
     def run_one(item: AdversarialCase, case_dir: Path) -> dict:
-        source = read_image(item.case.image)
-        adversarial = read_image(item.adversarial)
-        if not same_grid(source, adversarial):
-            raise InputError(
-                f"case {item.name}: the adversarial volume {item.adversarial} is not on the grid of {item.case.image}."
-            )
-        reference = read_label(item.case.label, source, card.label_names) if item.case.label else None
-        predictions = []
-        for stage, volume in (("segment-clean", source), ("segment-adv", adversarial)):
-            space = to_model_space(volume, **card.preprocessing)
-            labels = predict_labels(
-                network,
-                space.tensor,
-                card,
-                device,
-                sw_batch_size,
-                lambda d, t, s=stage: inner.progress(s, d, t),
-            )
-            predictions.append((space, space.labels_to_source(labels)))
-        (clean_space, pred_clean), (_, pred_adv) = predictions
-        metrics = _case_metrics(
-            card,
-            clean_space.window,
-            source,
-            adversarial,
-            pred_clean,
-            pred_adv,
-            reference,
-            None,
-            kind="evaluate",
-            reporter=inner,
-        )
-        metrics["adversarial"] = {
-            "path": str(item.adversarial.resolve()),
-            "sha256": sha256_file(item.adversarial),
-        }
-        metrics["input"] = {"path": str(item.case.image.resolve()), "sha256": sha256_file(item.case.image)}
-        with staged_output_dir(case_dir) as staging:
-            write_image(pred_clean, staging / f"{PRED_CLEAN}.nii.gz")
-            write_image(pred_adv, staging / f"{PRED_ADV}.nii.gz")
-            write_json_atomic(staging / METRICS, metrics)
-        return metrics
+        case = item.case
+        return evaluate_case(loaded, case.image, item.adversarial, case.label, case_dir, inner, item.name)
 
     required = [f"{PRED_CLEAN}.nii.gz", f"{PRED_ADV}.nii.gz", METRICS]
     inputs = [*inputs, *case_inputs(cases), *model_inputs(model), *model_inputs(card_source, "--card")]

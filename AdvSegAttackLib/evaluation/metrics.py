@@ -49,15 +49,32 @@ def _check_spacing(spacing, ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of a bool mask as slices (stop exclusive), None if the mask is empty."""
-    box = []
-    for axis in range(mask.ndim):
-        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+def bounding_box(
+    mask: np.ndarray | torch.Tensor, margin: int | Sequence[int] = 0
+) -> tuple[slice, ...] | None:
+    """Bounding box of the True voxels of a mask (numpy array, or torch tensor on any device) as slices
+    (stop exclusive), grown by `margin` voxels (per axis) and clipped to the array; None if the mask is empty.
+    MONAI's `generate_spatial_bounding_box`."""
+    from monai.transforms.utils import generate_spatial_bounding_box
+
+    start, stop = generate_spatial_bounding_box(mask[None], margin=margin, allow_smaller=True)
+    if not stop[0]:  # MONAI's box of an empty mask is all zeros; any other ends after voxel 0
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop, strict=True))
+
+
+def region_box(region: np.ndarray | torch.Tensor, min_size: int) -> tuple[slice, ...] | None:
+    """Bounding box of `region`, grown symmetrically (and shifted inside the volume) to at least `min_size`
+    voxels per axis (the whole axis where it is shorter); None if the region is empty."""
+    box = bounding_box(region)
+    if box is None:
+        return None
+    grown = []
+    for s, n in zip(box, region.shape, strict=True):
+        want = min(max(s.stop - s.start, min_size), n)
+        start = max(0, min(s.start - (want - (s.stop - s.start)) // 2, n - want))
+        grown.append(slice(start, start + want))
+    return tuple(grown)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> tuple[float, int, int]:
@@ -79,8 +96,7 @@ def _hd95(a: np.ndarray, b: np.ndarray, spacing: tuple[float, ...]) -> float:
 
     # Crop to the union's box plus one voxel (clipped to the array): distances do not change, and MONAI
     # crops the same way (it pads with background where the box touches the border, as does the erosion).
-    box = bounding_box(a | b)
-    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, a.shape, strict=True))
+    box = bounding_box(a | b, margin=1)
     ta = torch.from_numpy(np.ascontiguousarray(a[box]))[None, None]
     tb = torch.from_numpy(np.ascontiguousarray(b[box]))[None, None]
     with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal use of a deprecated argument
@@ -281,19 +297,6 @@ def _perturbation_numbers(
     return numbers
 
 
-def _region_box(region: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of `region`, grown symmetrically (inside the volume) to at least the 3-D SSIM window."""
-    box = bounding_box(region)
-    if box is None:
-        return None
-    grown = []
-    for s, n in zip(box, region.shape, strict=True):
-        want = min(max(s.stop - s.start, SSIM3D_TAPS), n)
-        start = max(0, min(s.start - (want - (s.stop - s.start)) // 2, n - want))
-        grown.append(slice(start, start + want))
-    return tuple(grown)
-
-
 def perturbation_report(
     clean_hu: np.ndarray,
     adv_hu: np.ndarray,
@@ -337,7 +340,7 @@ def perturbation_report(
     if region is not None:
         region = np.asarray(region, dtype=bool)
         _check_same_shape(clean_hu, region, "Perturbation report region")
-        box = _region_box(region)
+        box = region_box(region, SSIM3D_TAPS)
         if box is None:
             report["region"] = None
         else:

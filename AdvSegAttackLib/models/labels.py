@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from ..errors import InputError
 
@@ -74,3 +74,11 @@ def organ_index(name_or_value: str | int, label_names: Sequence[str]) -> int:
         known = ", ".join(n.replace(" ", "_") for n in label_names[1:])
         raise InputError(f"--organ {name_or_value!r} is not an organ of this model; known organs: {known}.")
     return value
+
+
+def require_organs_present(organs: Mapping[str, int], present: Collection[int], where: str) -> None:
+    """InputError for the first organ (name as the user gave it -> label value) whose value `present` (the
+    label values of a label map) lacks: an attack on an organ that is not there has nothing to attack."""
+    for name, value in organs.items():
+        if value not in present:
+            raise InputError(f"--organ {name} is not present in {where}; nothing to attack.")

@@ -1,11 +1,13 @@
-"""Sliding-window segmentation with MONAI, mapped back to the source grid."""
+"""Sliding-window segmentation with MONAI, mapped back to the source grid, and the positions of MONAI's
+sliding windows (`window_slices`), which the attacks' objective uses too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import SimpleITK as sitk
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from ..volumes.preprocess import ModelSpaceImage, to_model_space
@@ -15,14 +17,32 @@ from .cards import ModelCard
 WindowProgress = Callable[[int, int], None]
 
 
+def scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> tuple[int, ...]:
+    """MONAI's sliding-window step (voxels): int(roi·(1−overlap)) (≥ 1), or roi where roi == image size."""
+    return tuple(
+        int(r) if r == n else max(int(r * (1 - overlap)), 1)
+        for n, r in zip(image_size, roi_size, strict=True)
+    )
+
+
+def window_slices(
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: float
+) -> tuple[list[tuple[slice, ...]], tuple[tuple[int, int], ...]]:
+    """Windows (slices into the padded volume) and per-axis (low, high) zero padding, as MONAI builds them."""
+    pads = []
+    for n, r in zip(image_size, roi_size, strict=True):
+        diff = max(int(r) - int(n), 0)
+        pads.append((diff // 2, diff - diff // 2))
+    padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(image_size, pads, strict=True))
+    slices = dense_patch_slices(
+        padded, tuple(int(r) for r in roi_size), scan_interval(padded, roi_size, overlap)
+    )
+    return list(slices), tuple(pads)
+
+
 def count_windows(shape: tuple[int, ...], roi_size, overlap: float) -> int:
     """Number of sliding windows MONAI uses for a spatial `shape` (after its padding to the ROI)."""
-    from monai.data.utils import dense_patch_slices
-    from monai.inferers.utils import _get_scan_interval
-
-    padded = [max(s, r) for s, r in zip(shape, roi_size, strict=True)]
-    interval = _get_scan_interval(padded, roi_size, len(padded), [overlap] * len(padded))
-    return len(dense_patch_slices(padded, roi_size, interval))
+    return len(window_slices(shape, roi_size, overlap)[0])
 
 
 def predict_logits(

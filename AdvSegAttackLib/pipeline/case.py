@@ -1,5 +1,15 @@
-"""One attack, end to end: read → model space → attack → write in HU on the source grid → segment the
-*written* file → metrics → case folder (see `casefolder`) with provenance.
+"""One case end to end, in steps that `attack`, `demo`, `segment`, dataset runs and `evaluate` share:
+
+    model = LoadedModel.load(...)                  the model, once per run
+    target = clean_target(space, reference, ...)   the clean prediction, and the target on both grids
+    outcome = attack_case(attack, ...)             the attack (model space or source grid), on the source grid
+    write_adversarial(...)                         adversarial.nii.gz (and region.nii.gz), written first
+    model.segment(read_image(written))             the model segments the *written* file
+    case_metrics(...)                              metrics.json (organs clean vs attacked, the perturbation)
+    write_predictions(...), write_case_preview(...), case_provenance(...)
+
+`run_attack` runs them for one request and writes the case folder (see `evaluation.casefolder`);
+`evaluate_case` scores a saved adversarial volume; `run_segment` is `advseg segment`.
 """
 
 from __future__ import annotations
@@ -7,7 +17,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,89 +27,153 @@ import SimpleITK as sitk
 import torch
 
 from .. import __version__
-from ..attacks.base import make_attack
+from ..attacks.base import Attack, ModelSpaceAttack, SourceGridAttack, attack_class
+from ..attacks.catalogue import attack_config
 from ..errors import InputError
 from ..evaluation.casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, PREVIEW, PROVENANCE, REGION
 from ..evaluation.metrics import (
     PERTURBATION_PARTS,
     bounding_box,
+    dice_per_label,
     metrics_document,
     organ_metrics,
     perturbation_report,
 )
 from ..models.cards import ModelCard, weights_path
-from ..models.labels import organ_index
+from ..models.labels import require_organs_present
 from ..models.networks import load_model
-from ..models.segment import predict_labels
+from ..models.segment import predict_labels, segment_image
 from ..progress import Reporter, StageCounter
 from ..volumes.io import (
     read_image,
     read_label,
+    same_grid,
     sha256_file,
     staged_output_dir,
     write_image,
     write_json_atomic,
     write_segmentation,
 )
-from ..volumes.preprocess import to_model_space
+from ..volumes.preprocess import ModelSpaceImage, to_model_space
+from .request import AttackRequest, validate_request
 
-REGIONS = ("whole", "organ", "bbox")
+SEGMENT_FILES = ("pred.nii.gz", "pred.seg.nrrd", "metrics.json")
+
+
+# --- the model ----------------------------------------------------------------------------------------------
 
 
 @dataclass
-class AttackRequest:
-    """Everything one `advseg attack` needs; parameters use attack config names (None = default)."""
+class LoadedModel:
+    """A model loaded once for a run: its card, its network on `device`, `sw_batch_size` windows per pass."""
 
-    image: Path
-    model: str
-    out: Path
-    attack: str
-    params: dict = field(default_factory=dict)
-    preset: str | None = None
-    label: Path | None = None
-    card: str | None = None
-    organs: Sequence[str] = ()
-    region: str = "whole"
-    dilation_mm: float = 10.0
-    targeted: bool = False
-    seed: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    card: ModelCard
+    network: torch.nn.Module
+    device: torch.device | str = "cpu"
     sw_batch_size: int = 4
-    preview: bool = True
-    command_line: str = ""
-    trust_torchscript: bool = False  # load a TorchScript --model (it is code; see cards.load_model)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path,
+        card: str | None = None,
+        device: torch.device | str = "cpu",
+        sw_batch_size: int = 4,
+        trust_torchscript: bool = False,
+    ) -> LoadedModel:
+        """From a card, bundled name, checkpoint (with `card`), MONAI bundle or TorchScript file (trusted)."""
+        loaded_card, network = load_model(
+            model, card=card, device=device, trust_torchscript=trust_torchscript
+        )
+        return cls(loaded_card, network, device, sw_batch_size)
+
+    def labels(
+        self, space: ModelSpaceImage, progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Model-space labels [1, 1, X, Y, Z] of a volume in this model's space (sliding windows)."""
+        return predict_labels(
+            self.network, space.tensor, self.card, self.device, self.sw_batch_size, progress
+        )
+
+    def segment(
+        self, image: sitk.Image, progress: Callable[[int, int], None] | None = None
+    ) -> tuple[ModelSpaceImage, torch.Tensor, sitk.Image]:
+        """(the volume in model space, its model-space labels, the label map on the volume's grid)."""
+        labels_source, space, labels = segment_image(
+            image, self.card, self.network, self.device, self.sw_batch_size, progress
+        )
+        return space, labels, labels_source
 
 
-def source_region(
-    labels: sitk.Image, organs: Sequence[int], mode: str, dilation_mm: float
-) -> np.ndarray | None:
+def _windows(reporter: Reporter, stage: str) -> Callable[[int, int], None]:
+    return lambda done, total: reporter.progress(stage, done, total)
+
+
+class _StageClock:
+    """Seconds per stage (`lap(stage)` ends a stage), for metrics.json's `seconds`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 3)
+        self._last = now
+
+
+# --- the target and the attack ------------------------------------------------------------------------------
+
+
+@dataclass
+class CaseTarget:
+    """What the attack drives, on both grids, and the model's prediction of the clean volume."""
+
+    model_grid: torch.Tensor  # [1, 1, X, Y, Z] label map on the model grid
+    source_grid: sitk.Image  # the same on the source grid
+    clean_prediction: sitk.Image  # the model's labels of the clean volume, on the source grid
+    description: str  # "the reference label" or "the model's clean prediction"
+
+
+def clean_target(
+    space: ModelSpaceImage,
+    reference: sitk.Image | None,
+    model: LoadedModel,
+    organs: Mapping[str, int],
+    reporter: Reporter,
+) -> CaseTarget:
+    """The clean prediction and the target: the reference label when there is one (an --organ it lacks fails
+    before any model work), else the clean prediction. Every --organ must be in the target."""
+    target = space.label_to_model(reference) if reference is not None else None
+    description = "the reference label" if reference is not None else "the model's clean prediction"
+    if target is not None:
+        require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
+    clean = model.labels(space, _windows(reporter, "segment-clean"))
+    if target is None:
+        target = clean
+        require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
+    prediction = space.labels_to_source(clean)
+    return CaseTarget(target, reference if reference is not None else prediction, prediction, description)
+
+
+def source_region(labels: sitk.Image, organs: list[int], mode: str, dilation_mm: float) -> np.ndarray | None:
     """The attack region on the source grid, as a bool SimpleITK (z, y, x) array; None for the whole volume.
 
     `labels` is the target on the source grid (the reference label, or the clean prediction mapped to the
     source). "organ": the organs grown by `dilation_mm` (mm, Euclidean, on the source voxels); "bbox": the
-    source-index box of that.
+    source-index box of that. The request is validated (`request.validate_request`).
     """
     from scipy.ndimage import distance_transform_edt
 
     if mode == "whole":
         return None
-    if mode not in REGIONS:
-        raise InputError(f"--region {mode!r} is not one of {', '.join(REGIONS)}.")
-    if not organs:
-        raise InputError(f"--region {mode} needs --organ.")
-    if not dilation_mm >= 0:
-        raise InputError(f"--dilation-mm must be >= 0, got {dilation_mm}.")
-    mask = np.isin(sitk.GetArrayFromImage(labels), list(organs))
+    mask = np.isin(sitk.GetArrayFromImage(labels), organs)
     box = bounding_box(mask)
     if box is None:
         raise InputError(f"--region {mode}: the --organ has no voxel on the source grid; nothing to attack.")
     if dilation_mm > 0:  # the distance transform on the organ's box grown by the dilation, not the volume
         spacing = np.array(labels.GetSpacing()[::-1])
-        margin = np.ceil(dilation_mm / spacing).astype(int) + 1
-        box = tuple(
-            slice(max(s.start - m, 0), min(s.stop + m, n))
-            for s, m, n in zip(box, margin, mask.shape, strict=True)
-        )
+        box = bounding_box(mask, margin=[int(m) for m in np.ceil(dilation_mm / spacing) + 1])
         grown = distance_transform_edt(~mask[box], sampling=spacing) <= dilation_mm
         mask = np.zeros_like(mask)
         mask[box] = grown
@@ -110,76 +184,112 @@ def source_region(
     return mask
 
 
-def _organ_values(
-    names: Sequence[str], label_names: Sequence[str], target: torch.Tensor, source: str
-) -> list[int]:
-    values = [organ_index(name, label_names) for name in names]
-    present = set(torch.unique(target).tolist())
-    for name, value in zip(names, values, strict=True):
-        if value not in present:
-            raise InputError(f"--organ {name} is not present in the target ({source}); nothing to attack.")
-    return values
+@dataclass
+class AttackOutcome:
+    """An attack's result on the source grid: the adversarial volume (source geometry and pixel type), the
+    region it could change (bool (z, y, x); None: the whole volume), its diagnostics and its region as
+    provenance records it."""
+
+    adversarial: sitk.Image
+    region: np.ndarray | None
+    diagnostics: dict
+    region_provenance: dict = field(default_factory=dict)
 
 
-def _check_source_space_request(request: AttackRequest) -> None:
-    """A source-grid attack changes one organ: it needs exactly one --organ and no --region/--targeted."""
-    if len(request.organs) != 1:
-        raise InputError(
-            f"--attack {request.attack} needs exactly one --organ (the organ whose texture changes), "
-            f"got {len(request.organs)}."
-        )
-    if request.region != "whole" or request.targeted:
-        raise InputError(
-            f"--region and --targeted do not apply to --attack {request.attack}: it always changes only "
-            "the --organ (feathered by --feather-mm)."
-        )
+def attack_case(
+    attack: Attack,
+    request: AttackRequest,
+    space: ModelSpaceImage,
+    target: CaseTarget,
+    organs: Mapping[str, int],
+    model: LoadedModel,
+    reporter: Reporter,
+) -> AttackOutcome:
+    """Run the attack on a case: the one place where the two attack interfaces part."""
+    if isinstance(attack, SourceGridAttack):
+        return _attack_on_source_grid(attack, request, space, target, organs, model, reporter)
+    return _attack_in_model_space(attack, request, space, target, organs, model, reporter)
 
 
-def _run_source_attack(
-    attack, request: AttackRequest, source, labels_source, organ: int, card, network, space, target, reporter
-) -> tuple[sitk.Image, dict]:
-    """Run a `source_space` attack on `organ`; its search scores candidates with the model's organ Dice."""
-    from ..evaluation.metrics import dice_per_label
-
-    def organ_dice(adversarial_hu: np.ndarray) -> float:
-        image = sitk.GetImageFromArray(adversarial_hu)
-        image.CopyInformation(source)
-        predicted = predict_labels(
-            network,
-            to_model_space(image, **card.preprocessing).tensor,
-            card,
-            request.device,
-            request.sw_batch_size,
-        )
-        return dice_per_label(predicted.numpy(), target.numpy(), [organ])[organ]
-
-    return attack.run_source(
-        source,
-        labels_source,
-        organ,
-        request.organs[0],
-        organ_dice=organ_dice,
-        window_hu=space.window,
-        device=request.device,
-        progress=lambda step, total: reporter.progress("attack", step, total),
+def _attack_in_model_space(
+    attack: ModelSpaceAttack, request, space, target: CaseTarget, organs, model: LoadedModel, reporter
+) -> AttackOutcome:
+    """Attack the model-space image and map the change back to the source grid. Only voxels inside the HU
+    window can be written back (see preprocess), so only they are attacked; with a region, the model voxels
+    whose perturbation reaches it on the source grid."""
+    region_source = source_region(
+        target.source_grid, list(organs.values()), request.region, request.dilation_mm
+    )
+    region = space.attackable_mask()
+    if region_source is not None:
+        region &= space.region_to_model(region_source)
+    reporter.progress("attack", 0, attack.steps())
+    result = attack.run(
+        model.network,
+        space.tensor,
+        target.model_grid,
+        roi_size=model.card.roi_size,
+        overlap=model.card.overlap,
+        sw_batch_size=model.sw_batch_size,
+        region=region,
+        organs=list(organs.values()) or None,
+        targeted=request.targeted,
+        seed=request.seed,
+        device=model.device,
+        progress=lambda step, total, loss: reporter.progress("attack", step, total, loss=loss),
+    )
+    dilation = request.dilation_mm if request.region != "whole" else None
+    return AttackOutcome(
+        space.adversarial_to_source(result.adversarial, region_source),
+        region_source,
+        result.diagnostics,
+        {"mode": request.region, "dilation_mm": dilation},
     )
 
 
-def _versions() -> dict:
-    import monai
+def _attack_on_source_grid(
+    attack: SourceGridAttack, request, space, target: CaseTarget, organs, model: LoadedModel, reporter
+) -> AttackOutcome:
+    """Attack the one --organ on the source grid; a search scores candidates with the model's organ Dice."""
+    ((name, organ),) = organs.items()
 
-    return {
-        "advsegattack": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "simpleitk": sitk.Version_VersionString(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
+    def organ_dice(adversarial_hu: np.ndarray) -> float:
+        image = sitk.GetImageFromArray(adversarial_hu)
+        image.CopyInformation(space.source)
+        predicted = model.labels(to_model_space(image, **model.card.preprocessing))
+        return dice_per_label(predicted.numpy(), target.model_grid.numpy(), [organ])[organ]
+
+    result = attack.run(
+        space.source,
+        target.source_grid,
+        organ,
+        name,
+        organ_dice=organ_dice,
+        window_hu=space.window,
+        device=model.device,
+        progress=lambda step, total: reporter.progress("attack", step, total),
+    )
+    region = sitk.GetArrayFromImage(target.source_grid) == organ
+    return AttackOutcome(result.adversarial, region, result.diagnostics, attack.region_provenance())
 
 
-def _case_metrics(
+# --- writing and scoring ------------------------------------------------------------------------------------
+
+
+def write_adversarial(staging: Path, outcome: AttackOutcome, source: sitk.Image, reporter: Reporter) -> Path:
+    """adversarial.nii.gz and, with a region, region.nii.gz (uint8 1 inside); returns the adversarial file."""
+    volumes = StageCounter(reporter, "write", 1 if outcome.region is None else 2)
+    path = write_image(outcome.adversarial, staging / ADVERSARIAL)
+    volumes.step()
+    if outcome.region is not None:
+        region = sitk.GetImageFromArray(outcome.region.astype(np.uint8))
+        region.CopyInformation(source)
+        write_image(region, staging / REGION)
+        volumes.step()
+    return path
+
+
+def case_metrics(
     card: ModelCard,
     window_hu: tuple[float, float],
     source: sitk.Image,
@@ -230,197 +340,260 @@ def _case_metrics(
     )
 
 
-def check_request(request: AttackRequest, card: ModelCard):
-    """Validate everything of an attack request that does not depend on the volume; returns the attack.
-
-    Attack parameters, --organ names against the model's labels, --region/--targeted/--dilation-mm: a
-    dataset run calls it once, before any case runs.
-    """
-    attack = make_attack(request.attack, request.preset, **request.params)  # validates parameters
-    if attack.source_space:
-        _check_source_space_request(request)
-    for name in request.organs:
-        organ_index(name, card.label_names)
-    if request.region not in REGIONS:
-        raise InputError(f"--region {request.region!r} is not one of {', '.join(REGIONS)}.")
-    if request.region != "whole" and not request.organs:
-        raise InputError(f"--region {request.region} needs --organ.")
-    if request.targeted and not request.organs:
-        raise InputError("--targeted needs --organ: it removes the chosen organs (sets them to background).")
-    if request.dilation_mm < 0:
-        raise InputError(f"--dilation-mm must be >= 0, got {request.dilation_mm}.")
-    return attack
+def write_predictions(
+    staging: Path,
+    predictions: Mapping[str, sitk.Image],
+    card: ModelCard,
+    segmentations: bool = True,
+    counter: StageCounter | None = None,
+) -> None:
+    """`<stem>.nii.gz` of every prediction ({stem: label map}), and `<stem>.seg.nrrd` with the card's segment
+    names and colours when `segmentations`; `counter` steps once per file."""
+    for stem, labels in predictions.items():
+        write_image(labels, staging / f"{stem}.nii.gz")
+        if counter is not None:
+            counter.step()
+        if segmentations:
+            write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
+            if counter is not None:
+                counter.step()
 
 
-def run_attack(request: AttackRequest, reporter: Reporter) -> dict:
-    """Run one attack and write its case folder into `request.out`; returns the metrics."""
+def write_case_preview(
+    path: Path,
+    title: str,
+    source: sitk.Image,
+    adversarial: sitk.Image,
+    pred_clean: sitk.Image,
+    pred_adv: sitk.Image,
+    card: ModelCard,
+    window_hu: tuple[float, float],
+    metrics: dict,
+    organs: list[int],
+) -> None:
+    """preview.png: the slice the attack changed most, with the organs' Dice clean -> attacked in the title
+    and the legend (see `evaluation.preview`)."""
+    from ..evaluation.preview import write_preview
+
+    clean, adv = (metrics[key] for key in ("mean_dice_clean", "mean_dice_adv"))  # None without organs
+    dice = "-" if clean is None or adv is None else f"{clean:.3f} → {adv:.3f}"
+    write_preview(
+        path,
+        source,
+        adversarial,
+        pred_clean,
+        pred_adv,
+        card.label_names,
+        card.label_colors,
+        window_hu,
+        organs=organs,
+        title=f"{title}: mean organ Dice {dice} (against the {metrics['reference']})",
+        organ_dice={o["label"]: (o["dice_clean"], o["dice_adv"]) for o in metrics["organs"].values()},
+    )
+
+
+def _file_record(path: Path | None) -> dict | None:
+    """{"path": absolute path, "sha256"} of an input file (None for none)."""
+    return {"path": str(Path(path).resolve()), "sha256": sha256_file(path)} if path else None
+
+
+def versions() -> dict:
+    """The versions of the tool and what it runs on, for provenance."""
+    import monai
+
+    return {
+        "advsegattack": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "simpleitk": sitk.Version_VersionString(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def case_provenance(
+    request: AttackRequest,
+    card: ModelCard,
+    attack: Attack,
+    organs: Mapping[str, int],
+    target: CaseTarget,
+    outcome: AttackOutcome,
+    started: datetime,
+) -> dict:
+    """provenance.json of a case: the tool, the command line, the input and reference (path, SHA-256), the
+    model (card, weights SHA-256), the attack with every parameter and its unit, the organs, the region, the
+    seed, the device, the versions, start and end time."""
+    weights = weights_path(card)
+    return {
+        "tool": "AdvSegAttack",
+        "version": __version__,
+        "command_line": request.command_line or " ".join(sys.argv),
+        "input": _file_record(request.image),
+        "reference_label": _file_record(request.label),
+        "target": target.description,
+        "model": {
+            "name": card.name,
+            "card": str(card.path) if card.path else None,
+            "card_sha256": sha256_file(card.path) if card.path else None,
+            "weights_sha256": sha256_file(weights) if weights else None,
+            "source": str(request.model),
+        },
+        "attack": {"name": attack.name, "preset": request.preset, "parameters": attack.config.to_dict()},
+        "organs": dict(organs),
+        "region": outcome.region_provenance,
+        **({"search": outcome.diagnostics["search"]} if "search" in outcome.diagnostics else {}),
+        "targeted": request.targeted,
+        "seed": request.seed,
+        "device": str(request.device),
+        "versions": versions(),
+        "start_time": started.isoformat(),
+        "end_time": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+# --- whole cases --------------------------------------------------------------------------------------------
+
+
+def prepare_attack(request: AttackRequest, card: ModelCard) -> tuple[Attack, dict[str, int]]:
+    """(the attack, {--organ name: label value}) of a validated request (see `request.validate_request`)."""
+    config, organs = validate_request(request, card.label_names)
+    return attack_class(request.attack)(config), organs
+
+
+def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | None = None) -> dict:
+    """Run one attack and write its case folder into `request.out`; returns the metrics. `model`: the model
+    of the request, when a run has loaded it already."""
     started = datetime.now(timezone.utc)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def lap(stage: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[stage] = round(now - clock, 3)
-        clock = now
-
-    make_attack(request.attack, request.preset, **request.params)  # bad parameters fail before any reading
+    clock = _StageClock()
+    attack_config(request.attack, request.preset, **request.params)  # bad parameters fail before any reading
     reporter.progress("load", 0, 1)
     source = read_image(request.image)
-    card, network = load_model(
-        request.model, card=request.card, device=request.device, trust_torchscript=request.trust_torchscript
-    )
-    attack = check_request(request, card)
+    if model is None:
+        model = LoadedModel.load(
+            request.model, request.card, request.device, request.sw_batch_size, request.trust_torchscript
+        )
+    card = model.card
+    attack, organs = prepare_attack(request, card)
     reference = read_label(request.label, source, card.label_names) if request.label else None
     space = to_model_space(source, **card.preprocessing)
     reporter.progress("load", 1, 1)
-    lap("load")
-
-    def windows(stage: str):
-        return lambda done, total: reporter.progress(stage, done, total)
-
-    if reference is not None:  # the target; a bad --organ fails here, before any model work
-        target_source = "the reference label"
-        target = space.label_to_model(reference)
-        organs = _organ_values(request.organs, card.label_names, target, target_source)
-    clean_model = predict_labels(
-        network, space.tensor, card, request.device, request.sw_batch_size, windows("segment-clean")
-    )
-    lap("segment_clean")
-    if reference is None:
-        target_source = "the model's clean prediction"
-        target = clean_model
-        organs = _organ_values(request.organs, card.label_names, target, target_source)
-    pred_clean = space.labels_to_source(clean_model)
-    labels_source = reference if reference is not None else pred_clean  # the target on the source grid
-    if attack.source_space:  # works on the source grid in HU (texture): one organ of the target
-        adversarial_source, diagnostics = _run_source_attack(
-            attack, request, source, labels_source, organs[0], card, network, space, target, reporter
-        )
-        region_source = sitk.GetArrayFromImage(labels_source) == organs[0]
-    else:
-        region_source = source_region(labels_source, organs, request.region, request.dilation_mm)
-        # Only voxels inside the HU window can be written back (see preprocess), so only they are attacked;
-        # with a region, the model voxels whose perturbation reaches it on the source grid.
-        region = space.attackable_mask()
-        if region_source is not None:
-            region &= space.region_to_model(region_source)
-        reporter.progress("attack", 0, attack.steps())
-        result = attack.run(
-            network,
-            space.tensor,
-            target,
-            roi_size=card.roi_size,
-            overlap=card.overlap,
-            sw_batch_size=request.sw_batch_size,
-            region=region,
-            organs=organs or None,
-            targeted=request.targeted,
-            seed=request.seed,
-            device=request.device,
-            progress=lambda step, total, loss: reporter.progress("attack", step, total, loss=loss),
-        )
-        adversarial_source = space.adversarial_to_source(result.adversarial, region_source)
-        diagnostics = result.diagnostics
-    lap("attack")
+    clock.lap("load")
+    target = clean_target(space, reference, model, organs, reporter)
+    clock.lap("segment_clean")
+    outcome = attack_case(attack, request, space, target, organs, model, reporter)
+    clock.lap("attack")
 
     with staged_output_dir(request.out) as staging:
-        volumes = StageCounter(reporter, "write", 1 if region_source is None else 2)
-        adversarial_path = write_image(adversarial_source, staging / ADVERSARIAL)
-        volumes.step()
-        if region_source is not None:
-            region_image = sitk.GetImageFromArray(region_source.astype(np.uint8))
-            region_image.CopyInformation(source)
-            write_image(region_image, staging / REGION)
-            volumes.step()
-        lap("write")
+        adversarial_path = write_adversarial(staging, outcome, source, reporter)
+        clock.lap("write")
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
-        written_space = to_model_space(written, **card.preprocessing)
-        adv_model = predict_labels(
-            network, written_space.tensor, card, request.device, request.sw_batch_size, windows("segment-adv")
+        _, _, pred_adv = model.segment(written, _windows(reporter, "segment-adv"))
+        clock.lap("segment_adv")
+        clean = target.clean_prediction
+        metrics = case_metrics(
+            card, space.window, source, written, clean, pred_adv, reference, outcome.region, reporter=reporter
         )
-        lap("segment_adv")
-        pred_adv = written_space.labels_to_source(adv_model)
-        metrics = _case_metrics(
-            card,
-            space.window,
-            source,
-            written,
-            pred_clean,
-            pred_adv,
-            reference,
-            region_source,
-            reporter=reporter,
-        )
-        lap("metrics")
-        metrics["attack"] = {"name": attack.name, "diagnostics": diagnostics}
-        metrics["seconds"] = seconds
+        clock.lap("metrics")
+        metrics["attack"] = {"name": attack.name, "diagnostics": outcome.diagnostics}
+        metrics["seconds"] = clock.seconds
         # the rest of the case folder: 2 label maps x 2 formats, metrics.json, the preview, provenance.json
         files = StageCounter(reporter, "write", 6 + bool(request.preview))
-        for labels, stem in ((pred_clean, PRED_CLEAN), (pred_adv, PRED_ADV)):
-            write_image(labels, staging / f"{stem}.nii.gz")
-            files.step()
-            write_segmentation(labels, staging / f"{stem}.seg.nrrd", card.label_names, card.label_colors)
-            files.step()
+        write_predictions(staging, {PRED_CLEAN: clean, PRED_ADV: pred_adv}, card, counter=files)
         write_json_atomic(staging / METRICS, metrics)
         files.step()
         if request.preview:
-            from ..evaluation.preview import write_preview
-
-            clean, adv = (metrics[key] for key in ("mean_dice_clean", "mean_dice_adv"))  # None without organs
-            dice = "-" if clean is None or adv is None else f"{clean:.3f} → {adv:.3f}"
-            title = f"{attack.name} on {request.image.name}: mean organ Dice {dice} (against the {metrics['reference']})"
-            write_preview(
+            write_case_preview(
                 staging / PREVIEW,
+                f"{attack.name} on {Path(request.image).name}",
                 source,
                 written,
-                pred_clean,
+                clean,
                 pred_adv,
-                card.label_names,
-                card.label_colors,
+                card,
                 space.window,
-                organs=organs,
-                title=title,
-                organ_dice={o["label"]: (o["dice_clean"], o["dice_adv"]) for o in metrics["organs"].values()},
+                metrics,
+                list(organs.values()),
             )
             files.step()
-        weights = weights_path(card)
-        provenance = {
-            "tool": "AdvSegAttack",
-            "version": __version__,
-            "command_line": request.command_line or " ".join(sys.argv),
-            "input": {"path": str(Path(request.image).resolve()), "sha256": sha256_file(request.image)},
-            "reference_label": (
-                {"path": str(Path(request.label).resolve()), "sha256": sha256_file(request.label)}
-                if request.label
-                else None
-            ),
-            "target": target_source,
-            "model": {
-                "name": card.name,
-                "card": str(card.path) if card.path else None,
-                "card_sha256": sha256_file(card.path) if card.path else None,
-                "weights_sha256": sha256_file(weights) if weights else None,
-                "source": str(request.model),
-            },
-            "attack": {"name": attack.name, "preset": request.preset, "parameters": attack.config.to_dict()},
-            "organs": {name: value for name, value in zip(request.organs, organs, strict=True)},
-            "region": (
-                {"mode": "organ", "feather_mm": attack.config.feather_mm}
-                if attack.source_space
-                else {
-                    "mode": request.region,
-                    "dilation_mm": request.dilation_mm if request.region != "whole" else None,
-                }
-            ),
-            **({"search": diagnostics["search"]} if "search" in diagnostics else {}),
-            "targeted": request.targeted,
-            "seed": request.seed,
-            "device": str(request.device),
-            "versions": _versions(),
-            "start_time": started.isoformat(),
-            "end_time": datetime.now(timezone.utc).isoformat(),
-        }
-        write_json_atomic(staging / PROVENANCE, provenance)
+        write_json_atomic(
+            staging / PROVENANCE, case_provenance(request, card, attack, organs, target, outcome, started)
+        )
         files.step()
     return metrics
+
+
+def evaluate_case(
+    model: LoadedModel,
+    image_path: Path,
+    adversarial_path: Path,
+    label_path: Path | None,
+    out: Path,
+    reporter: Reporter,
+    name: str,
+) -> dict:
+    """Segment a clean volume and its saved adversarial volume (which must be on its grid), score them like
+    `run_attack` does (kind "evaluate") and write `pred_clean.nii.gz`, `pred_adv.nii.gz` and metrics.json into
+    `out`; returns the metrics. `name` is the case's, for the sentence of a volume on another grid."""
+    source = read_image(image_path)
+    adversarial = read_image(adversarial_path)
+    if not same_grid(source, adversarial):
+        raise InputError(
+            f"case {name}: the adversarial volume {adversarial_path} is not on the grid of {image_path}."
+        )
+    reference = read_label(label_path, source, model.card.label_names) if label_path else None
+    space, _, pred_clean = model.segment(source, _windows(reporter, "segment-clean"))
+    _, _, pred_adv = model.segment(adversarial, _windows(reporter, "segment-adv"))
+    metrics = case_metrics(
+        model.card,
+        space.window,
+        source,
+        adversarial,
+        pred_clean,
+        pred_adv,
+        reference,
+        kind="evaluate",
+        reporter=reporter,
+    )
+    metrics["adversarial"] = _file_record(adversarial_path)
+    metrics["input"] = _file_record(image_path)
+    with staged_output_dir(out) as staging:
+        write_predictions(
+            staging, {PRED_CLEAN: pred_clean, PRED_ADV: pred_adv}, model.card, segmentations=False
+        )
+        write_json_atomic(staging / METRICS, metrics)
+    return metrics
+
+
+def run_segment(
+    model: LoadedModel, image_path: Path, label_path: Path | None, out: Path, reporter: Reporter
+) -> dict:
+    """`advseg segment`: segment a volume, write `pred.nii.gz` and `pred.seg.nrrd` and metrics.json (Dice and
+    HD95 against the reference label when one is given); returns the metrics."""
+    image = read_image(image_path)
+    reference = read_label(label_path, image, model.card.label_names) if label_path else None
+    with staged_output_dir(out) as staging:
+        _, _, predicted = model.segment(image, _windows(reporter, "segment"))
+        write_predictions(staging, {"pred": predicted}, model.card)
+        organs = organ_metrics(
+            model.card.label_names,
+            tuple(reversed(image.GetSpacing())),  # SimpleITK arrays are (z, y, x)
+            sitk.GetArrayFromImage(predicted),
+            sitk.GetArrayFromImage(reference) if reference is not None else None,
+        )
+        result = metrics_document(
+            "segment",
+            model.card.name,
+            image.GetSize(),
+            image.GetSpacing(),
+            "reference label" if reference is not None else None,
+            organs,
+            input={"path": str(image_path), "sha256": sha256_file(image_path)},
+            reference_label=(
+                {"path": str(label_path), "sha256": sha256_file(label_path)}
+                if reference is not None
+                else None
+            ),
+        )
+        write_json_atomic(staging / METRICS, result)
+    return result

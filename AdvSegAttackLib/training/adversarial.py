@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from ..attacks.base import Attack, make_attack
+from ..attacks.base import ModelSpaceAttack, make_attack
 from ..attacks.catalogue import ATTACKS, model_space_attacks
 from ..attacks.dct import dct3
 from ..errors import InputError
@@ -89,7 +89,7 @@ def parse_attack_params(attack: str, items: Sequence[str]) -> dict[str, Any]:
 class AdversarialTraining:
     """What `train` needs for adversarial training: the attack (with its parameters) and the objective."""
 
-    attack: Attack
+    attack: ModelSpaceAttack
     freq_reg: bool = False
     preset: str | None = None
 
@@ -122,7 +122,7 @@ class AdversarialTraining:
 class CropAttacker:
     """Attacks training crops with `attack` against a frozen copy of a network, refreshed before each batch."""
 
-    def __init__(self, network: torch.nn.Module, attack: Attack, device: torch.device | str):
+    def __init__(self, network: torch.nn.Module, attack: ModelSpaceAttack, device: torch.device | str):
         self.attack = attack
         self.device = torch.device(device)
         self.frozen = copy.deepcopy(network).to(self.device).eval()

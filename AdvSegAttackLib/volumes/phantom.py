@@ -743,19 +743,4 @@ def write_phantom(seed: int, out_dir: Path, **kwargs) -> tuple[Path, Path]:
     return paths
 
 
-def organ_centroids(label: sitk.Image) -> dict[int, np.ndarray]:
-    """World (LPS mm) centroid of every label value present (> 0)."""
-    array = sitk.GetArrayViewFromImage(label)
-    out = {}
-    direction = np.array(label.GetDirection()).reshape(3, 3)
-    step = direction * np.array(label.GetSpacing())
-    for value in np.unique(array):
-        if value == 0:
-            continue
-        kz, ky, kx = np.nonzero(array == value)
-        mean_index = np.array([kx.mean(), ky.mean(), kz.mean()])
-        out[int(value)] = np.array(label.GetOrigin()) + step @ mean_index
-    return out
-
-
-__all__ = ["CONTRASTS", "make_phantom", "organ_centroids", "write_phantom"]
+__all__ = ["CONTRASTS", "make_phantom", "write_phantom"]

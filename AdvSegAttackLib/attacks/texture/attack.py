@@ -1,8 +1,8 @@
-"""Feature-statistics (AdaIN) texture attack (Lee et al., Appl. Sci. 2024) as a registry entry.
+"""The feature-statistics (AdaIN) texture attack (Lee et al., Appl. Sci. 2024): the catalogue's `texture`.
 
-Unlike the model-space attacks it is not gradient based and runs on the source grid in HU (`source_space`):
-`run_source` changes the texture of one organ slice by slice and leaves every other voxel bit-identical.
-The method, and the three ways it differs from the published script, are in `texture/attack.py`.
+Unlike the model-space attacks it is not gradient based and runs on the source grid in HU (a
+`SourceGridAttack`): it changes the texture of one organ slice by slice and leaves every other voxel
+bit-identical. The method, and the three ways it differs from the published script, are in `cascade`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..base import Attack, AttackContext
+from ..base import SourceGridAttack, SourceGridResult, SourceProgress
+from .cascade import TextureCascade, composite_hu
+from .search import search_texture
+from .weights import load_texture_autoencoders
 
 
 def axial_array_axis(image: sitk.Image) -> int:
@@ -24,16 +27,12 @@ def axial_array_axis(image: sitk.Image) -> int:
     return 2 - index_axis
 
 
-class TextureAttack(Attack):
+class TextureAttack(SourceGridAttack):
     """Texture of one organ changed through feature statistics (levels 5/4 reformation, 3-1 modified AdaIN)."""
 
     name = "texture"
-    source_space = True
 
-    def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:
-        raise TypeError("the texture attack runs on the source grid: call run_source (the pipeline does).")
-
-    def run_source(
+    def run(
         self,
         source: sitk.Image,
         labels: sitk.Image,
@@ -43,26 +42,17 @@ class TextureAttack(Attack):
         organ_dice: Callable[[np.ndarray], float] | None = None,
         window_hu: tuple[float, float] | None = None,
         device: torch.device | str = "cpu",
-        progress: Callable[[int, int], None] | None = None,
-    ) -> tuple[sitk.Image, dict[str, Any]]:
-        """(adversarial image on the source grid, diagnostics) for the organ of label value `organ`.
-
-        `labels` is a label map on the source grid (reference or clean prediction). With `search`,
-        `organ_dice(adversarial HU array)` scores a candidate and `window_hu` is the window of its SSIM.
-        """
-        from .cascade import TextureCascade, composite_hu
-        from .search import search_texture
-        from .weights import load_texture_autoencoders
-
+        progress: SourceProgress | None = None,
+    ) -> SourceGridResult:
+        """The organ of label value `organ` with a new texture. With `search`, `organ_dice(adversarial HU
+        array)` scores a candidate and `window_hu` is the window of its SSIM (both required then)."""
         config = self.config
         networks = load_texture_autoencoders(config.weights, device)
         hu = sitk.GetArrayFromImage(source)
-        label_array = sitk.GetArrayFromImage(labels)
-        spacing = tuple(reversed(source.GetSpacing()))
         cascade = TextureCascade(
             hu,
-            spacing,
-            label_array,
+            tuple(reversed(source.GetSpacing())),
+            sitk.GetArrayFromImage(labels),
             organ,
             config,
             networks,
@@ -84,4 +74,8 @@ class TextureAttack(Attack):
             diagnostics.update(change.diagnostics)
         image = sitk.GetImageFromArray(adversarial)
         image.CopyInformation(source)
-        return image, diagnostics
+        return SourceGridResult(image, diagnostics)
+
+    def region_provenance(self) -> dict[str, Any]:
+        """The organ, feathered inwards over `feather_mm`."""
+        return {"mode": "organ", "feather_mm": self.config.feather_mm}

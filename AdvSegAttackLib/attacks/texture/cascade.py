@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import InputError
+from ...models.labels import require_organs_present
 from ...volumes.preprocess import ValueLattice
 from .reformation import FeatureStatistics, modified_adain, texture_reformation
 
@@ -68,9 +69,8 @@ Progress = Callable[[int, int], None]
 def organ_mask(labels: np.ndarray, organ: int, name: str | None = None) -> np.ndarray:
     """Bool mask of label value `organ`; InputError when the organ has no voxel."""
     mask = np.asarray(labels) == organ
-    if not mask.any():
-        what = f"{name} (label {organ})" if name else f"label {organ}"
-        raise InputError(f"--organ {what} has no voxel in the label map: the organ mask is empty.")
+    what = f"{name} (label {organ})" if name else f"label {organ}"
+    require_organs_present({what: organ}, {organ} if mask.any() else set(), "the label map")
     return mask
 
 

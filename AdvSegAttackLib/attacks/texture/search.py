@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...evaluation.metrics import _region_box, ssim3d, to_model_units
+from ...evaluation.metrics import SSIM3D_TAPS, region_box, ssim3d, to_model_units
 from .cascade import TextureCascade, composite_hu
 
 NOISE_MU_GRID = (0.3, 0.6, 1.0, 1.4)  # multipliers of the organ's feature mean
@@ -39,7 +39,7 @@ def organ_box_ssim(
     clean_hu: np.ndarray, adversarial_hu: np.ndarray, organ: np.ndarray, window_hu: tuple[float, float]
 ) -> float:
     """3-D SSIM of the two volumes in the organ's bounding box (as the `region` SSIM of metrics.json)."""
-    box = _region_box(organ)
+    box = region_box(organ, SSIM3D_TAPS)
     return ssim3d(to_model_units(clean_hu[box], window_hu), to_model_units(adversarial_hu[box], window_hu))
 
 
