@@ -5,7 +5,7 @@ Volumes are brought to model space once and kept in memory; every step draws ran
 differ), validates by sliding-window Dice every `validate_every` steps, keeps the best weights as a card and
 checkpoints a resumable state (`train_state.pt`, read back with `weights_only=True`).
 
-Adversarial training (`adversarial`, see `adversarial_training.py`): every step the crops are attacked against
+Adversarial training (see `training.adversarial`): every step the crops are attacked against
 a frozen copy of the current weights and the loss is vanilla (DiceCE on the adversarial crops) or VAFT's
 frequency-regularised objective. The card's provenance names the attack and every parameter.
 

@@ -9,7 +9,7 @@
 3. A folder of full-size Texture-Reformer weights: `E1.pth … E5.pth`, `D1.pth … D5.pth`, plain state dicts
    of the normalised VGG-19 encoders and their mirror decoders.
 
-Every `.pth` is read with `torch.load(..., weights_only=True)` (`cards.load_weights_only`); a missing, unexpected or wrongly shaped
+Every `.pth` is read with `torch.load(..., weights_only=True)` (`networks.load_weights_only`); a missing, unexpected or wrongly shaped
 tensor is an `InputError` naming the file.
 """
 
