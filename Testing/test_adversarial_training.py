@@ -103,7 +103,7 @@ def test_every_training_attack_changes_crops_only_inside_the_window(name, real_c
     assert float(adversarial.min()) >= 0 and float(adversarial.max()) <= 1
 
 
-def test_source_space_attacks_are_refused_for_training():
+def test_source_grid_attacks_are_refused_for_training():
     assert "texture" not in training_attacks() and {"pgd", "saa", "vafa"} <= set(training_attacks())
     with pytest.raises(InputError, match="cannot attack training crops"):
         AdversarialTraining.from_options("texture")
@@ -172,7 +172,7 @@ DDP_DRIVER = textwrap.dedent(
     from safetensors.torch import save_file
 
     from AdvSegAttackLib.training.adversarial import AdversarialTraining
-    from AdvSegAttackLib.models.cards import load_model
+    from AdvSegAttackLib.models.networks import load_model
     from AdvSegAttackLib.datasets.distributed import init_distributed, shutdown
     from AdvSegAttackLib.volumes.phantom import make_phantom
     from AdvSegAttackLib.training.supervised import TrainConfig, TrainingCase, train
