@@ -197,3 +197,170 @@ def engine_cli(argv: list[str]) -> int:
     from AdvSegAttackLib.cli import main
 
     return main(argv)
+
+
+def _parameter(name, kind, default, minimum=None, maximum=None, *, closed=(True, True), **extra) -> dict:
+    """One parameter entry of the engine's attack catalogue (`AdvSegAttackLib.attacks.catalogue`)."""
+    return {
+        "name": name,
+        "flag": "--" + name.replace("_", "-"),
+        "label": extra.get("label", name.replace("_", " ").capitalize()),
+        "type": kind,
+        "default": default,
+        "minimum": minimum,
+        "maximum": maximum,
+        "minimum_inclusive": closed[0],
+        "maximum_inclusive": closed[1],
+        "choices": extra.get("choices"),
+        "unit": extra.get("unit", "dimensionless"),
+        "doc": extra.get("doc", f"the {name.replace('_', ' ')}"),
+        "advanced": extra.get("advanced", False),
+    }
+
+
+def attack_catalogue() -> dict:
+    """A catalogue of the shape `AdvSegAttackLib.attacks.catalogue.catalogue()` returns (the contract between
+    the engine and the Slicer module), with the engine's attacks, defaults, ranges and presets as on main
+    before issue 14. A new dict on every call, so a test may change it."""
+    steps = _parameter("steps", "int", 20, 1, None, unit="iterations (one model forward+backward each)")
+    saa_parameters = [
+        _parameter(
+            "rho",
+            "float",
+            0.2,
+            0.0,
+            1.0,
+            closed=(False, False),
+            label="ρ (spectral bound)",
+            unit="relative DCT-coefficient change",
+        ),
+        steps,
+        _parameter("block_size", "int", 32, 2, None, unit="voxels (block edge)", advanced=True),
+        _parameter("lambda_dice", "float", 0.01, 0.0, None, closed=(False, True), advanced=True),
+        _parameter("use_ssim_loss", "bool", True, unit="on/off", advanced=True),
+        _parameter("lambda_ssim", "float", 1.0, 0.0, None, advanced=True),
+        _parameter(
+            "step_size",
+            "float",
+            0.1,
+            0.0,
+            None,
+            closed=(False, True),
+            unit="ξ units per step (η)",
+            advanced=True,
+        ),
+        _parameter(
+            "band", "choice", "all", choices=["all", "low", "middle", "high"], unit="DCT band", advanced=True
+        ),
+    ]
+    saa_presets = [
+        {
+            "name": "specified",
+            "label": "Specified (ρ 0.2, 20 steps, 32³)",
+            "values": {
+                "rho": 0.2,
+                "steps": 20,
+                "block_size": 32,
+                "lambda_dice": 0.01,
+                "use_ssim_loss": True,
+                "lambda_ssim": 1.0,
+                "step_size": 0.1,
+            },
+        },
+        {
+            "name": "authors-final",
+            "label": "Authors' final (ρ 0.4, 10 steps, 16³)",
+            "values": {
+                "rho": 0.4,
+                "steps": 10,
+                "block_size": 16,
+                "lambda_dice": 0.2,
+                "use_ssim_loss": True,
+                "lambda_ssim": 0.75,
+                "step_size": 0.1,
+            },
+        },
+    ]
+    vafa_parameters = [
+        _parameter("q_max", "float", 20.0, 1.0, None, unit="quantisation step, 0–255 DCT scale"),
+        _parameter("q_min", "float", None, 0.0, None, closed=(False, True), advanced=True),
+        _parameter("q_init", "choice", "max", choices=["max", "one"], advanced=True),
+        _parameter("block_size", "int", 32, 2, None, unit="voxels (block edge)", advanced=True),
+    ]
+    eps = _parameter(
+        "eps",
+        "float",
+        4.0,
+        0.0,
+        255.0,
+        closed=(False, True),
+        label="ε (budget)",
+        unit="k/255 of the [0, 1] model intensity",
+    )
+    alpha = _parameter(
+        "alpha",
+        "float",
+        0.01,
+        0.0,
+        1.0,
+        closed=(False, True),
+        unit="[0, 1] model intensity per step",
+        advanced=True,
+    )
+
+    def attack(name, label, parameters, presets=(), default_preset=None, **flags) -> dict:
+        return {
+            "name": name,
+            "label": label,
+            "description": f"The {label} attack.",
+            "source_grid": flags.get("source_grid", False),
+            "needs_organ": flags.get("needs_organ", False),
+            "supports_region": flags.get("supports_region", True),
+            "supports_targeted": flags.get("supports_targeted", True),
+            "parameters": [dict(p) for p in parameters],
+            "presets": [dict(p) for p in presets],
+            "default_preset": default_preset,
+        }
+
+    return {
+        "attacks": [
+            attack("saa", "SA² – 3D frequency attack", saa_parameters, saa_presets, "specified"),
+            attack("saa-2d", "SA² 2D – per axial slice", saa_parameters, saa_presets, "specified"),
+            attack(
+                "vafa",
+                "VAFA – 3D quantization attack",
+                [*vafa_parameters, steps, _parameter("use_ssim_loss", "bool", True, advanced=True)],
+            ),
+            attack("vafa-2d", "VAFA 2D – per axial slice", [*vafa_parameters, {**steps, "default": 10}]),
+            attack("pgd", "PGD (L∞, random start)", [eps, alpha, steps]),
+            attack("bim", "BIM (iterative FGSM)", [eps, alpha, steps]),
+            attack("fgsm", "FGSM (one step)", [eps]),
+            attack(
+                "gn",
+                "Gaussian noise (baseline)",
+                [_parameter("std", "float", 4.0, 0.0, 255.0, closed=(False, True))],
+            ),
+            attack(
+                "texture",
+                "Texture – organ feature statistics",
+                [
+                    _parameter("noise_mu", "float", 0.3, 0.0, None),
+                    _parameter("noise_sigma", "float", 0.3, 0.0, None),
+                    _parameter("blend", "float", 1.0, 0.0, 1.0),
+                    _parameter("feather_mm", "float", 4.0, 0.0, None, unit="mm", advanced=True),
+                    _parameter("search", "bool", False, advanced=True),
+                    _parameter("ssim_floor", "float", 0.9, 0.0, 1.0, closed=(False, True), advanced=True),
+                ],
+                source_grid=True,
+                needs_organ=True,
+                supports_region=False,
+                supports_targeted=False,
+            ),
+        ]
+    }
+
+
+@pytest.fixture
+def catalogue_dict() -> dict:
+    """`attack_catalogue()`: the engine's attack catalogue as the module receives it."""
+    return attack_catalogue()

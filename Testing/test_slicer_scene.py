@@ -2,7 +2,8 @@
 
 The case folder is made here (SimpleITK NIfTI with an oblique direction, slicerio `.seg.nrrd`, a
 metrics.json of the engine's shape), so these tests do not depend on the attack engine. The progress
-parser and command-line tests need no MRML at all and run even without `slicer-core`.
+parser and engine-location tests need no MRML at all and run even without `slicer-core`; the attack panel
+and command line are tested in test_slicer_catalogue.py.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from conftest import application_scene  # noqa: E402
 from AdvSegAttackLib.labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES  # noqa: E402
 
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
+
+# The engine's side of the catalogue contract (issue 14): the one organ-name normaliser.
+ENGINE_LABELS = "AdvSegAttackLib.models.labels"
+ENGINE_CONTRACT = "the engine's organ-name normaliser and attack catalogue come with branch i14-engine"
 
 LABEL_NAMES = list(BTCV_LABEL_NAMES[:7])
 LABEL_COLORS = list(BTCV_LABEL_COLORS[:7])
@@ -442,26 +447,7 @@ def test_difference_needs_the_same_grid(mrml, caseData):
 
 
 # ------------------------------------------------------------------------------------------------
-# Export
-
-
-def test_export_copies_the_case_files_and_they_reload_with_the_same_geometry(mrml, caseData, tmp_path):
-    from AdvSegAttackLib.casefolder import read_case
-
-    lib, scene = mrml["lib"], mrml["scene"]
-    target = tmp_path / "exported case"
-    written = lib.exportCaseFolder(caseData["case"], target)
-    names = sorted(p.name for p in written)
-    assert names == sorted(p.name for p in caseData["case"].iterdir())
-    assert sorted(os.listdir(target)) == names  # no temporary files left behind
-    for path in written:
-        assert path.read_bytes() == (caseData["case"] / path.name).read_bytes()
-    read_case(target)
-    inputVolume, loaded = _loaded(mrml, caseData)
-    again = lib.loadCase(scene, target, inputVolume, labelNames=LABEL_NAMES)
-    assert np.array_equal(lib.ijkToRAS(again.adversarialVolume), lib.ijkToRAS(loaded.adversarialVolume))
-    with pytest.raises(ValueError, match="case folder itself"):
-        lib.exportCaseFolder(caseData["case"], caseData["case"])
+# Node files
 
 
 @pytest.mark.parametrize("fileName", ["adversarial.nii.gz", "adversarial.nrrd"])
@@ -489,6 +475,7 @@ def test_nodes_written_through_storage_nodes_reload_with_the_same_geometry(
 
 
 def test_reference_segmentation_is_written_with_the_card_label_values(mrml, caseData, tmp_path):
+    pytest.importorskip(ENGINE_LABELS, reason=ENGINE_CONTRACT)
     lib, scene, slicer = mrml["lib"], mrml["scene"], mrml["slicer"]
     inputVolume = _loadInput(mrml, caseData, study=False)
     reference = lib.readSegmentationFile(
@@ -598,125 +585,7 @@ def test_line_buffer_reassembles_chunks():
 
 
 # ------------------------------------------------------------------------------------------------
-# Command line of the child process (no MRML needed)
-
-
-def test_attack_command_line_is_an_argument_list():
-    request = engine.AttackRequest(
-        image="/data/my CT/in put.nrrd",
-        out="/tmp/out dir",
-        model="abdomen-unet",
-        attack="saa",
-        parameters={
-            **{name: engine.PARAMETERS[name].default for name in engine.PARAMETERS},
-            "useSsimLoss": False,
-        },
-        label="/data/ref.nii.gz",
-        organs=("liver", "right kidney"),
-        region="organ",
-        dilationMm=5.0,
-        seed=7,
-        device="CUDA:0",
-        preset="specified",
-    )
-    args = request.arguments()
-    assert args[:3] == ["-m", "AdvSegAttackLib.cli", "attack"]
-    assert args[args.index("--image") + 1] == "/data/my CT/in put.nrrd"  # one argument, spaces and all
-    pairs = {args[i]: args[i + 1] for i in range(len(args) - 1) if args[i].startswith("--")}
-    assert pairs["--rho"] == "0.2" and pairs["--steps"] == "20" and pairs["--block-size"] == "32"
-    assert pairs["--lambda-dice"] == "0.01" and pairs["--lambda-ssim"] == "1" and pairs["--band"] == "all"
-    assert pairs["--step-size"] == "0.1" and "--no-use-ssim-loss" in args and "--use-ssim-loss" not in args
-    assert pairs["--preset"] == "specified" and pairs["--region"] == "organ"
-    organ = args.index("--organ")
-    assert args[organ + 1 : organ + 3] == ["liver", "right kidney"]  # one --organ with nargs="+"
-    assert pairs["--dilation-mm"] == "5" and pairs["--seed"] == "7" and pairs["--device"] == "cuda:0"
-    assert pairs["--label"] == "/data/ref.nii.gz" and pairs["--progress"] == "jsonl"
-    for foreign in ("--eps", "--alpha", "--std", "--q-max", "--q-init", "--targeted", "--no-preview"):
-        assert foreign not in args  # not parameters of SA², or not asked for
-
-
-def test_pixel_attack_command_line():
-    request = engine.AttackRequest(
-        image="in.nrrd",
-        out="out",
-        model="/models/card.json",
-        attack="pgd",
-        parameters={"eps": 4.0, "steps": 20, "alpha": 0.01, "rho": 0.2},
-        targeted=True,
-        preset="specified",
-    )
-    args = request.arguments()
-    assert "--rho" not in args and "--preset" not in args and "--label" not in args
-    assert args[args.index("--eps") + 1] == "4" and args[args.index("--alpha") + 1] == "0.01"
-    assert "--targeted" in args and "--dilation-mm" not in args
-    assert args[args.index("--region") + 1] == "whole"
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"attack": "texture-v9"}, "Unknown attack"),
-        ({"region": "organ"}, "needs an organ"),
-        ({"device": "gpu"}, "not auto, cpu or cuda"),
-        ({"preset": "fast"}, "Unknown preset"),
-        ({"model": ""}, "No model"),
-        ({"parameters": {"band": "ultra"}}, "Frequency band 'ultra' is not one of"),
-        ({"attack": "vafa", "parameters": {"qInit": "zero"}}, "Table start 'zero' is not one of"),
-    ],
-)
-def test_bad_requests_are_one_sentence(changes, message):
-    values = {"image": "in.nrrd", "out": "out", "model": "abdomen-unet", "attack": "saa"}
-    values.update(changes)
-    with pytest.raises(ValueError, match=message):
-        engine.AttackRequest(**values).arguments()
-
-
-def test_catalogue_matches_the_engine_attack_configs():
-    """Every flag the panel passes exists in the engine, with the same default (and vice versa)."""
-    pytest.importorskip("torch", reason="the engine's attack registry needs torch")
-    import dataclasses
-
-    from AdvSegAttackLib.attacks import ATTACKS
-    from AdvSegAttackLib.attacks.base import PRESETS as ENGINE_PRESETS
-
-    notExposed = {"--q-min"}  # follows --q-init in the engine (5 with 'max', 1 with 'one')
-    # Texture options the panel leaves at the published/engine defaults (command line only).
-    notExposed |= {
-        "--coarse-alpha", "--fine-alpha", "--concat-weight", "--coarse-psize", "--fine-psize",
-        "--enhance-alpha", "--reformation", "--weights", "--window-low", "--window-high",
-        "--working-size", "--output-mapping",
-    }  # fmt: skip
-    assert set(engine.ATTACKS) == set(ATTACKS)
-    for name, cls in ATTACKS.items():
-        fields = {f.metadata["flag"]: f.default for f in dataclasses.fields(cls.Config)}
-        spec = engine.ATTACKS[name]
-        ours = {engine.PARAMETERS[p].flag: spec.default(p) for p in spec.parameters}
-        assert set(ours) == set(fields) - notExposed, name
-        for flag, default in ours.items():
-            assert default == fields[flag], (name, flag)
-    snake = {
-        "blockSize": "block_size",
-        "lambdaDice": "lambda_dice",
-        "lambdaSsim": "lambda_ssim",
-        "useSsimLoss": "use_ssim_loss",
-        "stepSize": "step_size",
-    }
-    for presetName, values in engine.PRESETS.items():
-        assert {snake.get(k, k): v for k, v in values.items()} == ENGINE_PRESETS["saa"][presetName]
-    assert list(engine.PRESETS)[0] == list(ENGINE_PRESETS["saa"])[0] == engine.DEFAULT_PRESET
-
-
-def test_catalogue_is_consistent():
-    for spec in engine.ATTACKS.values():
-        for name in spec.parameters:
-            assert name in engine.PARAMETERS, (spec.name, name)
-    for spec in engine.PARAMETERS.values():
-        tip = spec.toolTip()
-        assert "Unit:" in tip and "Default:" in tip
-    for preset in engine.PRESETS.values():
-        assert set(preset) <= set(engine.PARAMETERS)
-    assert engine.PRESETS[engine.DEFAULT_PRESET]["rho"] == engine.PARAMETERS["rho"].default
-    assert set(engine.ATTACKS) == {"saa", "saa-2d", "vafa", "vafa-2d", "pgd", "fgsm", "bim", "gn", "texture"}
+# Where the engine and its models are (no MRML needed)
 
 
 def test_devices():
@@ -767,9 +636,15 @@ def test_model_cards(tmp_path, caseData, monkeypatch):
 
     assert engine.cardLabels(str(bundled))[0] == list(BTCV_LABEL_NAMES)
     assert engine.cardLabels("btcv-unetr")[0] == list(BTCV_LABEL_NAMES)
-    assert engine.matchOrgan("Right_Kidney", LABEL_NAMES) == 2
-    assert engine.matchOrgan("background", LABEL_NAMES) is None
-    assert engine.matchOrgan("tumour", LABEL_NAMES) is None
+
+
+def test_segment_names_match_organs_as_the_engine_matches_organ_names():
+    """One organ-name normaliser, the engine's: case, '_', '-' and spaces do not matter."""
+    labels = pytest.importorskip(ENGINE_LABELS, reason=ENGINE_CONTRACT)
+    for name in ("Right_Kidney", "right-kidney", "  RIGHT   kidney ", "right kidney"):
+        assert engine.matchOrgan(name, LABEL_NAMES) == 2 == labels.organ_index(name, LABEL_NAMES)
+    for name in ("background", "tumour", "kidney", ""):
+        assert engine.matchOrgan(name, LABEL_NAMES) is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -781,7 +656,11 @@ def test_engine_run_from_the_scene_loads_back_on_the_input_grid(mrml, tmp_path):
     arguments and environment → JSON-lines progress → case folder → nodes on the input's exact grid."""
     pytest.importorskip("torch", reason="the engine needs torch")
     pytest.importorskip("monai", reason="the engine needs MONAI")
+    pytest.importorskip(ENGINE_LABELS, reason=ENGINE_CONTRACT)
+    pytest.importorskip("AdvSegAttackLib.attacks.catalogue", reason=ENGINE_CONTRACT)
     import subprocess
+
+    from AdvSegAttackSceneLib.catalogue import AttackChoice, loadCatalogue
 
     from AdvSegAttackLib.cards import ModelCard, save_model
     from AdvSegAttackLib.phantom import write_phantom
@@ -818,8 +697,8 @@ def test_engine_run_from_the_scene_loads_back_on_the_input_grid(mrml, tmp_path):
         image=str(work / "input.nrrd"),
         out=str(work / "case"),
         model=str(cardPath),
-        attack="fgsm",
-        parameters={"eps": 4.0},
+        attack=loadCatalogue().attack("fgsm"),
+        choice=AttackChoice(changed={"eps": 8.0}),  # the default is 4
         label=str(work / "reference.nii.gz"),
         organs=("liver",),
         device="cpu",
@@ -857,4 +736,4 @@ def test_engine_run_from_the_scene_loads_back_on_the_input_grid(mrml, tmp_path):
     assert "liver" in organs and organs[-1] == "mean"
     difference = lib.createDifferenceVolume(scene, loaded.adversarialVolume, inputVolume)
     largest = float(np.abs(slicer.util.arrayFromVolume(difference)).max())
-    assert 0 < largest <= 4 / 255 * 425 + 1  # ε = 4/255 of the −175…250 HU window, plus rounding
+    assert 4 / 255 * 425 + 1 < largest <= 8 / 255 * 425 + 1  # ε = 8/255 of the −175…250 HU window, rounded
