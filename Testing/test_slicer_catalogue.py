@@ -549,7 +549,7 @@ def test_every_value_the_panel_can_send_is_what_the_engine_runs():
     with the preset's (or default) values everywhere else."""
     engineCatalogue()
     pytest.importorskip("torch", reason="the engine's attack classes need torch")
-    from AdvSegAttackLib.attacks import make_attack
+    from AdvSegAttackLib.attacks.base import make_attack
     from AdvSegAttackLib.cli import build_parser
 
     catalogue = lib.loadCatalogue()

@@ -132,18 +132,6 @@ def childEnvironment(
     return env
 
 
-def matchOrgan(name: str, labelNames: list[str] | tuple[str, ...]) -> int | None:
-    """Label value of the organ called `name` in the model's label names (names compared with the engine's
-    normaliser; 0, background, never matches), or None."""
-    from AdvSegAttackLib.models.labels import normalise_organ_name
-
-    wanted = normalise_organ_name(name)
-    for value, labelName in enumerate(labelNames):
-        if value and normalise_organ_name(labelName) == wanted:
-            return value
-    return None
-
-
 CARD_FILE = "card.json"
 
 

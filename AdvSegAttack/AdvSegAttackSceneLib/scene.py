@@ -17,8 +17,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import matchOrgan
-
 CASE_FOLDER_ATTRIBUTE = "AdvSegAttack.CaseFolder"
 ROLE_ATTRIBUTE = "AdvSegAttack.Role"
 ATTACK_ATTRIBUTE = "AdvSegAttack.Attack"
@@ -573,10 +571,12 @@ def organsInReference(reference, labelNames) -> set[int]:
     if reference is None or not labelNames:
         return set()
     if reference.IsA("vtkMRMLSegmentationNode"):
+        from AdvSegAttackLib.models.labels import find_organ
+
         segmentation = reference.GetSegmentation()
         found = set()
         for index in range(segmentation.GetNumberOfSegments()):
-            value = matchOrgan(segmentation.GetNthSegment(index).GetName(), labelNames)
+            value = find_organ(segmentation.GetNthSegment(index).GetName(), labelNames)
             if value is not None:
                 found.add(value)
         return found
@@ -605,13 +605,14 @@ def writeReferenceLabelmap(scene, reference, inputVolume, labelNames, path) -> l
         return sorted(organsInReference(reference, labelNames))
     import slicer
     import vtk
+    from AdvSegAttackLib.models.labels import find_organ
 
     segmentation = reference.GetSegmentation()
     segmentIds = vtk.vtkStringArray()
     names, values = [], []
     for index in range(segmentation.GetNumberOfSegments()):
         segmentName = segmentation.GetNthSegment(index).GetName()
-        value = matchOrgan(segmentName, labelNames)
+        value = find_organ(segmentName, labelNames)
         if value is not None and value not in values:
             segmentIds.InsertNextValue(segmentation.GetNthSegmentID(index))
             names.append(segmentName)
