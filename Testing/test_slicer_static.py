@@ -660,6 +660,8 @@ KNOWN_SIGNALS = {
     "QComboBox": {"activated(int)", "currentIndexChanged(int)", "currentTextChanged(QString)"},
     "QLineEdit": {"textChanged(QString)", "editingFinished()", "returnPressed()"},
     "ctkPathLineEdit": {"currentPathChanged(QString)"},
+    "QSpinBox": {"valueChanged(int)"},
+    "QDoubleSpinBox": {"valueChanged(double)"},
 }
 
 
@@ -704,6 +706,39 @@ def test_every_connected_slot_exists_and_the_signal_fits_the_widget():
         ("exportDicomCheckBox", "onExportDicomToggled"),
     ):
         assert pair in connected, pair
+
+
+def test_attack_panel_makes_a_widget_for_every_kind_and_connects_signals_it_has():
+    """`AttackPanel` (widgets made at run time): a widget for every kind the catalogue adapter names, and each
+    widget made there connected only to signals its class has."""
+    panel = classes(moduleTree())["AttackPanel"]
+    made, connected = set(), []  # connected: (widget classes of the variable in its block, signal)
+    for block in ast.walk(panel):
+        created = {}
+        statements = [getattr(block, field, None) for field in ("body", "orelse")]
+        for statement in [s for part in statements if isinstance(part, list) for s in part]:
+            node = statement.value if isinstance(statement, (ast.Assign, ast.Expr)) else None
+            calls = [node.body, node.orelse] if isinstance(node, ast.IfExp) else [node]
+            names = [ast.unparse(c.func) for c in calls if isinstance(c, ast.Call)]
+            if isinstance(statement, ast.Assign) and names and all(n.startswith("qt.Q") for n in names):
+                created[ast.unparse(statement.targets[0])] = {n[3:] for n in names}
+                made.update(n[3:] for n in names)
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".connect"):
+                connected.append((created[ast.unparse(node.func.value)], node.args[0]))
+    assert {"QComboBox", "QCheckBox", "QSpinBox", "QDoubleSpinBox"} <= made
+    assert len(connected) == 4
+    for widgetClasses, signal in connected:
+        for widgetClass in widgetClasses:
+            if isinstance(signal, ast.Constant):
+                assert signal.value in KNOWN_SIGNALS[widgetClass], (widgetClass, signal.value)
+            else:  # the spin boxes' signal, chosen by kind
+                constants = {n.value for n in ast.walk(panel) if isinstance(n, ast.Constant)}
+                assert {"valueChanged(double)", "valueChanged(int)"} <= constants
+                assert widgetClass in ("QSpinBox", "QDoubleSpinBox"), widgetClass
+    kinds = set(sceneLibModule("catalogue").WIDGET_KINDS.values())
+    source = ast.unparse(panel)
+    handled = {kind for kind in kinds if f"kind == '{kind}'" in source}
+    assert kinds - handled == {"int"}, "check, combo and double by name; int is the remaining spin box"
 
 
 def test_reader_section_widgets():
