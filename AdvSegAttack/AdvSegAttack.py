@@ -52,6 +52,7 @@ except ImportError:  # Slicer before 5.4: no translations (the module then only 
 UNSUPPORTED_REASON = unsupportedReason((slicer.app.majorVersion, slicer.app.minorVersion), sys.version_info)
 
 if UNSUPPORTED_REASON is None:  # the rest may need Python 3.10 and Slicer 5.10
+    from AdvSegAttackSceneLib import catalogue as advCatalogue
     from AdvSegAttackSceneLib import dependencies as advDependencies
     from AdvSegAttackSceneLib import engine as advEngine
     from AdvSegAttackSceneLib import process as advProcess
@@ -64,7 +65,7 @@ if UNSUPPORTED_REASON is None:  # the rest may need Python 3.10 and Slicer 5.10
         vtkMRMLSegmentationNode,
         vtkMRMLTableNode,
     )
-    from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+    from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 HOMEPAGE = "https://github.com/AdvSegAttack/SlicerAdvSegAttack"
@@ -104,23 +105,6 @@ class AdvSegAttack(ScriptedLoadableModule):
 #
 
 
-class AttackType(enum.Enum):
-    """Attacks of the engine; values are the engine's names."""
-
-    SAA = "saa"
-    SAA_2D = "saa-2d"
-    VAFA = "vafa"
-    VAFA_2D = "vafa-2d"
-    PGD = "pgd"
-    BIM = "bim"
-    FGSM = "fgsm"
-    GN = "gn"
-    TEXTURE = "texture"
-
-    def label(self):
-        return advEngine.ATTACKS[self.value].label
-
-
 class ModelChoice(enum.Enum):
     """Bundled models by name, or a model from a file."""
 
@@ -131,19 +115,6 @@ class ModelChoice(enum.Enum):
         return {
             "abdomen-unet": _("abdomen-unet (bundled: abdominal CT and phantoms, 3 mm)"),
             "file": _("From file…"),
-        }[self.value]
-
-
-class PresetChoice(enum.Enum):
-    """Named SA² settings (see `AdvSegAttackSceneLib.engine.PRESETS`)."""
-
-    SPECIFIED = "specified"
-    AUTHORS_FINAL = "authors-final"
-
-    def label(self):
-        return {
-            "specified": _("Specified (ρ 0.2, 20 steps, 32³)"),
-            "authors-final": _("Authors' final (ρ 0.4, 10 steps, 16³)"),
         }[self.value]
 
 
@@ -162,8 +133,7 @@ class RegionChoice(enum.Enum):
         }[self.value]
 
 
-if UNSUPPORTED_REASON is None:  # the wrapper needs Slicer 5.4 and the catalogue needs Python 3.10
-    _DEFAULT = {name: spec.default for name, spec in advEngine.PARAMETERS.items()}
+if UNSUPPORTED_REASON is None:  # the wrapper needs Slicer 5.4
 
     @parameterNodeWrapper
     class AdvSegAttackParameterNode:
@@ -179,27 +149,10 @@ if UNSUPPORTED_REASON is None:  # the wrapper needs Slicer 5.4 and the catalogue
         model: ModelChoice = ModelChoice.ABDOMEN_UNET
         modelPath: str = ""
         organ: str = ""
-        attack: AttackType = AttackType.SAA
-        preset: PresetChoice = PresetChoice.SPECIFIED
-        rho: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["rho"]
-        steps: Annotated[int, WithinRange(1, 1000)] = _DEFAULT["steps"]
-        eps: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["eps"]
-        std: Annotated[float, WithinRange(0.0, 255.0)] = _DEFAULT["std"]
-        qMax: Annotated[float, WithinRange(1.0, 255.0)] = _DEFAULT["qMax"]
-        qInit: Annotated[str, Choice(list(advEngine.Q_INITS))] = _DEFAULT["qInit"]
-        blockSize: Annotated[int, WithinRange(2, 256)] = _DEFAULT["blockSize"]
-        lambdaDice: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaDice"]
-        useSsimLoss: bool = _DEFAULT["useSsimLoss"]
-        lambdaSsim: Annotated[float, WithinRange(0.0, 100.0)] = _DEFAULT["lambdaSsim"]
-        stepSize: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["stepSize"]
-        alpha: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["alpha"]
-        band: Annotated[str, Choice(list(advEngine.BANDS))] = _DEFAULT["band"]
-        noiseMu: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseMu"]
-        noiseSigma: Annotated[float, WithinRange(0.0, 10.0)] = _DEFAULT["noiseSigma"]
-        blend: Annotated[float, WithinRange(0.0, 1.0)] = _DEFAULT["blend"]
-        featherMm: Annotated[float, WithinRange(0.0, 50.0)] = _DEFAULT["featherMm"]
-        textureSearch: bool = _DEFAULT["textureSearch"]
-        ssimFloor: Annotated[float, WithinRange(0.01, 1.0)] = _DEFAULT["ssimFloor"]
+        # The engine's attack name (the first of its catalogue when empty or unknown), and per attack the
+        # preset and the values the user changed, as JSON (AdvSegAttackSceneLib.catalogue).
+        attack: str = ""
+        attackSettings: str = ""
         region: RegionChoice = RegionChoice.WHOLE
         dilationMm: Annotated[float, WithinRange(0.0, 200.0)] = advEngine.DEFAULT_DILATION_MM
         targeted: bool = False
@@ -217,6 +170,8 @@ if UNSUPPORTED_REASON is None:  # the wrapper needs Slicer 5.4 and the catalogue
 # Parameter-node fields without a widget binding in the .ui (checked by Testing/test_slicer_static.py).
 PARAMETERS_SET_IN_CODE = frozenset(
     {
+        "attack",
+        "attackSettings",
         "modelPath",
         "organ",
         "adversarialVolume",
@@ -228,29 +183,6 @@ PARAMETERS_SET_IN_CODE = frozenset(
         "showDifference",
     }
 )
-
-# Attack parameter name -> (label widget, field widget) names in the .ui.
-PARAMETER_WIDGETS = {
-    "rho": ("rhoLabel", "rhoSpinBox"),
-    "eps": ("epsLabel", "epsSpinBox"),
-    "std": ("stdLabel", "stdSpinBox"),
-    "qMax": ("qMaxLabel", "qMaxSpinBox"),
-    "qInit": ("qInitLabel", "qInitComboBox"),
-    "steps": ("stepsLabel", "stepsSpinBox"),
-    "blockSize": ("blockSizeLabel", "blockSizeSpinBox"),
-    "lambdaDice": ("lambdaDiceLabel", "lambdaDiceSpinBox"),
-    "useSsimLoss": ("useSsimLossLabel", "useSsimLossCheckBox"),
-    "lambdaSsim": ("lambdaSsimLabel", "lambdaSsimSpinBox"),
-    "stepSize": ("stepSizeLabel", "stepSizeSpinBox"),
-    "alpha": ("alphaLabel", "alphaSpinBox"),
-    "band": ("bandLabel", "bandComboBox"),
-    "noiseMu": ("noiseMuLabel", "noiseMuSpinBox"),
-    "noiseSigma": ("noiseSigmaLabel", "noiseSigmaSpinBox"),
-    "blend": ("blendLabel", "blendSpinBox"),
-    "featherMm": ("featherMmLabel", "featherMmSpinBox"),
-    "textureSearch": ("textureSearchLabel", "textureSearchCheckBox"),
-    "ssimFloor": ("ssimFloorLabel", "ssimFloorSpinBox"),
-}
 
 DEVICE_SETTINGS_KEY = "AdvSegAttack/device"
 READER_NAME_SETTINGS_KEY = "AdvSegAttack/readerName"
@@ -272,6 +204,102 @@ EXPORT_FORMAT_WIDGETS = {
 }
 
 #
+# Attack panel
+#
+
+
+class AttackPanel:
+    """The widgets of one attack, made at run time from its catalogue entry (`advCatalogue.AttackSpec`).
+
+    A preset list (if the attack has presets) and its parameters go into the Attack section, its advanced
+    parameters into the Advanced section: a spin box with the engine's range (open ends moved inside by one
+    step), a check box or a list of choices each, with the catalogue's label and a tooltip of doc, unit,
+    range, default and presets. A changed value's label is bold. Edits go to `onValue(attack, name, value)`
+    and `onPreset(attack, preset)`; the widget stores them in the parameter node, and `show` puts them back.
+    """
+
+    def __init__(self, attack, layout, advancedLayout, onPreset, onValue) -> None:
+        self.attack = attack
+        self.main = qt.QWidget()
+        self.advanced = qt.QWidget()
+        mainForm = qt.QFormLayout(self.main)
+        advancedForm = qt.QFormLayout(self.advanced)
+        for form in (mainForm, advancedForm):
+            form.setContentsMargins(0, 0, 0, 0)
+        self.presetComboBox = None
+        if attack.presets:
+            combo = qt.QComboBox()
+            if attack.defaultPreset is None:
+                combo.addItem(_("None (the engine's defaults)"), "")
+            for preset in attack.presets:
+                combo.addItem(preset.label, preset.name)
+            combo.toolTip = attack.presetToolTip()
+            combo.connect("activated(int)", lambda index: onPreset(attack, combo.itemData(index) or None))
+            mainForm.addRow(_("Preset:"), combo)
+            self.presetComboBox = combo
+        self.editors, self.labels = {}, {}
+        for parameter in attack.editableParameters():
+            editor = self._createEditor(parameter, onValue)
+            label = qt.QLabel(parameter.label + ":")
+            label.toolTip = parameter.toolTip()
+            editor.toolTip = parameter.toolTip()
+            (advancedForm if parameter.advanced else mainForm).addRow(label, editor)
+            self.editors[parameter.name], self.labels[parameter.name] = editor, label
+        layout.addWidget(self.main)
+        advancedLayout.addWidget(self.advanced)
+
+    def _createEditor(self, parameter, onValue):
+        attack, kind = self.attack, parameter.widgetKind
+        if kind == "check":
+            editor = qt.QCheckBox()
+            editor.connect("toggled(bool)", lambda checked: onValue(attack, parameter.name, bool(checked)))
+        elif kind == "combo":
+            editor = qt.QComboBox()
+            for choice in parameter.choices:
+                editor.addItem(str(choice))
+            editor.connect(
+                "activated(int)", lambda index: onValue(attack, parameter.name, parameter.choices[index])
+            )
+        else:
+            editor = qt.QDoubleSpinBox() if kind == "double" else qt.QSpinBox()
+            if kind == "double":
+                editor.decimals = parameter.decimals  # before the range: the box rounds to its decimals
+            editor.minimum, editor.maximum = parameter.widgetRange
+            editor.singleStep = parameter.singleStep
+            editor.keyboardTracking = False  # one change when the user is done typing, not one per key
+            signal = "valueChanged(double)" if kind == "double" else "valueChanged(int)"
+            editor.connect(signal, lambda value: onValue(attack, parameter.name, value))
+        return editor
+
+    def setVisible(self, visible: bool) -> None:
+        self.main.visible = visible
+        self.advanced.visible = visible and bool(self.attack.editableParameters(advanced=True))
+
+    def show(self, choice) -> None:
+        """Show a stored choice (`advCatalogue.AttackChoice`) without sending it back as edits."""
+        values = self.attack.values(choice)
+        widgets = list(self.editors.values())
+        if self.presetComboBox is not None:
+            widgets.append(self.presetComboBox)
+        blocked = [(widget, widget.blockSignals(True)) for widget in widgets]
+        if self.presetComboBox is not None:
+            self.presetComboBox.currentIndex = max(self.presetComboBox.findData(choice.preset or ""), 0)
+        for name, editor in self.editors.items():
+            parameter, value = self.attack.parameter(name), values[name]
+            if parameter.widgetKind == "check":
+                editor.checked = value
+            elif parameter.widgetKind == "combo":
+                editor.currentIndex = list(parameter.choices).index(value)
+            else:
+                editor.value = value
+            font = self.labels[name].font
+            font.setBold(name in choice.changed)
+            self.labels[name].font = font
+        for widget, wasBlocked in blocked:
+            widget.blockSignals(wasBlocked)
+
+
+#
 # AdvSegAttackWidget
 #
 
@@ -288,6 +316,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._labelNames = []
         self._bestFraction = 0.0
+        self._attackPanels = {}
 
     def setup(self) -> None:
         """Build the panel from the .ui file and connect it (on an older Slicer: only say which is needed)."""
@@ -310,10 +339,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.exportFinishedCallback = self._onExportFinished
         self.readerLogic = AdvSegAttackReaderLogic()
 
-        for name, (labelName, widgetName) in PARAMETER_WIDGETS.items():
-            toolTip = advEngine.PARAMETERS[name].toolTip()
-            getattr(self.ui, labelName).toolTip = toolTip
-            getattr(self.ui, widgetName).toolTip = toolTip
+        self._createAttackPanels()
 
         self.ui.deviceComboBox.addItems(["auto", "cpu", "cuda:0", "cuda:1"])
         self.ui.deviceComboBox.setCurrentText(slicer.util.settingsValue(DEVICE_SETTINGS_KEY, "auto"))
@@ -324,7 +350,6 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.attackComboBox.connect("activated(int)", self.onAttackActivated)
-        self.ui.presetComboBox.connect("activated(int)", self.onPresetActivated)
         self.ui.organComboBox.connect("activated(int)", self.onOrganActivated)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
@@ -407,6 +432,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for name in (
             "AdvSegAttackSceneLib.supported",
             "AdvSegAttackSceneLib.progress",
+            "AdvSegAttackSceneLib.catalogue",
             "AdvSegAttackSceneLib.engine",
             "AdvSegAttackSceneLib.dependencies",
             "AdvSegAttackSceneLib.process",
@@ -451,13 +477,9 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if getattr(self, "_lastModelKey", None) != self._modelKey():
             self._refreshOrgans()
-        spec = advEngine.ATTACKS[node.attack.value]
-        for name, (labelName, widgetName) in PARAMETER_WIDGETS.items():
-            visible = name in spec.parameters
-            getattr(self.ui, labelName).visible = visible
-            getattr(self.ui, widgetName).visible = visible
-        self.ui.presetLabel.visible = spec.usesPreset
-        self.ui.presetComboBox.visible = spec.usesPreset
+        attack = self.logic.attackSpec(node) if self._attackPanels else None
+        if attack is not None:
+            self._showAttack(attack)
         fromFile = node.model == ModelChoice.FROM_FILE
         self.ui.modelPathLabel.visible = fromFile
         self.ui.modelPathLineEdit.visible = fromFile
@@ -465,7 +487,7 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             wasBlocked = self.ui.modelPathLineEdit.blockSignals(True)
             self.ui.modelPathLineEdit.currentPath = node.modelPath
             self.ui.modelPathLineEdit.blockSignals(wasBlocked)
-        regional = node.region != RegionChoice.WHOLE
+        regional = node.region != RegionChoice.WHOLE and (attack is None or attack.supportsRegion)
         self.ui.dilationLabel.visible = regional
         self.ui.dilationSpinBox.visible = regional
 
@@ -534,29 +556,56 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Store the chosen organ (empty for all organs)."""
         self._parameterNode.organ = self.ui.organComboBox.itemData(index) or ""
 
-    def onAttackActivated(self, index) -> None:
-        """The user picked an attack: show its defaults (the preset's values for SA²)."""
-        node = self._parameterNode
-        attack = list(AttackType)[index]  # the combo lists the enum in order
-        spec = advEngine.ATTACKS[attack.value]
-        values = {name: spec.default(name) for name in spec.parameters}
-        if spec.usesPreset:
-            values.update(advEngine.PRESETS[node.preset.value])
-        wasModifying = node.StartModify()
-        node.attack = attack
-        for name, value in values.items():
-            setattr(node, name, value)
-        node.EndModify(wasModifying)
+    # -- Attack panels, built from the engine's catalogue -------------------------------------------
 
-    def onPresetActivated(self, index) -> None:
-        """Fill in the values of the preset the user picked (not when a scene is loaded)."""
+    def _createAttackPanels(self) -> None:
+        """One `AttackPanel` per attack of the engine's catalogue, in its order; the attack list is filled from
+        the same catalogue. Without the engine nothing is made, and Apply says why."""
+        try:
+            catalogue = self.logic.catalogue()
+        except ValueError as error:
+            logging.error("AdvSegAttack: %s", error)
+            return
+        for attack in catalogue.attacks:
+            self.ui.attackComboBox.addItem(attack.label, attack.name)
+            self._attackPanels[attack.name] = AttackPanel(
+                attack,
+                self.ui.attackParametersWidget.layout(),
+                self.ui.advancedParametersWidget.layout(),
+                self.onPresetActivated,
+                self.onParameterEdited,
+            )
+
+    def _showAttack(self, attack) -> None:
+        """Select `attack` in the list, show only its panel with the stored choice, and enable the region and
+        targeting only where the attack supports them."""
+        combo = self.ui.attackComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.currentIndex = max(combo.findData(attack.name), 0)
+        combo.blockSignals(wasBlocked)
+        combo.toolTip = attack.description
+        for name, panel in self._attackPanels.items():
+            panel.setVisible(name == attack.name)
+        self._attackPanels[attack.name].show(
+            advCatalogue.storedChoice(attack, self._parameterNode.attackSettings)
+        )
+        self.ui.regionComboBox.enabled = attack.supportsRegion
+        self.ui.targetedCheckBox.enabled = attack.supportsTargeted
+
+    def onAttackActivated(self, index) -> None:
+        """Store the attack the user picked (its panel keeps its own preset and changes)."""
+        self._parameterNode.attack = self.ui.attackComboBox.itemData(index) or ""
+
+    def onPresetActivated(self, attack, preset) -> None:
+        """Store the preset the user picked for `attack`; its values replace the changes of the parameters it
+        sets (not when a scene is loaded: the scene keeps what was chosen)."""
         node = self._parameterNode
-        preset = list(PresetChoice)[index]  # the combo lists the enum in order
-        wasModifying = node.StartModify()
-        node.preset = preset
-        for name, value in advEngine.PRESETS[preset.value].items():
-            setattr(node, name, value)
-        node.EndModify(wasModifying)
+        node.attackSettings = advCatalogue.withPreset(node.attackSettings, attack, preset)
+
+    def onParameterEdited(self, attack, name, value) -> None:
+        """Store a value the user set (a value equal to the preset's or default is no change)."""
+        node = self._parameterNode
+        node.attackSettings = advCatalogue.withValue(node.attackSettings, attack, name, value)
 
     def onDeviceChanged(self, text) -> None:
         """The device belongs to the computer, so it is kept in the application settings."""
@@ -978,13 +1027,28 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         self.exportFinishedCallback = None
         self._attackProcess = None
         self._exportProcess = None
+        self._catalogue = None
 
     def getParameterNode(self):
         if UNSUPPORTED_REASON is not None:
             raise ValueError(UNSUPPORTED_REASON)
         return AdvSegAttackParameterNode(super().getParameterNode())
 
-    # -- Engine, model and dependencies ------------------------------------------------------------
+    # -- Engine, attacks, model and dependencies ---------------------------------------------------
+
+    def catalogue(self):
+        """The engine's attack catalogue (`advCatalogue.AttackCatalogue`; read once, without torch).
+
+        :raises ValueError: if the engine is not found next to the module.
+        """
+        if self._catalogue is None:
+            ensureEngineImportable()
+            self._catalogue = advCatalogue.loadCatalogue()
+        return self._catalogue
+
+    def attackSpec(self, parameterNode):
+        """The catalogue entry of the parameter node's attack (the first attack if none is stored yet)."""
+        return self.catalogue().storedAttack(parameterNode.attack)
 
     def cardLabels(self, model):
         """Organ names and colours of a model (empty lists if unknown)."""
@@ -1015,13 +1079,10 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             return _("Select an input CT volume.")
         try:
             self.modelReference(parameterNode)
+            attack = self.attackSpec(parameterNode)
         except ValueError as error:
             return str(error)
-        if parameterNode.region != RegionChoice.WHOLE and not parameterNode.organ:
-            return _("The organ and bounding-box regions need an organ.")
-        if parameterNode.attack == AttackType.TEXTURE and not parameterNode.organ:
-            return _("The texture attack needs an organ.")
-        return None
+        return attack.whyNotReady(parameterNode.organ, parameterNode.region.value)
 
     @staticmethod
     def requirementsPath() -> str:
@@ -1152,12 +1213,14 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         problem = self.whyCannotRun(parameterNode)
         if problem:
             raise ValueError(problem)
-        spec = advEngine.ATTACKS[parameterNode.attack.value]
+        attack = self.attackSpec(parameterNode)
+        choice = advCatalogue.storedChoice(attack, parameterNode.attackSettings)
         return self.startAttack(
             parameterNode.inputVolume,
             self.modelReference(parameterNode),
-            parameterNode.attack.value,
-            parameters={name: getattr(parameterNode, name) for name in spec.parameters},
+            attack.name,
+            parameters=choice.changed,
+            preset=choice.preset,
             reference=parameterNode.referenceSegmentation,
             organ=parameterNode.organ,
             region=parameterNode.region.value,
@@ -1165,7 +1228,6 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             targeted=parameterNode.targeted,
             seed=parameterNode.seed,
             device=device,
-            preset=parameterNode.preset.value,
             waitForCompletion=waitForCompletion,
         )
 
@@ -1189,9 +1251,10 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
 
         :param inputVolume: clean CT volume node (written to a temporary NRRD; never modified).
         :param model: bundled model name or path of a card, checkpoint or MONAI bundle.
-        :param attack: engine attack name (saa, saa-2d, vafa, vafa-2d, pgd, fgsm, bim, gn, texture).
-        :param parameters: attack parameters by name (see ``AdvSegAttackSceneLib.engine.PARAMETERS``);
-          the ones the attack does not use are ignored.
+        :param attack: engine attack name (one of ``catalogue().names``; ``advseg attacks`` lists them).
+        :param parameters: values that differ from the preset (or defaults), by the catalogue's parameter
+          names (the engine's config fields, e.g. ``block_size``); only these are passed as flags.
+        :param preset: the attack's preset; None: the catalogue's default preset (if the attack has presets).
         :param reference: optional ground-truth segmentation or labelmap node.
         :param organ: organ name of the model card, or "" for all organs.
         :param region: whole, organ or bbox.
@@ -1206,7 +1269,10 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("An attack is already running; cancel it first."))
         if inputVolume is None or inputVolume.GetImageData() is None:
             raise ValueError(_("Select an input CT volume with image data."))
-        ensureEngineImportable()
+        attackSpec = self.catalogue().attack(attack)
+        choice = advCatalogue.AttackChoice(
+            attackSpec.defaultPreset if preset is None else preset, dict(parameters or {})
+        )
         labelNames, labelColors = advEngine.cardLabels(model, engineRoot())
         workDir = tempfile.mkdtemp(prefix="AdvSegAttack-", dir=slicer.app.temporaryPath)
         try:
@@ -1226,8 +1292,8 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
                 image=imagePath,
                 out=os.path.join(workDir, "case"),
                 model=str(model),
-                attack=attack,
-                parameters=dict(parameters or {}),
+                attack=attackSpec,
+                choice=choice,
                 label=labelPath,
                 organs=(organ,) if organ else (),
                 region=region,
@@ -1235,7 +1301,6 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
                 targeted=targeted,
                 seed=seed,
                 device=device,
-                preset=preset,
             )
             run = self._engineRun("attack", request.arguments(), workDir, self._onAttackEvent)
         except Exception:
@@ -1678,22 +1743,46 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         self.test_CancelAttack()
 
     def test_ParameterNodeAndCommandLine(self):
-        """Defaults of the parameter node and the command line built from them."""
+        """The parameter node starts at the catalogue's first attack with nothing changed; a changed value
+        survives saving and reloading the scene, and the command line is ``--preset`` plus that flag only."""
         self.delayDisplay("Parameter node and command line")
         logic = AdvSegAttackLogic()
         node = logic.getParameterNode()
-        self.assertEqual(node.attack, AttackType.SAA)
-        self.assertEqual(node.rho, advEngine.PRESETS["specified"]["rho"])
-        self.assertIsNotNone(logic.whyCannotRun(node))
-        volume = slicer.util.addVolumeFromArray(self._ctArray(), name="CT")
-        node.inputVolume = volume
-        self.assertIsNone(logic.whyCannotRun(node))
-        node.region = RegionChoice.ORGAN
-        self.assertIsNotNone(logic.whyCannotRun(node))
+        attack = logic.attackSpec(node)
+        self.assertEqual(attack.name, logic.catalogue().names[0])
+        untouched = advCatalogue.storedChoice(attack, node.attackSettings)
+        self.assertEqual((untouched.preset, untouched.changed), (attack.defaultPreset, {}))
+        parameter = next(p for p in attack.editableParameters() if p.widgetKind in ("double", "int"))
+        value = parameter.widgetRange[1]
+        node.attack = attack.name
+        node.attackSettings = advCatalogue.withValue(node.attackSettings, attack, parameter.name, value)
+        stored = node.attackSettings
+        sceneDir = tempfile.mkdtemp(prefix="AdvSegAttackScene-", dir=slicer.app.temporaryPath)
+        try:
+            self.assertTrue(slicer.util.saveScene(os.path.join(sceneDir, "scene.mrml")))
+            node.attackSettings = ""
+            slicer.util.loadScene(os.path.join(sceneDir, "scene.mrml"))
+        finally:
+            shutil.rmtree(sceneDir, ignore_errors=True)
+        node = logic.getParameterNode()
+        self.assertEqual(node.attackSettings, stored)
+        choice = advCatalogue.storedChoice(logic.attackSpec(node), node.attackSettings)
+        self.assertEqual(choice.changed, {parameter.name: parameter.normalise(value)})
         request = advEngine.AttackRequest(
-            image="in.nrrd", out="out", model=logic.modelReference(node), attack=node.attack.value
+            image="in.nrrd", out="out", model=logic.modelReference(node), attack=attack, choice=choice
         )
-        self.assertIn("--progress", request.arguments())
+        arguments = request.arguments()
+        parameterFlags = {p.flag for p in attack.parameters} | {
+            "--no-" + p.flag[2:] for p in attack.parameters
+        }
+        self.assertEqual([a for a in arguments if a in parameterFlags], [parameter.flag])
+        self.assertEqual("--preset" in arguments, attack.defaultPreset is not None)
+
+        self.assertIsNotNone(logic.whyCannotRun(node))  # no input volume
+        node.inputVolume = slicer.util.addVolumeFromArray(self._ctArray(), name="CT")
+        self.assertEqual(logic.whyCannotRun(node) is None, not attack.needsOrgan)
+        node.region = RegionChoice.ORGAN
+        self.assertEqual(logic.whyCannotRun(node) is None, not (attack.needsOrgan or attack.supportsRegion))
         self.assertIsNotNone(engineRoot())
         self.delayDisplay("Test passed")
 
@@ -1937,7 +2026,7 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
                 volume,
                 "abdomen-unet",
                 "saa",
-                parameters={"steps": 2, "rho": 0.2, "blockSize": 16},
+                parameters={"steps": 2, "rho": 0.2, "block_size": 16},
                 device="cpu",
             )
             import numpy as np

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 from pathlib import Path
 
@@ -188,3 +189,17 @@ def write_case_folder(
     preview = sitk.GetImageFromArray(np.full((8, 8), 128, np.uint8))
     sitk.WriteImage(preview, str(folder / "preview.png"))
     return folder
+
+
+def attack_catalogue() -> dict:
+    """The engine's attack catalogue (`AdvSegAttackLib.attacks.catalogue`, torch-free) as the module receives
+    it: a new deep copy on every call, so a test may change it."""
+    from AdvSegAttackLib.attacks.catalogue import catalogue
+
+    return copy.deepcopy(catalogue())
+
+
+@pytest.fixture
+def catalogue_dict() -> dict:
+    """`attack_catalogue()`: the engine's attack catalogue as the module receives it."""
+    return attack_catalogue()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model
+from conftest import attack_catalogue, save_tiny_model
 
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("torch", reason="the attack needs torch")
@@ -42,9 +42,11 @@ SLICER = """\
 # Stand-in for Slicer: starts the engine the way the module does, then waits (for SIGKILL).
 import json, os, subprocess, sys, time
 sys.path.insert(0, {moduleDir!r})
-from AdvSegAttackSceneLib import engine, process
+from AdvSegAttackSceneLib import catalogue, engine, process
 
-request = engine.AttackRequest(**json.loads(sys.argv[1]))
+values = json.loads(sys.argv[1])
+attack = catalogue.AttackSpec.fromDict(values.pop("attack"))
+request = engine.AttackRequest(attack=attack, choice=catalogue.AttackChoice(changed=values.pop("changed")), **values)
 workDir = sys.argv[2]
 launch = process.engineLaunch(
     request.arguments(), engine.findEngineRoot({moduleDir!r}), workDir, parentPid=os.getpid(), program=sys.argv[3]
@@ -87,8 +89,8 @@ def test_engine_stops_and_leaves_nothing_when_its_parent_is_killed(killed, tmp_p
         "image": str(image),
         "out": str(out),
         "model": str(model),
-        "attack": "pgd",
-        "parameters": {"steps": 100000, "eps": 4.0},  # runs far longer than the test waits
+        "attack": next(a for a in attack_catalogue()["attacks"] if a["name"] == "pgd"),
+        "changed": {"steps": 100000},  # runs far longer than the test waits
         "device": "cpu",
         "preview": False,
     }

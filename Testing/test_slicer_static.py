@@ -229,8 +229,6 @@ def test_widget_has_the_lifecycle_methods():
 def test_every_ui_name_used_by_the_widget_exists():
     source = MODULE_FILE.read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.([A-Za-z_]\w*)", source))
-    for labelName, widgetName in moduleConstant(moduleTree(), "PARAMETER_WIDGETS").values():
-        used.update((labelName, widgetName))
     missing = used - set(uiWidgets())
     assert not missing, f"used by the module but not in the .ui: {sorted(missing)}"
 
@@ -297,25 +295,44 @@ def test_ui_file_follows_slicer_conventions():
     assert collapsed.get("collapsed") == "true", "Advanced starts collapsed"
 
 
-def test_attack_parameters_have_widgets_and_units():
-    import sys
+def test_attack_panels_are_made_from_the_engine_catalogue():
+    """Attacks, parameters and presets come from the engine's catalogue at run time: the .ui has only the two
+    containers the panels go into (one in the Attack section, one under Advanced), and neither the module
+    outside its self-test nor its Qt-free library names an attack, parameter, flag or preset."""
+    root = uiRoot()
+    for section, container in (
+        ("attackCollapsibleButton", "attackParametersWidget"),
+        ("advancedCollapsibleButton", "advancedParametersWidget"),
+    ):
+        widget = root.find(f".//widget[@name='{section}']//widget[@name='{container}']")
+        assert widget is not None and widget.get("class") == "QWidget", f"{container} is not in {section}"
+        layout = widget.find("layout")
+        assert layout is not None and layout.get("class") == "QVBoxLayout", container
+        assert widget.find(".//widget") is None, f"{container} is filled at run time"
+    assert uiWidgets()["attackComboBox"] == "QComboBox" and "attack" not in uiParameterBindings()
+    from conftest import attack_catalogue
 
-    sys.path.insert(0, str(MODULE_DIR))
-    try:
-        from AdvSegAttackSceneLib import engine
-    finally:
-        sys.path.remove(str(MODULE_DIR))
-    parameterWidgets = moduleConstant(moduleTree(), "PARAMETER_WIDGETS")
-    assert set(parameterWidgets) == set(engine.PARAMETERS)
-    bindings = uiParameterBindings()
-    for name, (_, widgetName) in parameterWidgets.items():
-        assert bindings[name][0] == widgetName, f"{widgetName} should carry SlicerParameterName {name}"
-        assert engine.PARAMETERS[name].unit
-    fields = wrapperFields(moduleTree())
-    attack = fields["attack"]
-    enum = classes(moduleTree())[attack]
-    values = {ast.literal_eval(n.value) for n in enum.body if isinstance(n, ast.Assign)}
-    assert values == set(engine.ATTACKS), "the AttackType enum lists the engine's attacks"
+    names = set()
+    for attack in attack_catalogue()["attacks"]:
+        names.add(attack["name"])
+        for parameter in attack["parameters"]:
+            names.update((parameter["name"], parameter["flag"], "--no-" + parameter["flag"][2:]))
+        names.update(preset["name"] for preset in attack["presets"])
+    tree = moduleTree()
+    selfTest = classes(tree)[f"{MODULE_NAME}Test"]
+    sources = {MODULE_FILE.name: [n for n in tree.body if n is not selfTest]}
+    sources.update({p.name: ast.parse(p.read_text(encoding="utf-8")).body for p in SCENE_LIB.glob("*.py")})
+    for fileName, statements in sources.items():
+        literals = {
+            node.value
+            for statement in statements
+            for node in ast.walk(statement)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        }
+        assert not literals & names, f"{fileName} names {sorted(literals & names)}"
+    fields = wrapperFields(tree)
+    assert fields["attack"] == "str" and fields["attackSettings"] == "str"
+    assert not set(fields) & names, "no parameter node field per attack parameter"
 
 
 def test_nothing_heavy_happens_at_import():
@@ -643,6 +660,8 @@ KNOWN_SIGNALS = {
     "QComboBox": {"activated(int)", "currentIndexChanged(int)", "currentTextChanged(QString)"},
     "QLineEdit": {"textChanged(QString)", "editingFinished()", "returnPressed()"},
     "ctkPathLineEdit": {"currentPathChanged(QString)"},
+    "QSpinBox": {"valueChanged(int)"},
+    "QDoubleSpinBox": {"valueChanged(double)"},
 }
 
 
@@ -687,6 +706,39 @@ def test_every_connected_slot_exists_and_the_signal_fits_the_widget():
         ("exportDicomCheckBox", "onExportDicomToggled"),
     ):
         assert pair in connected, pair
+
+
+def test_attack_panel_makes_a_widget_for_every_kind_and_connects_signals_it_has():
+    """`AttackPanel` (widgets made at run time): a widget for every kind the catalogue adapter names, and each
+    widget made there connected only to signals its class has."""
+    panel = classes(moduleTree())["AttackPanel"]
+    made, connected = set(), []  # connected: (widget classes of the variable in its block, signal)
+    for block in ast.walk(panel):
+        created = {}
+        statements = [getattr(block, field, None) for field in ("body", "orelse")]
+        for statement in [s for part in statements if isinstance(part, list) for s in part]:
+            node = statement.value if isinstance(statement, (ast.Assign, ast.Expr)) else None
+            calls = [node.body, node.orelse] if isinstance(node, ast.IfExp) else [node]
+            names = [ast.unparse(c.func) for c in calls if isinstance(c, ast.Call)]
+            if isinstance(statement, ast.Assign) and names and all(n.startswith("qt.Q") for n in names):
+                created[ast.unparse(statement.targets[0])] = {n[3:] for n in names}
+                made.update(n[3:] for n in names)
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(".connect"):
+                connected.append((created[ast.unparse(node.func.value)], node.args[0]))
+    assert {"QComboBox", "QCheckBox", "QSpinBox", "QDoubleSpinBox"} <= made
+    assert len(connected) == 4
+    for widgetClasses, signal in connected:
+        for widgetClass in widgetClasses:
+            if isinstance(signal, ast.Constant):
+                assert signal.value in KNOWN_SIGNALS[widgetClass], (widgetClass, signal.value)
+            else:  # the spin boxes' signal, chosen by kind
+                constants = {n.value for n in ast.walk(panel) if isinstance(n, ast.Constant)}
+                assert {"valueChanged(double)", "valueChanged(int)"} <= constants
+                assert widgetClass in ("QSpinBox", "QDoubleSpinBox"), widgetClass
+    kinds = set(sceneLibModule("catalogue").WIDGET_KINDS.values())
+    source = ast.unparse(panel)
+    handled = {kind for kind in kinds if f"kind == '{kind}'" in source}
+    assert kinds - handled == {"int"}, "check, combo and double by name; int is the remaining spin box"
 
 
 def test_reader_section_widgets():

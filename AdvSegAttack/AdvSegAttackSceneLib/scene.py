@@ -1,4 +1,4 @@
-"""Scene side of AdvSegAttack: case folder to MRML nodes, compare layout, difference map, export.
+"""Scene side of AdvSegAttack: case folder to MRML nodes, compare layout, difference map, node files.
 
 Qt-free: everything here runs in Slicer and on the `slicer-core` wheel (real MRML without Qt), which is how
 CI tests it. Every function takes the scene explicitly and never touches `slicer.app`, `slicer.modules`
@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from .engine import matchOrgan
 
 CASE_FOLDER_ATTRIBUTE = "AdvSegAttack.CaseFolder"
 ROLE_ATTRIBUTE = "AdvSegAttack.Role"
@@ -565,37 +562,6 @@ def loadCase(
     )
 
 
-def exportCaseFolder(caseFolder, targetDir) -> list[Path]:
-    """Copy the files of a case folder (the ones the CLI writes) into `targetDir`.
-
-    All files are first copied to hidden temporary names in `targetDir`, then renamed into place, so a
-    failure never leaves a half-written file under a real name. The source folder is not modified.
-
-    :return: the written paths.
-    """
-    from AdvSegAttackLib.evaluation.casefolder import read_case
-
-    case = read_case(caseFolder)
-    target = Path(targetDir)
-    if target.exists() and target.resolve() == case.root.resolve():
-        raise ValueError(f"The export folder {target} is the case folder itself; pick another folder.")
-    files = case.required() + case.optional()
-    target.mkdir(parents=True, exist_ok=True)
-    staged = []
-    try:
-        for source in files:
-            part = _partPath(target / source.name)
-            shutil.copy2(source, part)
-            staged.append((part, target / source.name))
-        for part, final in staged:
-            os.replace(part, final)
-    finally:
-        for part, _ in staged:
-            if part.exists():
-                part.unlink()
-    return [final for _, final in staged]
-
-
 # --------------------------------------------------------------------------------------------------
 # Reference segmentation for the engine
 
@@ -605,10 +571,12 @@ def organsInReference(reference, labelNames) -> set[int]:
     if reference is None or not labelNames:
         return set()
     if reference.IsA("vtkMRMLSegmentationNode"):
+        from AdvSegAttackLib.models.labels import find_organ
+
         segmentation = reference.GetSegmentation()
         found = set()
         for index in range(segmentation.GetNumberOfSegments()):
-            value = matchOrgan(segmentation.GetNthSegment(index).GetName(), labelNames)
+            value = find_organ(segmentation.GetNthSegment(index).GetName(), labelNames)
             if value is not None:
                 found.add(value)
         return found
@@ -638,12 +606,14 @@ def writeReferenceLabelmap(scene, reference, inputVolume, labelNames, path) -> l
     import slicer
     import vtk
 
+    from AdvSegAttackLib.models.labels import find_organ
+
     segmentation = reference.GetSegmentation()
     segmentIds = vtk.vtkStringArray()
     names, values = [], []
     for index in range(segmentation.GetNumberOfSegments()):
         segmentName = segmentation.GetNthSegment(index).GetName()
-        value = matchOrgan(segmentName, labelNames)
+        value = find_organ(segmentName, labelNames)
         if value is not None and value not in values:
             segmentIds.InsertNextValue(segmentation.GetNthSegmentID(index))
             names.append(segmentName)
