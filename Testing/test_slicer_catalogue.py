@@ -25,6 +25,8 @@ for _path in (REPO, MODULE_DIR):
 from AdvSegAttackSceneLib import catalogue as lib  # noqa: E402
 from AdvSegAttackSceneLib.engine import AttackRequest  # noqa: E402
 
+from AdvSegAttackLib.attacks.catalogue import ATTACKS  # noqa: E402
+
 pytestmark = pytest.mark.torchfree  # also run with Slicer 5.10's Python and packages (make test)
 
 
@@ -93,13 +95,26 @@ def test_widgets_of_an_attack_follow_its_catalogue_entry(catalogue):
         ("authors-final", "Authors' final (ρ 0.4, 10 steps, 16³)"),
     ]
     assert saa.defaultPreset == "specified"
-    assert catalogue.names == ("saa", "saa-2d", "vafa", "vafa-2d", "pgd", "bim", "fgsm", "gn", "texture")
+    assert catalogue.names == (
+        "saa",
+        "saa-2d",
+        "vafa",
+        "vafa-2d",
+        "pgd",
+        "segpgd",
+        "cospgd",
+        "bim",
+        "fgsm",
+        "gn",
+        "texture",
+    )
 
 
 def test_tooltips_give_doc_unit_range_default_and_presets(catalogue):
     saa = catalogue.attack("saa")
+    rho = ATTACKS["saa"].parameter("rho")
     assert saa.parameter("rho").toolTip() == (
-        "The rho. Unit: relative DCT-coefficient change. Range: (0, 1). Default: 0.2. "
+        f"{rho.doc} Unit: {rho.unit}. Range: (0, 1). Default: 0.2. "
         "Presets: Specified (ρ 0.2, 20 steps, 32³) 0.2; Authors' final (ρ 0.4, 10 steps, 16³) 0.4."
     )
     assert "Range: > 0." in saa.parameter("lambda_dice").toolTip()
@@ -109,13 +124,13 @@ def test_tooltips_give_doc_unit_range_default_and_presets(catalogue):
         catalogue.attack("pgd")
         .parameter("eps")
         .toolTip()
-        .startswith("The eps. Unit: k/255 of the [0, 1] model intensity. Range: (0, 255]. Default: 4.")
+        .endswith("Unit: k/255 of the [0, 1] model intensity. Range: (0, 255]. Default: 4.")
     )
     presets = saa.presetToolTip().splitlines()
     assert presets[0].startswith(
         "Specified (ρ 0.2, 20 steps, 32³) (default): ρ (spectral bound) 0.2, Steps 20,"
     )
-    assert "Use ssim loss on" in presets[1]
+    assert "SSIM term on" in presets[1]
 
 
 def test_every_widget_value_lies_in_the_engine_range(catalogue_dict):
@@ -140,7 +155,11 @@ def test_every_widget_value_lies_in_the_engine_range(catalogue_dict):
                 round(value, parameter.decimals) == value for value in values if parameter.type == "float"
             )
             checked += 1
-    assert checked == 31
+    assert checked == sum(
+        p.type in ("float", "int") and p.default is not None
+        for entry in ATTACKS.values()
+        for p in entry.parameters
+    )
 
 
 def test_integer_parameters_with_open_ends_step_inside():
