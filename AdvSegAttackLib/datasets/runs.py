@@ -8,6 +8,7 @@ Output folder layout (`OUT`):
     OUT/manifest.rank<R>.jsonl   one JSON line per finished case of rank R (appended, fsynced per line)
     OUT/manifest.jsonl           rank 0's merge: the latest line of every case of the split
     OUT/aggregate.csv, .md       mean ± sd per organ, clean vs attacked Dice and HD95; SSIM, PSNR
+    OUT/cases.csv                one row per case × organ: Dice and HD95 clean and attacked, SSIM, PSNR, L∞
     OUT/summary.json             counts and the failed cases with their sentences
 
 Cases are handed out dynamically: every rank takes the next case number from an atomic counter in the
@@ -57,9 +58,19 @@ RUN_FILE = "run.json"
 MANIFEST = "manifest.jsonl"
 AGGREGATE_CSV = "aggregate.csv"
 AGGREGATE_MD = "aggregate.md"
+CASES_CSV = "cases.csv"
 SUMMARY = "summary.json"
 #: Everything a dataset run writes at the top of OUT (glob patterns), for the output-folder check.
-DATASET_FILES = (RUN_FILE, CASES_DIR, MANIFEST, "manifest.rank*.jsonl", AGGREGATE_CSV, AGGREGATE_MD, SUMMARY)
+DATASET_FILES = (
+    RUN_FILE,
+    CASES_DIR,
+    MANIFEST,
+    "manifest.rank*.jsonl",
+    AGGREGATE_CSV,
+    AGGREGATE_MD,
+    CASES_CSV,
+    SUMMARY,
+)
 
 _run_numbers = itertools.count()  # same sequence on every rank: names the store keys of each run
 
@@ -196,6 +207,8 @@ def case_numbers(metrics: dict) -> dict:
     """The numbers of a case's metrics.json that go into the manifest and the aggregate table."""
     perturbation = metrics.get("perturbation") or {}
     return {
+        "model": metrics.get("model"),
+        "attack": (metrics.get("attack") or {}).get("name"),
         "reference": metrics.get("reference"),
         "organs": {
             name: {
@@ -235,6 +248,7 @@ PERTURBATION_ROWS = (
     ("linf_hu", "L-inf", "HU"),
 )
 ALL_ORGANS = "mean over organs"
+ORGAN_COLUMNS_KEYS = ("label", *(key for key, _, _ in ORGAN_COLUMNS))
 
 
 def _stats(values: Sequence) -> tuple[int, float, float]:
@@ -265,6 +279,64 @@ def aggregate(numbers: Sequence[dict]) -> list[dict]:
         scope = ALL_ORGANS if (key, _, unit) in CASE_COLUMNS else "perturbation"
         rows.append({"scope": scope, "metric": key, "unit": unit, "n": n, "mean": mean, "sd": sd})
     return rows
+
+
+CASE_ROW_COLUMNS = ("case", "model", "attack")
+ORGAN_ROW_COLUMNS = (
+    "organ",
+    "label",
+    "dice_clean",
+    "dice_adv",
+    "dice_drop",
+    "hd95_clean_mm",
+    "hd95_adv_mm",
+    "ssim_3d",
+    "ssim_axial_mean",
+    "psnr_db",
+    "linf_hu",
+)
+
+
+def case_rows(records: Iterable[dict], **columns: object) -> list[dict]:
+    """cases.csv rows of `ok` manifest lines: one per case × organ (Dice, HD95 clean and attacked, the Dice
+    drop clean − attacked, and the case's SSIM, PSNR, L∞ in HU); `columns` (e.g. parameter=, value=) are
+    added to every row after case, model and attack."""
+    rows = []
+    for record in records:
+        numbers = record["metrics"]
+        organs = sorted(numbers["organs"].items(), key=lambda item: (item[1].get("label", 0), item[0]))
+        for organ, values in organs:
+            clean, adv = values.get("dice_clean"), values.get("dice_adv")
+            rows.append(
+                {
+                    "case": record["case"],
+                    "model": numbers.get("model"),
+                    "attack": numbers.get("attack"),
+                    **columns,
+                    "organ": organ,
+                    **{key: values.get(key) for key in ORGAN_COLUMNS_KEYS},
+                    "dice_drop": None if clean is None or adv is None else clean - adv,
+                    **{key: numbers.get(key) for key, _, _ in PERTURBATION_ROWS},
+                }
+            )
+    return rows
+
+
+def cases_csv(rows: Sequence[dict]) -> str:
+    """cases.csv: the rows of `case_rows` (columns in their order; an undefined number is an empty cell)."""
+    buffer = text_io.StringIO()
+    extra = [key for key in (rows[0] if rows else {}) if key not in (*CASE_ROW_COLUMNS, *ORGAN_ROW_COLUMNS)]
+    header = [*CASE_ROW_COLUMNS, *extra, *ORGAN_ROW_COLUMNS]
+    writer = csv.DictWriter(buffer, header, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                key: "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+                for key, value in row.items()
+            }
+        )
+    return buffer.getvalue()
 
 
 def _number(value: float, digits: int) -> str:
@@ -475,6 +547,7 @@ def _merge(out: Path, cases: Sequence, settings: dict, counts: dict) -> tuple[li
     write_text_atomic(out / AGGREGATE_CSV, aggregate_csv(rows))
     title = settings.get("title", settings["kind"])
     write_text_atomic(out / AGGREGATE_MD, aggregate_markdown(rows, title, len(cases), len(ok), failed))
+    write_text_atomic(out / CASES_CSV, cases_csv(case_rows(ok)))
     write_json_atomic(
         out / SUMMARY,
         {
@@ -644,7 +717,10 @@ def evaluate_dataset(
 
     def run_one(item: AdversarialCase, case_dir: Path) -> dict:
         case = item.case
-        return evaluate_case(loaded, case.image, item.adversarial, case.label, case_dir, inner, item.name)
+        attack = adversarial_attack_name(item.adversarial)
+        return evaluate_case(
+            loaded, case.image, item.adversarial, case.label, case_dir, inner, item.name, attack
+        )
 
     required = [f"{PRED_CLEAN}.nii.gz", f"{PRED_ADV}.nii.gz", METRICS]
     inputs = [*inputs, *case_inputs(cases), *model_inputs(model), *model_inputs(card_source, "--card")]
@@ -652,6 +728,15 @@ def evaluate_dataset(
         inputs.append((adv_dir, "--adv-dir"))
     with claim_output_folder(out, inputs, DATASET_FILES, ctx=ctx):
         return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
+
+
+def adversarial_attack_name(adversarial: Path) -> str | None:
+    """The attack that made an adversarial volume, from the provenance.json of its case folder (None when it
+    is not in a readable case folder)."""
+    try:
+        return read_case(adversarial.parent).load_provenance()["attack"]["name"]
+    except (InputError, KeyError, TypeError, json.JSONDecodeError):
+        return None
 
 
 def match_adversarial(cases: Sequence[Case], adv_dir: Path) -> list[AdversarialCase]:

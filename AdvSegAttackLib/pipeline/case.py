@@ -531,10 +531,12 @@ def evaluate_case(
     out: Path,
     reporter: Reporter,
     name: str,
+    attack: str | None = None,
 ) -> dict:
     """Segment a clean volume and its saved adversarial volume (which must be on its grid), score them like
     `run_attack` does (kind "evaluate") and write `pred_clean.nii.gz`, `pred_adv.nii.gz` and metrics.json into
-    `out`; returns the metrics. `name` is the case's, for the sentence of a volume on another grid."""
+    `out`; returns the metrics. `name` is the case's, for the sentence of a volume on another grid; `attack`
+    the name of the attack that made the volume, when known (metrics.json's `attack.name`)."""
     source = read_image(image_path)
     adversarial = read_image(adversarial_path)
     if not same_grid(source, adversarial):
@@ -555,6 +557,8 @@ def evaluate_case(
         kind="evaluate",
         reporter=reporter,
     )
+    if attack is not None:
+        metrics["attack"] = {"name": attack}
     metrics["adversarial"] = _file_record(adversarial_path)
     metrics["input"] = _file_record(image_path)
     with staged_output_dir(out) as staging:
