@@ -41,8 +41,9 @@ import numpy as np
 
 from ..errors import InputError, describe_error, write_error_log
 from ..evaluation.casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, CaseFolder, read_case
+from ..evaluation.robustness_report import ALL_ORGANS
 from ..models.cards import model_inputs
-from ..progress import Reporter
+from ..progress import Reporter, SilentReporter
 from ..volumes.io import (
     json_safe,
     sha256_file,
@@ -73,19 +74,6 @@ DATASET_FILES = (
 )
 
 _run_numbers = itertools.count()  # same sequence on every rank: names the store keys of each run
-
-
-class SilentReporter(Reporter):
-    """Reports nothing (ranks other than 0 keep quiet; their cases show in rank 0's case counter)."""
-
-    def progress(self, stage: str, step: int, total: int, **values: float) -> None:
-        pass
-
-    def done(self, out: str) -> None:
-        pass
-
-    def error(self, message: str) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -247,7 +235,6 @@ PERTURBATION_ROWS = (
     ("psnr_db", "PSNR", "dB"),
     ("linf_hu", "L-inf", "HU"),
 )
-ALL_ORGANS = "mean over organs"
 ORGAN_COLUMNS_KEYS = ("label", *(key for key, _, _ in ORGAN_COLUMNS))
 
 
@@ -585,18 +572,21 @@ def attack_dataset(
     ctx: DistributedContext,
     reporter: Reporter,
     inputs: Sequence[Input] = (),
+    model=None,
 ) -> RunSummary:
     """Attack every case with the settings of `template` (a `pipeline.AttackRequest`; its image, label and
     out are replaced per case) and write the dataset folder `out`.
 
     The settings are validated once, before any case runs and before `out` is claimed (see `outputs`);
-    `inputs` are further files the run reads (the datalist), so that `out` never overwrites them.
+    `inputs` are further files the run reads (the datalist), so that `out` never overwrites them. `model`:
+    the template's model (a `pipeline.case.LoadedModel`) when the caller has loaded it already (a sweep).
     """
     from ..pipeline.case import LoadedModel, prepare_attack, run_attack
 
-    model = LoadedModel.load(
-        template.model, template.card, template.device, template.sw_batch_size, template.trust_torchscript
-    )  # once for every case
+    if model is None:
+        model = LoadedModel.load(
+            template.model, template.card, template.device, template.sw_batch_size, template.trust_torchscript
+        )  # once for every case
     card = model.card
     attack, _ = prepare_attack(template, card)  # bad parameters, unknown organs: exit 2 now
     settings = {

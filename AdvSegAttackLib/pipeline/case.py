@@ -8,6 +8,7 @@
     case_metrics(...)                              metrics.json (organs clean vs attacked, the perturbation)
     write_predictions(...), write_case_preview(...), case_provenance(...)
 
+`attack_volume` runs the first steps in memory (the Python API's `attack` and `run_attack` share it);
 `run_attack` runs them for one request and writes the case folder (see `evaluation.casefolder`);
 `evaluate_case` scores a saved adversarial volume; `run_segment` is `advseg segment`.
 """
@@ -461,6 +462,41 @@ def prepare_attack(request: AttackRequest, card: ModelCard) -> tuple[Attack, dic
     return attack_class(request.attack)(config), organs
 
 
+@dataclass
+class AttackedVolume:
+    """One volume attacked in memory: the attack, the organs, the volume in model space, the target and the
+    outcome on the source grid (what `run_attack` writes, and what the Python API returns)."""
+
+    attack: Attack
+    organs: dict[str, int]
+    space: ModelSpaceImage
+    target: CaseTarget
+    outcome: AttackOutcome
+
+
+def attack_volume(
+    request: AttackRequest,
+    source: sitk.Image,
+    reference: sitk.Image | None,
+    model: LoadedModel,
+    reporter: Reporter,
+    on_stage: Callable[[str], None] | None = None,
+) -> AttackedVolume:
+    """The clean prediction, the target and the attack of one volume in memory (steps 2-4: `source` is the
+    volume, `reference` its label map or None; the request's image, label and out are not read).
+    `on_stage(stage)` is called when "load", "segment_clean" and "attack" end."""
+    stage = on_stage or (lambda name: None)
+    attack, organs = prepare_attack(request, model.card)
+    space = to_model_space(source, **model.card.preprocessing)
+    reporter.progress("load", 1, 1)
+    stage("load")
+    target = clean_target(space, reference, model, organs, reporter)
+    stage("segment_clean")
+    outcome = attack_case(attack, request, space, target, organs, model, reporter)
+    stage("attack")
+    return AttackedVolume(attack, organs, space, target, outcome)
+
+
 def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | None = None) -> dict:
     """Run one attack and write its case folder into `request.out`; returns the metrics. `model`: the model
     of the request, when a run has loaded it already."""
@@ -474,15 +510,11 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
             request.model, request.card, request.device, request.sw_batch_size, request.trust_torchscript
         )
     card = model.card
-    attack, organs = prepare_attack(request, card)
+    prepare_attack(request, card)  # unknown organs fail before the label is read
     reference = read_label(request.label, source, card.label_names) if request.label else None
-    space = to_model_space(source, **card.preprocessing)
-    reporter.progress("load", 1, 1)
-    clock.lap("load")
-    target = clean_target(space, reference, model, organs, reporter)
-    clock.lap("segment_clean")
-    outcome = attack_case(attack, request, space, target, organs, model, reporter)
-    clock.lap("attack")
+    attacked = attack_volume(request, source, reference, model, reporter, clock.lap)
+    attack, organs = attacked.attack, attacked.organs
+    space, target, outcome = attacked.space, attacked.target, attacked.outcome
 
     with staged_output_dir(request.out) as staging:
         adversarial_path = write_adversarial(staging, outcome, source, reporter)
