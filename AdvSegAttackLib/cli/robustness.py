@@ -79,6 +79,46 @@ def add_sweep(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_sweep)
 
 
+def cmd_transfer(args: argparse.Namespace, reporter: Reporter) -> dict:
+    """Adversarial volumes of every source model scored on every target model; transfer.csv, heat maps."""
+    from ..datasets.distributed import init_distributed, shutdown
+    from ..datasets.transfer import run_transfer
+
+    cases, inputs = _cases(args)
+    ctx, device = init_distributed(resolve_device(args.device))
+    try:
+        template = attack_request(args, Path(), None, Path(), device)
+        summary = run_transfer(
+            cases, template, args.source_models, args.target_models, Path(args.out), ctx, reporter, inputs
+        )
+    finally:
+        shutdown(ctx)
+    reporter.close()
+    if ctx.is_main and args.progress != "jsonl":
+        print(
+            f"transfer of {len(summary.attacks)} source x {len(args.target_models)} target models on "
+            f"{len(cases)} case(s); output: {args.out} (report.html)"
+        )
+    return {"pairs": len(summary.scores), "exit_status": summary.exit_status}
+
+
+def add_transfer(p: argparse.ArgumentParser) -> None:
+    _add_case_options(p)
+    p.add_argument(
+        "--source-models",
+        nargs="+",
+        required=True,
+        help="models the attack is crafted on (cards, bundled names)",
+    )
+    p.add_argument(
+        "--target-models", nargs="+", required=True, help="models the adversarial volumes are scored on"
+    )
+    p.add_argument("--out", required=True, help="transfer output folder (a rerun completes it)")
+    add_attack_options(p, every_case=True, model=False)
+    add_common_options(p)
+    p.set_defaults(func=cmd_transfer)
+
+
 def cmd_report(args: argparse.Namespace, reporter: Reporter) -> dict:
     """report.html in every folder given."""
     from ..evaluation.robustness_report import write_report
@@ -97,4 +137,4 @@ def add_report(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_report)
 
 
-PARSERS = {"sweep": add_sweep, "report": add_report}
+PARSERS = {"sweep": add_sweep, "transfer": add_transfer, "report": add_report}

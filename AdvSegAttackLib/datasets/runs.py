@@ -686,15 +686,18 @@ def evaluate_dataset(
     adv_dir: Path | None = None,
     inputs: Sequence[Input] = (),
     trust_torchscript: bool = False,
+    loaded=None,
 ) -> RunSummary:
     """Segment every clean and saved adversarial volume with the model; score them like `attack` does.
 
     `out` is claimed (see `outputs`) after the model loads; it never overwrites `adv_dir`, the cases' files
-    or further `inputs` (the datalist).
+    or further `inputs` (the datalist). `loaded`: the model (a `pipeline.case.LoadedModel`) when the caller
+    has loaded it already (a transfer matrix).
     """
     from ..pipeline.case import LoadedModel, evaluate_case
 
-    loaded = LoadedModel.load(model, card_source, device, sw_batch_size, trust_torchscript)  # once
+    if loaded is None:
+        loaded = LoadedModel.load(model, card_source, device, sw_batch_size, trust_torchscript)  # once
     adv_name = str(Path(adv_dir).resolve()) if adv_dir else None
     settings = {
         "kind": "evaluate",

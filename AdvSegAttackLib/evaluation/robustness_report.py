@@ -196,7 +196,7 @@ def transfer_figure(rows: Sequence[dict], title: str):
     """Two heat maps, source model (rows) × target model (columns): attacked Dice and Dice drop."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(11, 4.6))
+    figure = Figure(figsize=(11, 4.6), layout="constrained")
     axes = figure.subplots(1, 2)
     panels = (
         ("dice_adv", "mean organ Dice, attacked", "viridis"),
@@ -204,7 +204,9 @@ def transfer_figure(rows: Sequence[dict], title: str):
     )
     for ax, (key, label, cmap) in zip(axes, panels, strict=True):
         sources, targets, matrix = transfer_matrix(rows, key)
-        image = ax.imshow(matrix, cmap=cmap, vmin=0, vmax=1 if key == "dice_adv" else None)
+        finite = [v for row in matrix for v in row if math.isfinite(v)] or [0.0]
+        low, high = (0.0, 1.0) if key == "dice_adv" else (min(0.0, *finite), max(0.05, *finite))
+        image = ax.imshow(matrix, cmap=cmap, vmin=low, vmax=high)
         ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right")
         ax.set_yticks(range(len(sources)), sources)
         ax.set_xlabel("target model (scored)")
@@ -213,6 +215,8 @@ def transfer_figure(rows: Sequence[dict], title: str):
             for j, value in enumerate(row):
                 box = "white-box" if sources[i] == targets[j] else "black-box"
                 text = "–" if not math.isfinite(value) else f"{value:.3f}"
+                red, green, blue, _ = image.cmap(image.norm(value if math.isfinite(value) else low))
+                dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
                 ax.text(
                     j,
                     i,
@@ -220,7 +224,7 @@ def transfer_figure(rows: Sequence[dict], title: str):
                     ha="center",
                     va="center",
                     fontsize=8,
-                    color="white" if key == "dice_adv" else "black",
+                    color="white" if dark else "black",
                 )
         ax.set_title(label)
         figure.colorbar(image, ax=ax, fraction=0.046)
@@ -450,4 +454,6 @@ def write_report(folder: str | Path) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder.")
-    return write_text_atomic(folder / REPORT, render_report(folder))
+    path = folder / REPORT
+    write_text_atomic(path, render_report(folder))
+    return path
