@@ -48,6 +48,12 @@ def test_sweep_findings_name_the_budgets_the_drop_and_the_organs():
         {1: {"liver": 0.5, "spleen": 0.5}, 8: {"liver": 0.8, "spleen": 0.6}}, {1: 0.99, 8: 0.98}
     )
     assert "does not fall steadily" in sweep_summary(bumpy, "eps", "")[2]
+    flat = sweep_table(
+        {1: {"liver": 0.9, "spleen": 0.7}, 8: {"liver": 0.9, "spleen": 0.695}}, {1: 1, 8: 0.99}
+    )
+    assert (
+        sweep_summary(flat, "eps", "")[2] == "Dice hardly changes over this range of eps (by less than 0.01)."
+    )
     assert sweep_summary([], "eps", "") == ["No case was scored, so there is nothing to summarise."]
     assert len(sweep_figure(rows, "eps", "k/255", "title").axes) == 2
 

@@ -78,6 +78,9 @@ def test_single_volume_sweep_tables_plot_and_report(single):
     settings = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert settings["parameter"] == "eps" and settings["values"] == [2.0, 8.0]
     assert settings["unit"].startswith("k/255") and settings["cases"] == ["phantom_seed0_image"]
+    provenance = settings["provenance"]
+    assert provenance["command_line"].startswith("advseg sweep") and provenance["versions"]["torch"]
+    assert provenance["models"][0]["name"] == "tiny" and len(provenance["models"][0]["weights_sha256"]) == 64
     table = rows(out / "sweep.csv")
     for value in ("2", "8"):  # each value's rows are its dataset run's aggregate, as written there
         run = rows(out / "runs" / f"eps-{value}" / "aggregate.csv")

@@ -143,7 +143,7 @@ def run_sweep(
     """Attack every case at every value of `parameter` (the template's other settings fixed) and write the
     sweep folder `out` (see the module docstring). `template` is a `pipeline.AttackRequest` as for
     `runs.attack_dataset`; the values are checked first (`sweep_values`)."""
-    from ..pipeline.case import LoadedModel, prepare_attack
+    from ..pipeline.case import LoadedModel, prepare_attack, run_provenance
 
     values = sweep_values(template.attack, parameter, values, template.preset)
     model = LoadedModel.load(
@@ -177,6 +177,7 @@ def run_sweep(
             runs[value] = attack_dataset(cases, request, run_dir, ctx, reporter, inputs, model=model)
         if ctx.is_main:
             table, case_table = sweep_rows(parameter, values, out)
+            settings["provenance"] = run_provenance(template, {template.model: model.card})
             write_json_atomic(out / SWEEP_SETTINGS, settings)
             write_text_atomic(out / SWEEP_CSV, sweep_csv(table))
             write_text_atomic(out / CASES_CSV, cases_csv(case_table))

@@ -146,7 +146,7 @@ def run_transfer(
     write the transfer folder `out` (see the module docstring). `template` is a `pipeline.AttackRequest` as
     for `runs.attack_dataset` (its model is replaced by each source)."""
     from ..models.cards import model_inputs
-    from ..pipeline.case import LoadedModel, prepare_attack
+    from ..pipeline.case import LoadedModel, prepare_attack, run_provenance
 
     if not source_models or not target_models:
         raise InputError("--source-models and --target-models each need at least one model.")
@@ -216,6 +216,7 @@ def run_transfer(
                     records = ok_records(out / SCORES_DIR / pair_folder(source, target))
                     rows.append(transfer_row(source, target, records))
                     case_table += case_rows(records, source_model=source)
+            settings["provenance"] = run_provenance(template, {s: m.card for s, m in loaded.items()})
             write_json_atomic(out / TRANSFER_SETTINGS, settings)
             write_text_atomic(out / TRANSFER_CSV, transfer_csv(rows))
             write_text_atomic(out / CASES_CSV, cases_csv(case_table))

@@ -158,11 +158,14 @@ def sweep_summary(rows: Sequence[dict], parameter: str, unit: str) -> list[str]:
         f"{ssim.get(high[0], math.nan):.4f}).",
     ]
     monotone = all(b[1] <= a[1] + 1e-9 for a, b in zip(mean, mean[1:], strict=False))
-    lines.append(
-        "Dice falls steadily as the budget grows."
-        if monotone
-        else "Dice does not fall steadily with the budget (a larger value is not always a stronger attack here)."
-    )
+    if max(p[1] for p in mean) - min(p[1] for p in mean) < 0.01:
+        lines.append(f"Dice hardly changes over this range of {parameter} (by less than 0.01).")
+    elif monotone:
+        lines.append("Dice falls steadily as the budget grows.")
+    else:
+        lines.append(
+            "Dice does not fall steadily with the budget (a larger value is not always a stronger attack here)."
+        )
     drops = []
     for (scope, metric), points in series.items():
         if metric != "dice_adv" or scope in (ALL_ORGANS, "perturbation"):
@@ -281,6 +284,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     head = "".join(f"<th>{esc(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _short(cell: str) -> str:
+    """A CSV cell for the HTML table: numbers with a fractional part to 4 decimals, other cells as they are."""
+    try:
+        number = float(cell)
+    except ValueError:
+        return cell
+    return cell if "." not in cell or not math.isfinite(number) else f"{number:.4f}"
 
 
 def _cell(value: str, digits: int = 3) -> str:
@@ -443,7 +455,7 @@ def render_report(folder: Path) -> str:
         parts += [
             f"<h2>Per case ({max(len(rows) - 1, 0)} rows: case × organ)</h2>",
             f'<p><a download="cases.csv" href="data:text/csv;base64,{link}">cases.csv</a></p>',
-            _table(rows[0], rows[1:]) if rows else "<p>none</p>",
+            _table(rows[0], [[_short(cell) for cell in row] for row in rows[1:]]) if rows else "<p>none</p>",
         ]
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"

@@ -413,6 +413,32 @@ def versions() -> dict:
     }
 
 
+def model_record(card: ModelCard, source: str | Path) -> dict:
+    """A model as provenance records it: name, card path and SHA-256, weights SHA-256, how it was given."""
+    weights = weights_path(card)
+    return {
+        "name": card.name,
+        "card": str(card.path) if card.path else None,
+        "card_sha256": sha256_file(card.path) if card.path else None,
+        "weights_sha256": sha256_file(weights) if weights else None,
+        "source": str(source),
+    }
+
+
+def run_provenance(request: AttackRequest, models: Mapping[str, ModelCard]) -> dict:
+    """The provenance of a run over several attacks (a sweep, a transfer matrix): the tool, the command line,
+    the models ({how given: card}), the device, the versions and the time (each case folder has its own)."""
+    return {
+        "tool": "AdvSegAttack",
+        "version": __version__,
+        "command_line": request.command_line or " ".join(sys.argv),
+        "models": [model_record(card, source) for source, card in models.items()],
+        "device": str(request.device),
+        "versions": versions(),
+        "written_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
 def case_provenance(
     request: AttackRequest,
     card: ModelCard,
@@ -425,7 +451,6 @@ def case_provenance(
     """provenance.json of a case: the tool, the command line, the input and reference (path, SHA-256), the
     model (card, weights SHA-256), the attack with every parameter and its unit, the organs, the region, the
     seed, the device, the versions, start and end time."""
-    weights = weights_path(card)
     return {
         "tool": "AdvSegAttack",
         "version": __version__,
@@ -433,13 +458,7 @@ def case_provenance(
         "input": _file_record(request.image),
         "reference_label": _file_record(request.label),
         "target": target.description,
-        "model": {
-            "name": card.name,
-            "card": str(card.path) if card.path else None,
-            "card_sha256": sha256_file(card.path) if card.path else None,
-            "weights_sha256": sha256_file(weights) if weights else None,
-            "source": str(request.model),
-        },
+        "model": model_record(card, request.model),
         "attack": {"name": attack.name, "preset": request.preset, "parameters": attack.config.to_dict()},
         "organs": dict(organs),
         "region": outcome.region_provenance,
