@@ -105,17 +105,10 @@ class AdvSegAttack(ScriptedLoadableModule):
 #
 
 
-class ModelChoice(enum.Enum):
-    """Bundled models by name, or a model from a file."""
-
-    ABDOMEN_UNET = "abdomen-unet"
-    FROM_FILE = "file"
-
-    def label(self):
-        return {
-            "abdomen-unet": _("abdomen-unet (bundled: abdominal CT and phantoms, 3 mm)"),
-            "file": _("From file…"),
-        }[self.value]
+DEFAULT_MODEL = "abdomen-unet"
+"""The bundled model chosen first (the model list holds every folder of Resources/Models)."""
+MODEL_FROM_FILE = "file"
+"""The parameter node's `model` when the model is a file or folder (`modelPath`)."""
 
 
 class RegionChoice(enum.Enum):
@@ -146,7 +139,7 @@ if UNSUPPORTED_REASON is None:  # the wrapper needs Slicer 5.4
         inputVolume: vtkMRMLScalarVolumeNode
         # typing.Union (not "|"): the wrapper recognises node unions by typing.get_origin(...) == typing.Union.
         referenceSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
-        model: ModelChoice = ModelChoice.ABDOMEN_UNET
+        model: str = DEFAULT_MODEL  # a bundled model's name, or MODEL_FROM_FILE
         modelPath: str = ""
         organ: str = ""
         # The engine's attack name (the first of its catalogue when empty or unknown), and per attack the
@@ -172,6 +165,7 @@ PARAMETERS_SET_IN_CODE = frozenset(
     {
         "attack",
         "attackSettings",
+        "model",
         "modelPath",
         "organ",
         "adversarialVolume",
@@ -351,6 +345,10 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.attackComboBox.connect("activated(int)", self.onAttackActivated)
         self.ui.organComboBox.connect("activated(int)", self.onOrganActivated)
+        for name, label in self.logic.bundledModels():
+            self.ui.modelComboBox.addItem(label, name)
+        self.ui.modelComboBox.addItem(_("From file…"), MODEL_FROM_FILE)
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.differenceButton.connect("toggled(bool)", self.onDifferenceToggled)
@@ -480,7 +478,12 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         attack = self.logic.attackSpec(node) if self._attackPanels else None
         if attack is not None:
             self._showAttack(attack)
-        fromFile = node.model == ModelChoice.FROM_FILE
+        modelIndex = self.ui.modelComboBox.findData(node.model)
+        if modelIndex >= 0 and self.ui.modelComboBox.currentIndex != modelIndex:
+            wasBlocked = self.ui.modelComboBox.blockSignals(True)
+            self.ui.modelComboBox.currentIndex = modelIndex
+            self.ui.modelComboBox.blockSignals(wasBlocked)
+        fromFile = node.model == MODEL_FROM_FILE
         self.ui.modelPathLabel.visible = fromFile
         self.ui.modelPathLineEdit.visible = fromFile
         if self.ui.modelPathLineEdit.currentPath != node.modelPath:
@@ -547,6 +550,10 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.toolTip = _(
                 "The model's organ names are not known (no model card); all organs are attacked."
             )
+
+    def onModelActivated(self, index) -> None:
+        """Store the chosen bundled model's name, or MODEL_FROM_FILE."""
+        self._parameterNode.model = self.ui.modelComboBox.itemData(index) or DEFAULT_MODEL
 
     def onModelPathChanged(self, path) -> None:
         """Store the model file or folder (a plain string, so an empty path stays empty)."""
@@ -1050,6 +1057,11 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         """The catalogue entry of the parameter node's attack (the first attack if none is stored yet)."""
         return self.catalogue().storedAttack(parameterNode.attack)
 
+    @staticmethod
+    def bundledModels():
+        """(name, label) of every bundled model (the folders of Resources/Models with a model card)."""
+        return advEngine.bundledModels(engineRoot())
+
     def cardLabels(self, model):
         """Organ names and colours of a model (empty lists if unknown)."""
         try:
@@ -1064,8 +1076,8 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
 
         :raises ValueError: if "From file…" is chosen without an existing path.
         """
-        if parameterNode.model != ModelChoice.FROM_FILE:
-            return parameterNode.model.value
+        if parameterNode.model != MODEL_FROM_FILE:
+            return parameterNode.model or DEFAULT_MODEL
         path = parameterNode.modelPath.strip()
         if not path or not os.path.exists(path):
             raise ValueError(_("Choose a model card, checkpoint or MONAI bundle that exists."))

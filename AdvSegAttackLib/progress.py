@@ -53,6 +53,19 @@ class Reporter:
         """Finish any open display."""
 
 
+class SilentReporter(Reporter):
+    """Reports nothing (ranks other than 0 of a dataset run; the Python API without a progress callback)."""
+
+    def progress(self, stage: str, step: int, total: int, **values: float) -> None:
+        pass
+
+    def done(self, out: str) -> None:
+        pass
+
+    def error(self, message: str) -> None:
+        pass
+
+
 class StageCounter:
     """Progress of one stage made of parts that count on their own (e.g. HD95 per organ, then SSIM):
     `part()` gives a progress(done, total) callback for the next part, `step()` counts one unit."""

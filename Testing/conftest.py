@@ -52,19 +52,26 @@ def msd_spleen() -> tuple[Path, Path]:
     )
 
 
-def save_tiny_model(folder: Path, spacing_mm: float, roi: int) -> Path:
-    """A randomly initialised, very small UNet card (for pipeline plumbing, not for accuracy)."""
+def save_tiny_model(
+    folder: Path, spacing_mm: float, roi: int, name: str = "tiny", seed: int | None = None
+) -> Path:
+    """A randomly initialised, very small UNet card (for pipeline plumbing, not for accuracy), in
+    `folder/name`; `seed` seeds its weights (default: torch's global generator as it is)."""
+    import torch
+
     from AdvSegAttackLib.models.cards import ModelCard
     from AdvSegAttackLib.models.networks import build_network, save_model
 
+    if seed is not None:
+        torch.manual_seed(seed)
     card = ModelCard(
-        name="tiny",
+        name=name,
         architecture="unet",
         arguments={"channels": [4, 8], "strides": [2], "num_res_units": 0},
         spacing_mm=[spacing_mm] * 3,
         roi_size=[roi] * 3,
     )
-    return save_model(card, build_network(card), folder / "tiny")
+    return save_model(card, build_network(card), folder / name)
 
 
 @contextlib.contextmanager

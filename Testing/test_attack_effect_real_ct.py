@@ -64,3 +64,17 @@ def test_gradient_attacks_beat_noise_of_the_same_budget(setting):
         assert score < noise - 0.02, (
             f"{name}: Dice {score:.3f} is not below noise {noise:.3f} (clean {clean:.3f})"
         )
+
+
+@pytest.mark.slow
+def test_segpgd_and_cospgd_cut_dice_at_least_as_much_as_pgd(setting):
+    """Same ε, steps, α and seed (so the same random start): measured 0.631 clean, PGD 0.393, SegPGD 0.381,
+    CosPGD 0.378 at ε 4/255 and 2 steps."""
+    scores = {
+        name: mean_dice(setting, attacked(setting, name, eps=4.0, steps=2))
+        for name in ("pgd", "segpgd", "cospgd")
+    }
+    print(", ".join(f"{n} {s:.4f}" for n, s in scores.items()))
+    assert scores["pgd"] < mean_dice(setting, setting[2].tensor) - 0.1
+    for name in ("segpgd", "cospgd"):
+        assert scores[name] <= scores["pgd"], f"{name}: Dice {scores[name]:.4f} vs PGD {scores['pgd']:.4f}"

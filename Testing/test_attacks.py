@@ -11,14 +11,16 @@ from monai.networks.nets import UNet
 from AdvSegAttackLib.attacks import objective as objective_module
 from AdvSegAttackLib.attacks.base import ModelSpaceAttack, SourceGridAttack, attack_class, make_attack
 from AdvSegAttackLib.attacks.catalogue import ATTACKS
+from AdvSegAttackLib.attacks.cospgd import cosine_to_one_hot
 from AdvSegAttackLib.attacks.objective import SegmentationObjective, dice_ce
 from AdvSegAttackLib.attacks.saa import SpectralNoise
+from AdvSegAttackLib.attacks.segpgd import SegPGD, segpgd_lambda
 from AdvSegAttackLib.attacks.vafa import Quantiser, alpha_at, soft_round
 from AdvSegAttackLib.errors import InputError
 
 ROI = (16, 16, 16)
 SHAPE = (1, 1, 22, 24, 18)
-ALL = ("saa", "saa-2d", "vafa", "vafa-2d", "fgsm", "bim", "pgd", "gn")
+ALL = ("saa", "saa-2d", "vafa", "vafa-2d", "fgsm", "bim", "pgd", "segpgd", "cospgd", "gn")
 FAST = {
     "saa": {"steps": 3, "block_size": 8},
     "saa-2d": {"steps": 3, "block_size": 8},
@@ -27,6 +29,8 @@ FAST = {
     "fgsm": {},
     "bim": {"steps": 3},
     "pgd": {"steps": 3},
+    "segpgd": {"steps": 3},
+    "cospgd": {"steps": 3},
     "gn": {},
 }
 REFERENCE_LOSS = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=True, smooth_nr=0.0, smooth_dr=1e-6)
@@ -120,6 +124,54 @@ def test_dice_ce_in_several_chunks_equals_monai(monkeypatch):
     (g2,) = torch.autograd.grad((reference * torch.tensor([1.0, 3.0], dtype=torch.float64)).sum(), logits)
     assert torch.allclose(g1, g2, atol=1e-9)
     assert torch.autograd.gradcheck(lambda z: dice_ce(z, target, [1, 3], target == 3), (logits,))
+
+
+def test_voxel_weights_scale_each_voxels_cross_entropy():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 4, 5, 6, 3, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 4, (2, 1, 5, 6, 3))
+    weights = torch.rand(2, 1, 5, 6, 3, dtype=torch.float64)
+    ce = torch.nn.functional.cross_entropy(logits, target[:, 0], reduction="none")[:, None]
+    reference = torch.stack([REFERENCE_LOSS.dice(logits[i : i + 1], target[i : i + 1]) for i in range(2)]) + (
+        ce * weights
+    ).mean(dim=(1, 2, 3, 4))
+    ours = dice_ce(logits, target, voxel_weights=weights)
+    assert torch.allclose(ours, reference, atol=1e-9)
+    (g1,) = torch.autograd.grad(ours.sum(), logits)
+    (g2,) = torch.autograd.grad(reference.sum(), logits)
+    assert torch.allclose(g1, g2, atol=1e-9)
+    assert torch.equal(
+        dice_ce(logits, target, voxel_weights=torch.ones_like(weights)), dice_ce(logits, target)
+    )
+    in_organ = target == 2  # with a CE mask: weighted CE still divided by the number of masked voxels
+    masked = dice_ce(logits, target, [2], in_organ, weights)
+    plain = dice_ce(logits, target, [2], in_organ)
+    expected_ce = (ce * weights * in_organ).sum(dim=(1, 2, 3, 4)) / in_organ.sum(dim=(1, 2, 3, 4))
+    plain_ce = (ce * in_organ).sum(dim=(1, 2, 3, 4)) / in_organ.sum(dim=(1, 2, 3, 4))
+    assert torch.allclose(masked - plain, expected_ce - plain_ce, atol=1e-9)
+
+
+def test_segpgd_schedule_and_weights():
+    assert [segpgd_lambda(t, 4) for t in (1, 2, 3, 4)] == [0.0, 0.125, 0.25, 0.375]
+    logits = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]]).permute(0, 2, 1)[
+        ..., None, None
+    ]  # [1, 3, 2, 1, 1]
+    target = torch.tensor([0, 0]).view(1, 1, 2, 1, 1)  # voxel 0 correct, voxel 1 wrong
+    attack = SegPGD(steps=4)
+    untargeted = attack._voxel_weights(2, targeted=False)(logits, target).flatten().tolist()
+    targeted = attack._voxel_weights(2, targeted=True)(logits, target).flatten().tolist()
+    assert untargeted == [0.875, 0.125] and targeted == [0.125, 0.875]
+
+
+def test_cospgd_weight_is_the_cosine_to_the_one_hot_target():
+    torch.manual_seed(4)
+    logits = torch.randn(2, 5, 4, 3, 2)
+    target = torch.randint(0, 5, (2, 1, 4, 3, 2))
+    one_hot = torch.nn.functional.one_hot(target[:, 0], 5).permute(0, 4, 1, 2, 3).float()
+    expected = torch.nn.functional.cosine_similarity(torch.softmax(logits, 1), one_hot, dim=1)[:, None]
+    assert torch.allclose(cosine_to_one_hot(logits, target), expected, atol=1e-6)
+    targeted = make_attack("cospgd")._voxel_weights(1, targeted=True)(logits, target)
+    assert torch.allclose(targeted, 1 - expected, atol=1e-6)
 
 
 def test_single_window_gradient_is_exact():
@@ -237,7 +289,7 @@ def test_vafa_bounds_every_step(case, name, params, q_range):
     assert 0 <= float(result.adversarial.min()) and float(result.adversarial.max()) <= 1
 
 
-@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd"])
+@pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "segpgd", "cospgd"])
 def test_linf_bounds_every_step(case, name):
     model, image, label = case
     eps = 4 / 255
@@ -267,13 +319,13 @@ def test_region_is_respected_bit_for_bit(case, name):
     assert result.adversarial.dtype == torch.float32 and result.adversarial.shape == image.shape
 
 
-@pytest.mark.parametrize("name", ["saa", "vafa-2d", "pgd", "gn"])
+@pytest.mark.parametrize("name", ["saa", "vafa-2d", "pgd", "segpgd", "cospgd", "gn"])
 def test_same_seed_same_output(case, name):
     model, image, label = case
     a = run(name, model, image, label, seed=7).adversarial
     b = run(name, model, image, label, seed=7).adversarial
     assert torch.equal(a, b)
-    if name in ("saa", "pgd", "gn"):  # VAFA has no randomness
+    if name in ("saa", "pgd", "segpgd", "cospgd", "gn"):  # VAFA has no randomness
         assert not torch.equal(a, run(name, model, image, label, seed=8).adversarial)
 
 
@@ -293,13 +345,17 @@ def test_progress_reports_every_step_and_can_cancel(case):
         run("saa", model, image, label, progress=cancel)
 
 
-def test_targeted_removal_lowers_the_loss_to_the_removed_target(case):
+@pytest.mark.parametrize("name", ["pgd", "segpgd", "cospgd"])
+def test_targeted_removal_lowers_the_loss_to_the_removed_target(case, name):
     model, image, label = case
-    result = make_attack("pgd", steps=4, eps=16).run(
+    result = make_attack(name, steps=4, eps=16).run(
         model, image, label, roi_size=ROI, overlap=0.5, sw_batch_size=2, organs=[2], targeted=True
     )
-    losses = result.diagnostics["loss"]
-    assert losses[-1] < losses[0]
+    removal = SegmentationObjective(model, label, ROI, 0.5, 2, organs=[2], targeted=True)
+    removal.value(image)
+    before = removal.last_loss
+    removal.value(result.adversarial)
+    assert removal.last_loss < before  # plain DiceCE to the target without organ 2
 
 
 # --- validation, registry, presets -----------------------------------------------------------------------
@@ -324,6 +380,8 @@ def test_targeted_removal_lowers_the_loss_to_the_removed_target(case):
         ("fgsm", {"eps": 0}, "--eps"),
         ("pgd", {"alpha": 0}, "--alpha"),
         ("pgd", {"steps": 0}, "--steps"),
+        ("segpgd", {"eps": 300}, "--eps"),
+        ("cospgd", {"alpha": 1.5}, "--alpha"),
         ("gn", {"std": 0}, "--std"),
         ("gn", {"eps": 4}, "--eps"),
     ],

@@ -80,6 +80,8 @@ def test_attacks_lower_dice_more_than_gaussian_noise(trained):
         "fgsm": {"eps": 4},
         "bim": {"eps": 4, "steps": 10},
         "pgd": {"eps": 4, "steps": 10},
+        "segpgd": {"eps": 4, "steps": 10},
+        "cospgd": {"eps": 4, "steps": 10},
         "saa": {"preset": "authors-final", "steps": 10, "block_size": 8},
         "vafa": {"steps": 10, "block_size": 8},
     }

@@ -61,6 +61,8 @@ def test_catalogue_is_strict_json_with_the_contract_fields():
         "vafa",
         "vafa-2d",
         "pgd",
+        "segpgd",
+        "cospgd",
         "bim",
         "fgsm",
         "gn",

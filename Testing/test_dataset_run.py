@@ -210,6 +210,27 @@ def test_attack_dataset_writes_case_folders_manifest_and_aggregate(attacked, cap
     summary = json.loads((attacked / "summary.json").read_text(encoding="utf-8"))
     assert summary["ok"] == 3 and [f["case"] for f in summary["failed"]] == BAD
 
+    # cases.csv: one row per case x organ (the failed cases have none), numbers as in the case's metrics
+    cases = list(csv.DictReader((attacked / "cases.csv").open(encoding="utf-8")))
+    metrics = {
+        name: json.loads((attacked / "cases" / name / "metrics.json").read_text(encoding="utf-8"))
+        for name in GOOD
+    }
+    assert [(r["case"], r["organ"]) for r in cases] == [
+        (name, organ)
+        for name in GOOD
+        for organ in sorted(metrics[name]["organs"], key=lambda o: metrics[name]["organs"][o]["label"])
+    ]
+    for row in cases:
+        organ = metrics[row["case"]]["organs"][row["organ"]]
+        assert row["attack"] == "pgd" and row["model"] == metrics[row["case"]]["model"]
+        assert int(row["label"]) == organ["label"]
+        for key in ("dice_clean", "dice_adv"):
+            assert (float(row[key]) if row[key] else None) == pytest.approx(organ[key])
+        if organ["dice_clean"] is not None and organ["dice_adv"] is not None:
+            assert float(row["dice_drop"]) == pytest.approx(organ["dice_clean"] - organ["dice_adv"])
+        assert float(row["psnr_db"]) == pytest.approx(metrics[row["case"]]["perturbation"]["psnr_db"])
+
 
 def test_rerun_skips_verified_cases_and_redoes_broken_ones(attacked, dataset, tiny_model, tmp_path, capsys):
     out = tmp_path / "run"
@@ -281,6 +302,9 @@ def test_evaluate_reproduces_the_attacked_dice(attacked, dataset, tiny_model, tm
         for r in csv.DictReader((out_flat / "aggregate.csv").open(encoding="utf-8"))
     }
     assert int(rows[("mean over organs", "mean_dice_adv")]["n"]) == 2
+    # cases.csv names the attack of a case folder (from its provenance), not of a bare volume
+    assert {r["attack"] for r in csv.DictReader((out / "cases.csv").open(encoding="utf-8"))} == {"pgd"}
+    assert {r["attack"] for r in csv.DictReader((out_flat / "cases.csv").open(encoding="utf-8"))} == {""}
 
 
 @pytest.mark.slow

@@ -93,7 +93,19 @@ def test_widgets_of_an_attack_follow_its_catalogue_entry(catalogue):
         ("authors-final", "Authors' final (ρ 0.4, 10 steps, 16³)"),
     ]
     assert saa.defaultPreset == "specified"
-    assert catalogue.names == ("saa", "saa-2d", "vafa", "vafa-2d", "pgd", "bim", "fgsm", "gn", "texture")
+    assert catalogue.names == (
+        "saa",
+        "saa-2d",
+        "vafa",
+        "vafa-2d",
+        "pgd",
+        "segpgd",
+        "cospgd",
+        "bim",
+        "fgsm",
+        "gn",
+        "texture",
+    )
 
 
 def test_tooltips_give_doc_unit_range_default_and_presets(catalogue, catalogue_dict):

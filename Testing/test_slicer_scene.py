@@ -635,6 +635,28 @@ def test_model_cards(tmp_path, caseData, monkeypatch):
     assert engine.cardLabels("btcv-unetr")[0] == list(BTCV_LABEL_NAMES)
 
 
+def test_the_model_list_is_the_bundled_models_folder(tmp_path, caseData, monkeypatch):
+    """The module lists every folder of Resources/Models with a card (no hard-coded list)."""
+    monkeypatch.delenv("ADVSEG_MODELS_DIR", raising=False)
+    listed = dict(engine.bundledModels(REPO))
+    assert {"abdomen-unet", "abdomen-segresnet"} <= set(listed)
+    assert listed["abdomen-segresnet"] == "abdomen-segresnet (bundled: segresnet, 3 mm)"
+    root = tmp_path / "models"
+    for name, card in (("b-model", {"architecture": "unet", "spacing_mm": [1.5, 1.5, 3.0]}), ("a-model", {})):
+        (root / name).mkdir(parents=True)
+        (root / name / "card.json").write_text(json.dumps(card), encoding="utf-8")
+    (root / "no-card").mkdir()
+    (root / "broken").mkdir()
+    (root / "broken" / "card.json").write_text("{not json", encoding="utf-8")
+    monkeypatch.setenv("ADVSEG_MODELS_DIR", str(root))
+    assert engine.bundledModels(REPO) == [
+        ("a-model", "a-model (bundled)"),
+        ("b-model", "b-model (bundled: unet, 1.5×1.5×3 mm)"),
+    ]
+    monkeypatch.setenv("ADVSEG_MODELS_DIR", str(tmp_path / "absent"))
+    assert engine.bundledModels(REPO) == []
+
+
 # ------------------------------------------------------------------------------------------------
 # The whole path the module takes, with the real engine (Python's subprocess instead of QProcess)
 

@@ -20,7 +20,19 @@ from readme_section import update_readme_section
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data" / "real"
-ATTACKS = ("gn", "fgsm", "bim", "pgd", "vafa", "vafa-2d", "saa", "saa-2d", "saa:authors-final")
+ATTACKS = (
+    "gn",
+    "fgsm",
+    "bim",
+    "pgd",
+    "segpgd",
+    "cospgd",
+    "vafa",
+    "vafa-2d",
+    "saa",
+    "saa-2d",
+    "saa:authors-final",
+)
 
 
 def volumes(folder: Path) -> list[tuple[str, Path, Path]]:

@@ -1,9 +1,10 @@
-"""Per-organ Dice of a bundled model: on its training CT, on phantoms of unseen seeds, on the MSD spleen crop.
+"""Per-organ Dice of the bundled models: on their training CT, on phantoms of unseen seeds, on the MSD spleen
+crop.
 
-Prints a Markdown table; `--update-card` stores it in the card's provenance ("evaluation"), and
-`--update-readme` writes it into README.md between its markers.
+Prints a Markdown table per model (default: every bundled model); `--update-card` stores it in the card's
+provenance ("evaluation"), and `--update-readme` writes the tables into README.md between its markers.
 
-    .venv/bin/python benchmarks/model_dice.py [--model abdomen-unet] [--update-card] [--update-readme]
+    .venv/bin/python benchmarks/model_dice.py [--model abdomen-unet abdomen-segresnet] [--update-card] [--update-readme]
 """
 
 from __future__ import annotations
@@ -23,11 +24,22 @@ UNSEEN_PHANTOMS = (1000, 1001, 1002, 1003)
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="abdomen-unet")
+    parser.add_argument("--model", nargs="+", help="model names or cards (default: every bundled model)")
     parser.add_argument("--update-card", action="store_true")
     parser.add_argument("--update-readme", action="store_true")
     args = parser.parse_args()
 
+    from AdvSegAttackLib.models.cards import bundled_models
+
+    tables = [model_table(model, args.update_card) for model in args.model or bundled_models()]
+    if args.update_readme:
+        update_readme_section("model-dice", "\n\n".join(tables))
+        print("README.md updated", file=sys.stderr)
+    return 0
+
+
+def model_table(model: str, update_card: bool) -> str:
+    """The Markdown table of one model (printed; stored in its card with `update_card`)."""
     import SimpleITK as sitk
 
     from AdvSegAttackLib.evaluation.metrics import segmentation_report
@@ -36,7 +48,7 @@ def main() -> int:
     from AdvSegAttackLib.volumes.io import read_image, read_label, write_json_atomic
     from AdvSegAttackLib.volumes.phantom import make_phantom
 
-    card, network = load_model(args.model)
+    card, network = load_model(model)
 
     def score(image, label) -> dict:
         predicted, _, _ = segment_image(image, card, network)
@@ -87,7 +99,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
 
-    if args.update_card and card.path is not None:
+    if update_card and card.path is not None:
         data = json.loads(card.path.read_text(encoding="utf-8"))
         data["provenance"]["evaluation"] = {
             name: {
@@ -102,10 +114,7 @@ def main() -> int:
         }
         write_json_atomic(card.path, data)
         print(f"updated {card.path}", file=sys.stderr)
-    if args.update_readme:
-        update_readme_section("model-dice", table)
-        print("README.md updated", file=sys.stderr)
-    return 0
+    return table
 
 
 if __name__ == "__main__":

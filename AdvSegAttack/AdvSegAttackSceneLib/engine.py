@@ -160,6 +160,26 @@ def modelsDir(engineRoot: str | os.PathLike | None) -> Path | None:
     return Path(engineRoot) / "Resources" / "Models" if engineRoot else None
 
 
+def bundledModels(engineRoot: str | os.PathLike | None) -> list[tuple[str, str]]:
+    """(name, label) of every bundled model: each folder of ``modelsDir`` with a readable ``card.json``,
+    by name. The label says what the card says: architecture and model-grid spacing in mm. The card JSON is
+    read directly (no torch); a folder whose card cannot be read is left out."""
+    root = modelsDir(engineRoot)
+    models = []
+    for folder in sorted(root.iterdir()) if root is not None and root.is_dir() else []:
+        try:
+            card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(card, dict):
+            continue
+        spacing = [f"{float(s):g}" for s in card.get("spacing_mm") or []]
+        grid = f"{'×'.join(spacing) if len(set(spacing)) > 1 else spacing[0]} mm" if spacing else None
+        details = ", ".join(str(d) for d in (card.get("architecture"), grid) if d)
+        models.append((folder.name, f"{folder.name} (bundled{': ' + details if details else ''})"))
+    return models
+
+
 def cardLabels(model: str, engineRoot: str | os.PathLike | None = None) -> tuple[list[str], list[tuple]]:
     """Label names (index = label value, 0 = background) and RGB 0–255 colours of a model.
 

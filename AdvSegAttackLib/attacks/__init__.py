@@ -1,5 +1,5 @@
-"""Adversarial attacks on volumetric segmentation: SA², VAFA (3-D and 2-D), FGSM, BIM, PGD, Gaussian noise,
-and the feature-statistics texture attack (source grid).
+"""Adversarial attacks on volumetric segmentation: SA², VAFA (3-D and 2-D), FGSM, BIM, PGD, SegPGD, CosPGD,
+Gaussian noise, and the feature-statistics texture attack (source grid).
 
 `catalogue` (no torch) lists every attack with its parameters, ranges and presets and validates them;
 `base.make_attack` builds one:

@@ -738,6 +738,22 @@ ATTACKS: dict[str, AttackEntry] = {
             (EPS, STEPS, ALPHA),
         ),
         AttackEntry(
+            "segpgd",
+            "SegPGD (Gu et al., ECCV 2022)",
+            "PGD whose per-voxel cross-entropy shifts from the correctly to the wrongly segmented voxels over "
+            "the steps (λ_t = (t−1)/2T).",
+            "segpgd:SegPGD",
+            (EPS, STEPS, ALPHA),
+        ),
+        AttackEntry(
+            "cospgd",
+            "CosPGD (Agnihotri et al., ICML 2024)",
+            "PGD whose per-voxel cross-entropy is weighted by the cosine similarity of the prediction to the "
+            "target, so the budget goes where the model is still right.",
+            "cospgd:CosPGD",
+            (EPS, STEPS, ALPHA),
+        ),
+        AttackEntry(
             "bim",
             "BIM (iterative FGSM)",
             "Basic iterative method: sign-gradient steps of α from the clean volume, kept in the ε-ball.",

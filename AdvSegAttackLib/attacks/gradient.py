@@ -14,13 +14,20 @@ from typing import Any
 import torch
 
 from .base import AttackContext, ModelSpaceAttack
+from .objective import VoxelWeights
 
 
-class _SignGradient(ModelSpaceAttack):
+class SignGradient(ModelSpaceAttack):
+    """L∞ sign-gradient ascent on the objective; subclasses choose the start, the step and per-voxel weights."""
+
     random_start = False
 
     def _step_size(self) -> float:
         return self.config.alpha
+
+    def _voxel_weights(self, step: int, targeted: bool) -> VoxelWeights | None:
+        """The per-voxel CE weights of step `step` (1-based; see objective.py), None for the plain DiceCE."""
+        return None
 
     def _run(self, ctx: AttackContext) -> tuple[torch.Tensor, dict[str, Any]]:
         eps = self.config.eps / 255.0
@@ -31,7 +38,8 @@ class _SignGradient(ModelSpaceAttack):
         else:
             adversarial = x.clone()
         for step in range(1, self.steps() + 1):
-            _, grad = ctx.objective.value_and_grad(adversarial)
+            weights = self._voxel_weights(step, ctx.objective.targeted)
+            _, grad = ctx.objective.value_and_grad(adversarial, voxel_weights=weights)
             with torch.no_grad():
                 adversarial.add_(grad.sign_(), alpha=step_size)
                 adversarial.sub_(x).clamp_(-eps, eps).add_(x).clamp_(0.0, 1.0)
@@ -40,7 +48,7 @@ class _SignGradient(ModelSpaceAttack):
         return adversarial, {"eps": eps}
 
 
-class FGSM(_SignGradient):
+class FGSM(SignGradient):
     """Fast gradient sign method: x + ε·sign ∇, one step."""
 
     name = "fgsm"
@@ -49,13 +57,13 @@ class FGSM(_SignGradient):
         return self.config.eps / 255.0
 
 
-class BIM(_SignGradient):
+class BIM(SignGradient):
     """Basic iterative method: FGSM steps of α, projected to the ε-ball and [0, 1]."""
 
     name = "bim"
 
 
-class PGD(_SignGradient):
+class PGD(SignGradient):
     """Projected gradient descent (ascent): BIM from a uniform random start in [−ε, ε]."""
 
     name = "pgd"

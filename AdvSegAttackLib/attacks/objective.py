@@ -22,6 +22,11 @@ squared-prediction Dice denominator). Windows without any voxel of those organs 
 objective (untargeted, their loss is a constant 1 with zero gradient; a speed-up), so the mean runs over the
 windows that contain the organs.
 
+Per-voxel weights (`value_and_grad(x, voxel_weights=...)`, for SegPGD and CosPGD): a function of the
+window batch's logits (detached) and target (`target'` when targeted) that returns one weight per voxel
+[n, 1, *spatial]; each voxel's cross-entropy is multiplied by it (still divided by the number of voxels the CE
+averages over, as in both papers); the Dice term is unchanged. Without it nothing extra is computed.
+
 Region (`region`): windows that do not intersect it only ever see the clean image (attacks keep x_adv equal
 to x outside the region), so their loss is computed once, without gradient, on the first call and reused.
 
@@ -35,7 +40,7 @@ afterwards, and parameter `.grad` fields are never touched (gradients via `torch
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +48,9 @@ import torch.nn.functional as F
 from ..errors import InputError
 from ..models.labels import require_organs_present
 from ..models.segment import window_slices
+
+VoxelWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""voxel_weights(logits [n, C, *spatial], target [n, 1, *spatial]) -> per-voxel CE weights [n, 1, *spatial]."""
 
 SMOOTH_DR = 1e-6  # MONAI DiceLoss smooth_dr as in the published scripts (smooth_nr = 0)
 
@@ -122,11 +130,14 @@ def dice_ce(
     target: torch.Tensor,
     channels: Sequence[int] | None = None,
     ce_mask: torch.Tensor | None = None,
+    voxel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MONAI DiceCELoss(to_onehot_y, softmax, squared_pred, smooth_nr 0, smooth_dr 1e-6) of every item, [n].
 
     logits [n, C, *spatial], target [n, 1, *spatial] (labels). channels: Dice only over these (default all,
     background included). ce_mask (bool, like target): CE averaged over these voxels only (0 if none).
+    voxel_weights (like target, no gradient): each voxel's CE multiplied by it, still divided by the number of
+    voxels averaged over.
     """
     n, n_classes = logits.shape[:2]
     dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -143,6 +154,8 @@ def dice_ce(
     else:
         ce_weights = ce_mask.reshape(n, 1, -1).to(dtype)
         ce_weights = ce_weights / ce_weights.sum(dim=2, keepdim=True).clamp_min(1.0)
+    if voxel_weights is not None:
+        ce_weights = ce_weights * voxel_weights.detach().reshape(n, 1, -1).to(dtype)
     return _DiceCE.apply(flat, flat_target, channel_weights, ce_weights)
 
 
@@ -278,22 +291,29 @@ class SegmentationObjective:
             )
         self._n_classes = n_classes
 
-    def _window_losses(self, logits: torch.Tensor, batch: list) -> torch.Tensor:
-        """DiceCE of every window of the batch, shape [n] (see module docstring for the organ focus)."""
+    def _window_losses(
+        self, logits: torch.Tensor, batch: list, voxel_weights: VoxelWeights | None = None
+    ) -> torch.Tensor:
+        """DiceCE of every window of the batch, shape [n] (see module docstring for the organ focus and the
+        per-voxel weights)."""
         logits = logits[self._valid_crop]
         n_classes = logits.shape[1]
         if self._n_classes != n_classes:
             self._check_classes(n_classes)
         target = torch.stack([self.target[(0, slice(None), *inner)] for _, inner in batch])  # [n, 1, ...]
-        if self.organs is None:
-            return dice_ce(logits, target)
-        in_organs = torch.isin(target, self._organ_values)
-        if self.targeted:
-            target = torch.where(in_organs, torch.zeros_like(target), target)
-            channels = [0, *self.organs]
-        else:
-            channels = list(self.organs)
-        return dice_ce(logits, target, channels, in_organs)
+        channels, in_organs = None, None
+        if self.organs is not None:
+            in_organs = torch.isin(target, self._organ_values)
+            if self.targeted:
+                target = torch.where(in_organs, torch.zeros_like(target), target)
+                channels = [0, *self.organs]
+            else:
+                channels = list(self.organs)
+        weights = None
+        if voxel_weights is not None:
+            with torch.no_grad():
+                weights = voxel_weights(logits.detach(), target)
+        return dice_ce(logits, target, channels, in_organs, weights)
 
     def _windows_input(self, padded: torch.Tensor, batch: list) -> torch.Tensor:
         return torch.stack([padded[(0, slice(None), *sl)] for sl, _ in batch])
@@ -318,10 +338,13 @@ class SegmentationObjective:
         self.last_loss = mean_loss
         return -mean_loss if self.targeted else mean_loss
 
-    def value_and_grad(self, x_adv: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def value_and_grad(
+        self, x_adv: torch.Tensor, voxel_weights: VoxelWeights | None = None
+    ) -> tuple[float, torch.Tensor]:
         """(objective, d objective / d x_adv) for x_adv [1, 1, X, Y, Z]; the gradient has x_adv's shape.
 
-        `last_loss` then holds the plain mean DiceCE (to target, or to target' when targeted).
+        `last_loss` then holds the mean DiceCE (to target, or to target' when targeted); with `voxel_weights`
+        (see the module docstring) the CE of the windows run here is weighted.
         """
         x = self._check_input(x_adv)
         padded = self._pad(x)
@@ -332,7 +355,7 @@ class SegmentationObjective:
             inactive = self._inactive_sum(padded) if self._inactive else 0.0
             for batch in self._batches(self._active):
                 windows = self._windows_input(padded, batch).requires_grad_(True)
-                losses = self._window_losses(self.model(windows), batch)
+                losses = self._window_losses(self.model(windows), batch, voxel_weights)
                 (window_grad,) = torch.autograd.grad(losses.sum() * scale, windows)
                 total += losses.detach().sum()
                 for i, (sl, _) in enumerate(batch):

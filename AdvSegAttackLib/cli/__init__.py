@@ -1,7 +1,8 @@
 """`advseg`: the command line of the engine (also `python -m AdvSegAttackLib.cli`, as Slicer starts it).
 
 One module per command group (`volumes`: info, phantom; `models`: segment, train, train-texture-ae;
-`attacks`: attacks, attack, demo; `datasets`: attack-dataset, evaluate; `studies`: session, export), the
+`attacks`: attacks, attack, demo; `datasets`: attack-dataset, evaluate; `studies`: session, export;
+`robustness`: sweep, transfer, report), the
 options several commands share in `common`. A command's parser is registered only when that command runs
 (the others are listed by name), and parsing never imports torch: `--help`, `--version`, `attacks`, `info`,
 `session` and `export` run without it.
@@ -42,6 +43,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "evaluate": ("datasets", "segment saved adversarial volumes and tabulate Dice/HD95/SSIM/PSNR"),
     "export": ("studies", "write a case bundle (NIfTI/NRRD, DICOM series) others can open"),
+    "sweep": ("robustness", "one attack at several values of a parameter: Dice vs budget, CSV, plot, report"),
+    "transfer": (
+        "robustness",
+        "adversarial volumes of source models scored on target models (white/black box)",
+    ),
+    "report": ("robustness", "write report.html of a sweep, transfer or dataset-run folder"),
 }
 """Sub-command -> (module of this package that registers its options, one-line help)."""
 

@@ -62,13 +62,18 @@ def add_model_options(p: argparse.ArgumentParser, card: bool = True) -> None:
     add_trust_torchscript_option(p)
 
 
-def add_attack_options(p: argparse.ArgumentParser, every_case: bool = False) -> None:
+def add_attack_options(p: argparse.ArgumentParser, every_case: bool = False, model: bool = True) -> None:
     """The model, the attack and its settings of `attack` and `attack-dataset` (`every_case`: the settings
     apply to every case of a dataset): --attack, --preset, one flag per catalogue parameter, --organ,
-    --region, --dilation-mm, --targeted, --seed, --sw-batch-size, --no-preview."""
+    --region, --dilation-mm, --targeted, --seed, --sw-batch-size, --no-preview. Without `model` (a command
+    with models of its own, `transfer`) no --model or --card, only --trust-torchscript."""
     from ..attacks.catalogue import ATTACKS
 
-    add_model_options(p)
+    if model:
+        add_model_options(p)
+    else:
+        add_trust_torchscript_option(p)
+        p.set_defaults(model="", card=None)
     p.add_argument(
         "--attack", required=True, choices=list(ATTACKS), help="attack name (see `advseg attacks`)"
     )

@@ -170,3 +170,15 @@ def load_cases(data_dir: str | Path | None, datalist: str | Path | None, split: 
     if data_dir is None:
         raise InputError("give --data-dir (a folder with imagesTr/labelsTr) or --datalist.")
     return read_folder(data_dir, split or "training")
+
+
+def single_case(image: str | Path, label: str | Path | None) -> Case:
+    """`--image` (and `--label`) as the one case of a run (`sweep`, `transfer`): named after the image file;
+    a missing file is an InputError naming the option (not a failed case)."""
+    image = Path(image)
+    label = Path(label) if label is not None else None
+    for path, option in ((image, "--image"), (label, "--label")):
+        if path is not None and not path.exists():
+            raise InputError(f"{option} {path} does not exist.")
+    name = case_name(image)
+    return Case(name if safe_case_name(name) else "image", image, label)

@@ -8,6 +8,7 @@ Output folder layout (`OUT`):
     OUT/manifest.rank<R>.jsonl   one JSON line per finished case of rank R (appended, fsynced per line)
     OUT/manifest.jsonl           rank 0's merge: the latest line of every case of the split
     OUT/aggregate.csv, .md       mean ± sd per organ, clean vs attacked Dice and HD95; SSIM, PSNR
+    OUT/cases.csv                one row per case × organ: Dice and HD95 clean and attacked, SSIM, PSNR, L∞
     OUT/summary.json             counts and the failed cases with their sentences
 
 Cases are handed out dynamically: every rank takes the next case number from an atomic counter in the
@@ -40,8 +41,9 @@ import numpy as np
 
 from ..errors import InputError, describe_error, write_error_log
 from ..evaluation.casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, CaseFolder, read_case
+from ..evaluation.robustness_report import ALL_ORGANS
 from ..models.cards import model_inputs
-from ..progress import Reporter
+from ..progress import Reporter, SilentReporter
 from ..volumes.io import (
     json_safe,
     sha256_file,
@@ -57,24 +59,21 @@ RUN_FILE = "run.json"
 MANIFEST = "manifest.jsonl"
 AGGREGATE_CSV = "aggregate.csv"
 AGGREGATE_MD = "aggregate.md"
+CASES_CSV = "cases.csv"
 SUMMARY = "summary.json"
 #: Everything a dataset run writes at the top of OUT (glob patterns), for the output-folder check.
-DATASET_FILES = (RUN_FILE, CASES_DIR, MANIFEST, "manifest.rank*.jsonl", AGGREGATE_CSV, AGGREGATE_MD, SUMMARY)
+DATASET_FILES = (
+    RUN_FILE,
+    CASES_DIR,
+    MANIFEST,
+    "manifest.rank*.jsonl",
+    AGGREGATE_CSV,
+    AGGREGATE_MD,
+    CASES_CSV,
+    SUMMARY,
+)
 
 _run_numbers = itertools.count()  # same sequence on every rank: names the store keys of each run
-
-
-class SilentReporter(Reporter):
-    """Reports nothing (ranks other than 0 keep quiet; their cases show in rank 0's case counter)."""
-
-    def progress(self, stage: str, step: int, total: int, **values: float) -> None:
-        pass
-
-    def done(self, out: str) -> None:
-        pass
-
-    def error(self, message: str) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -196,6 +195,8 @@ def case_numbers(metrics: dict) -> dict:
     """The numbers of a case's metrics.json that go into the manifest and the aggregate table."""
     perturbation = metrics.get("perturbation") or {}
     return {
+        "model": metrics.get("model"),
+        "attack": (metrics.get("attack") or {}).get("name"),
         "reference": metrics.get("reference"),
         "organs": {
             name: {
@@ -234,7 +235,7 @@ PERTURBATION_ROWS = (
     ("psnr_db", "PSNR", "dB"),
     ("linf_hu", "L-inf", "HU"),
 )
-ALL_ORGANS = "mean over organs"
+ORGAN_COLUMNS_KEYS = ("label", *(key for key, _, _ in ORGAN_COLUMNS))
 
 
 def _stats(values: Sequence) -> tuple[int, float, float]:
@@ -265,6 +266,64 @@ def aggregate(numbers: Sequence[dict]) -> list[dict]:
         scope = ALL_ORGANS if (key, _, unit) in CASE_COLUMNS else "perturbation"
         rows.append({"scope": scope, "metric": key, "unit": unit, "n": n, "mean": mean, "sd": sd})
     return rows
+
+
+CASE_ROW_COLUMNS = ("case", "model", "attack")
+ORGAN_ROW_COLUMNS = (
+    "organ",
+    "label",
+    "dice_clean",
+    "dice_adv",
+    "dice_drop",
+    "hd95_clean_mm",
+    "hd95_adv_mm",
+    "ssim_3d",
+    "ssim_axial_mean",
+    "psnr_db",
+    "linf_hu",
+)
+
+
+def case_rows(records: Iterable[dict], **columns: object) -> list[dict]:
+    """cases.csv rows of `ok` manifest lines: one per case × organ (Dice, HD95 clean and attacked, the Dice
+    drop clean − attacked, and the case's SSIM, PSNR, L∞ in HU); `columns` (e.g. parameter=, value=) are
+    added to every row after case, model and attack."""
+    rows = []
+    for record in records:
+        numbers = record["metrics"]
+        organs = sorted(numbers["organs"].items(), key=lambda item: (item[1].get("label", 0), item[0]))
+        for organ, values in organs:
+            clean, adv = values.get("dice_clean"), values.get("dice_adv")
+            rows.append(
+                {
+                    "case": record["case"],
+                    "model": numbers.get("model"),
+                    "attack": numbers.get("attack"),
+                    **columns,
+                    "organ": organ,
+                    **{key: values.get(key) for key in ORGAN_COLUMNS_KEYS},
+                    "dice_drop": None if clean is None or adv is None else clean - adv,
+                    **{key: numbers.get(key) for key, _, _ in PERTURBATION_ROWS},
+                }
+            )
+    return rows
+
+
+def cases_csv(rows: Sequence[dict]) -> str:
+    """cases.csv: the rows of `case_rows` (columns in their order; an undefined number is an empty cell)."""
+    buffer = text_io.StringIO()
+    extra = [key for key in (rows[0] if rows else {}) if key not in (*CASE_ROW_COLUMNS, *ORGAN_ROW_COLUMNS)]
+    header = [*CASE_ROW_COLUMNS, *extra, *ORGAN_ROW_COLUMNS]
+    writer = csv.DictWriter(buffer, header, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(
+            {
+                key: "" if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
+                for key, value in row.items()
+            }
+        )
+    return buffer.getvalue()
 
 
 def _number(value: float, digits: int) -> str:
@@ -475,6 +534,7 @@ def _merge(out: Path, cases: Sequence, settings: dict, counts: dict) -> tuple[li
     write_text_atomic(out / AGGREGATE_CSV, aggregate_csv(rows))
     title = settings.get("title", settings["kind"])
     write_text_atomic(out / AGGREGATE_MD, aggregate_markdown(rows, title, len(cases), len(ok), failed))
+    write_text_atomic(out / CASES_CSV, cases_csv(case_rows(ok)))
     write_json_atomic(
         out / SUMMARY,
         {
@@ -512,18 +572,21 @@ def attack_dataset(
     ctx: DistributedContext,
     reporter: Reporter,
     inputs: Sequence[Input] = (),
+    model=None,
 ) -> RunSummary:
     """Attack every case with the settings of `template` (a `pipeline.AttackRequest`; its image, label and
     out are replaced per case) and write the dataset folder `out`.
 
     The settings are validated once, before any case runs and before `out` is claimed (see `outputs`);
-    `inputs` are further files the run reads (the datalist), so that `out` never overwrites them.
+    `inputs` are further files the run reads (the datalist), so that `out` never overwrites them. `model`:
+    the template's model (a `pipeline.case.LoadedModel`) when the caller has loaded it already (a sweep).
     """
     from ..pipeline.case import LoadedModel, prepare_attack, run_attack
 
-    model = LoadedModel.load(
-        template.model, template.card, template.device, template.sw_batch_size, template.trust_torchscript
-    )  # once for every case
+    if model is None:
+        model = LoadedModel.load(
+            template.model, template.card, template.device, template.sw_batch_size, template.trust_torchscript
+        )  # once for every case
     card = model.card
     attack, _ = prepare_attack(template, card)  # bad parameters, unknown organs: exit 2 now
     settings = {
@@ -623,15 +686,18 @@ def evaluate_dataset(
     adv_dir: Path | None = None,
     inputs: Sequence[Input] = (),
     trust_torchscript: bool = False,
+    loaded=None,
 ) -> RunSummary:
     """Segment every clean and saved adversarial volume with the model; score them like `attack` does.
 
     `out` is claimed (see `outputs`) after the model loads; it never overwrites `adv_dir`, the cases' files
-    or further `inputs` (the datalist).
+    or further `inputs` (the datalist). `loaded`: the model (a `pipeline.case.LoadedModel`) when the caller
+    has loaded it already (a transfer matrix).
     """
     from ..pipeline.case import LoadedModel, evaluate_case
 
-    loaded = LoadedModel.load(model, card_source, device, sw_batch_size, trust_torchscript)  # once
+    if loaded is None:
+        loaded = LoadedModel.load(model, card_source, device, sw_batch_size, trust_torchscript)  # once
     adv_name = str(Path(adv_dir).resolve()) if adv_dir else None
     settings = {
         "kind": "evaluate",
@@ -644,7 +710,10 @@ def evaluate_dataset(
 
     def run_one(item: AdversarialCase, case_dir: Path) -> dict:
         case = item.case
-        return evaluate_case(loaded, case.image, item.adversarial, case.label, case_dir, inner, item.name)
+        attack = adversarial_attack_name(item.adversarial)
+        return evaluate_case(
+            loaded, case.image, item.adversarial, case.label, case_dir, inner, item.name, attack
+        )
 
     required = [f"{PRED_CLEAN}.nii.gz", f"{PRED_ADV}.nii.gz", METRICS]
     inputs = [*inputs, *case_inputs(cases), *model_inputs(model), *model_inputs(card_source, "--card")]
@@ -652,6 +721,15 @@ def evaluate_dataset(
         inputs.append((adv_dir, "--adv-dir"))
     with claim_output_folder(out, inputs, DATASET_FILES, ctx=ctx):
         return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
+
+
+def adversarial_attack_name(adversarial: Path) -> str | None:
+    """The attack that made an adversarial volume, from the provenance.json of its case folder (None when it
+    is not in a readable case folder)."""
+    try:
+        return read_case(adversarial.parent).load_provenance()["attack"]["name"]
+    except (InputError, KeyError, TypeError, json.JSONDecodeError):
+        return None
 
 
 def match_adversarial(cases: Sequence[Case], adv_dir: Path) -> list[AdversarialCase]:

@@ -8,6 +8,7 @@
     case_metrics(...)                              metrics.json (organs clean vs attacked, the perturbation)
     write_predictions(...), write_case_preview(...), case_provenance(...)
 
+`attack_volume` runs the first steps in memory (the Python API's `attack` and `run_attack` share it);
 `run_attack` runs them for one request and writes the case folder (see `evaluation.casefolder`);
 `evaluate_case` scores a saved adversarial volume; `run_segment` is `advseg segment`.
 """
@@ -412,6 +413,32 @@ def versions() -> dict:
     }
 
 
+def model_record(card: ModelCard, source: str | Path) -> dict:
+    """A model as provenance records it: name, card path and SHA-256, weights SHA-256, how it was given."""
+    weights = weights_path(card)
+    return {
+        "name": card.name,
+        "card": str(card.path) if card.path else None,
+        "card_sha256": sha256_file(card.path) if card.path else None,
+        "weights_sha256": sha256_file(weights) if weights else None,
+        "source": str(source),
+    }
+
+
+def run_provenance(request: AttackRequest, models: Mapping[str, ModelCard]) -> dict:
+    """The provenance of a run over several attacks (a sweep, a transfer matrix): the tool, the command line,
+    the models ({how given: card}), the device, the versions and the time (each case folder has its own)."""
+    return {
+        "tool": "AdvSegAttack",
+        "version": __version__,
+        "command_line": request.command_line or " ".join(sys.argv),
+        "models": [model_record(card, source) for source, card in models.items()],
+        "device": str(request.device),
+        "versions": versions(),
+        "written_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
 def case_provenance(
     request: AttackRequest,
     card: ModelCard,
@@ -424,7 +451,6 @@ def case_provenance(
     """provenance.json of a case: the tool, the command line, the input and reference (path, SHA-256), the
     model (card, weights SHA-256), the attack with every parameter and its unit, the organs, the region, the
     seed, the device, the versions, start and end time."""
-    weights = weights_path(card)
     return {
         "tool": "AdvSegAttack",
         "version": __version__,
@@ -432,13 +458,7 @@ def case_provenance(
         "input": _file_record(request.image),
         "reference_label": _file_record(request.label),
         "target": target.description,
-        "model": {
-            "name": card.name,
-            "card": str(card.path) if card.path else None,
-            "card_sha256": sha256_file(card.path) if card.path else None,
-            "weights_sha256": sha256_file(weights) if weights else None,
-            "source": str(request.model),
-        },
+        "model": model_record(card, request.model),
         "attack": {"name": attack.name, "preset": request.preset, "parameters": attack.config.to_dict()},
         "organs": dict(organs),
         "region": outcome.region_provenance,
@@ -461,6 +481,41 @@ def prepare_attack(request: AttackRequest, card: ModelCard) -> tuple[Attack, dic
     return attack_class(request.attack)(config), organs
 
 
+@dataclass
+class AttackedVolume:
+    """One volume attacked in memory: the attack, the organs, the volume in model space, the target and the
+    outcome on the source grid (what `run_attack` writes, and what the Python API returns)."""
+
+    attack: Attack
+    organs: dict[str, int]
+    space: ModelSpaceImage
+    target: CaseTarget
+    outcome: AttackOutcome
+
+
+def attack_volume(
+    request: AttackRequest,
+    source: sitk.Image,
+    reference: sitk.Image | None,
+    model: LoadedModel,
+    reporter: Reporter,
+    on_stage: Callable[[str], None] | None = None,
+) -> AttackedVolume:
+    """The clean prediction, the target and the attack of one volume in memory (steps 2-4: `source` is the
+    volume, `reference` its label map or None; the request's image, label and out are not read).
+    `on_stage(stage)` is called when "load", "segment_clean" and "attack" end."""
+    stage = on_stage or (lambda name: None)
+    attack, organs = prepare_attack(request, model.card)
+    space = to_model_space(source, **model.card.preprocessing)
+    reporter.progress("load", 1, 1)
+    stage("load")
+    target = clean_target(space, reference, model, organs, reporter)
+    stage("segment_clean")
+    outcome = attack_case(attack, request, space, target, organs, model, reporter)
+    stage("attack")
+    return AttackedVolume(attack, organs, space, target, outcome)
+
+
 def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | None = None) -> dict:
     """Run one attack and write its case folder into `request.out`; returns the metrics. `model`: the model
     of the request, when a run has loaded it already."""
@@ -474,15 +529,11 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
             request.model, request.card, request.device, request.sw_batch_size, request.trust_torchscript
         )
     card = model.card
-    attack, organs = prepare_attack(request, card)
+    prepare_attack(request, card)  # unknown organs fail before the label is read
     reference = read_label(request.label, source, card.label_names) if request.label else None
-    space = to_model_space(source, **card.preprocessing)
-    reporter.progress("load", 1, 1)
-    clock.lap("load")
-    target = clean_target(space, reference, model, organs, reporter)
-    clock.lap("segment_clean")
-    outcome = attack_case(attack, request, space, target, organs, model, reporter)
-    clock.lap("attack")
+    attacked = attack_volume(request, source, reference, model, reporter, clock.lap)
+    attack, organs = attacked.attack, attacked.organs
+    space, target, outcome = attacked.space, attacked.target, attacked.outcome
 
     with staged_output_dir(request.out) as staging:
         adversarial_path = write_adversarial(staging, outcome, source, reporter)
@@ -531,10 +582,12 @@ def evaluate_case(
     out: Path,
     reporter: Reporter,
     name: str,
+    attack: str | None = None,
 ) -> dict:
     """Segment a clean volume and its saved adversarial volume (which must be on its grid), score them like
     `run_attack` does (kind "evaluate") and write `pred_clean.nii.gz`, `pred_adv.nii.gz` and metrics.json into
-    `out`; returns the metrics. `name` is the case's, for the sentence of a volume on another grid."""
+    `out`; returns the metrics. `name` is the case's, for the sentence of a volume on another grid; `attack`
+    the name of the attack that made the volume, when known (metrics.json's `attack.name`)."""
     source = read_image(image_path)
     adversarial = read_image(adversarial_path)
     if not same_grid(source, adversarial):
@@ -555,6 +608,8 @@ def evaluate_case(
         kind="evaluate",
         reporter=reporter,
     )
+    if attack is not None:
+        metrics["attack"] = {"name": attack}
     metrics["adversarial"] = _file_record(adversarial_path)
     metrics["input"] = _file_record(image_path)
     with staged_output_dir(out) as staging:

@@ -243,6 +243,14 @@ def read_image(path: str | Path) -> sitk.Image:
     return image
 
 
+def check_image(image: sitk.Image, name: str) -> sitk.Image:
+    """An image given in memory, validated as `read_image` validates a file (3-D, scalar, finite voxels);
+    InputError naming it as `name` (e.g. "the image")."""
+    _check_finite(image, name)
+    _check_volume(image, name)
+    return image
+
+
 def same_grid(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-4) -> bool:
     """True when two images share size, spacing, origin and direction (within `tolerance_mm`)."""
     return (
@@ -314,6 +322,16 @@ def read_label(
         label = _label_from_seg_nrrd(path, label_names)
     else:
         label = _read_any(path, "a label map")
+    return check_label(label, path, reference, allow_empty)
+
+
+def check_label(
+    label: sitk.Image, name: str | Path, reference: sitk.Image | None = None, allow_empty: bool = False
+) -> sitk.Image:
+    """A label map read or given in memory, validated and cast to uint8/uint16, on the grid of `reference`
+    (see `read_label`); InputError naming it as `name` (its path, or e.g. "the label")."""
+    path = name
+    _check_finite(label, path)
     _check_volume(label, path)
     voxels = sitk.GetArrayViewFromImage(label)
     if np.any(voxels < 0) or np.any(np.rint(voxels) != voxels):
