@@ -29,7 +29,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	echo torch==2.13.0 > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install --quiet --constraint $(VENV)/torch-constraint.txt -e '.[test]'
 	touch $@
 
 demo: setup

@@ -17,6 +17,7 @@ from .common import (
     add_model_options,
     add_trust_torchscript_option,
     mean_text,
+    nnunet_options,
     number_text,
     positive_int,
     print_table,
@@ -51,7 +52,9 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
 
     device = resolve_device(args.device)
     with claim_output_folder(args.out, volume_and_model_inputs(args), SEGMENT_FILES):
-        model = LoadedModel.load(args.model, args.card, device, args.sw_batch_size, args.trust_torchscript)
+        model = LoadedModel.load(
+            args.model, args.card, device, args.sw_batch_size, args.trust_torchscript, nnunet_options(args)
+        )
         label = Path(args.label) if args.label else None
         result = run_segment(model, Path(args.image), label, Path(args.out), reporter)
     reporter.close()

@@ -1,0 +1,245 @@
+"""nnU-Net v2 results folders: equality with nnUNetPredictor on the real CT, the checkpoint's safe globals, label
+names, --folds/--configuration/--checkpoint, and every attack against an nnU-Net model on a real-CT crop.
+
+The models are small PlainConvUNets with seeded random weights in nnU-Net's results-folder and checkpoint format
+(`nnunet_folders.py`); nnUNetPredictor (the reference) loads them with its own code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from nnunet_folders import LABELS, write_results_folder  # noqa: E402
+
+from AdvSegAttackLib.errors import InputError  # noqa: E402
+from AdvSegAttackLib.models.cards import load_card  # noqa: E402
+from AdvSegAttackLib.models.labels import organ_index  # noqa: E402
+from AdvSegAttackLib.models.nnunet import nnunet_card  # noqa: E402
+
+nnunetv2 = pytest.importorskip("nnunetv2")
+
+# nnUNetPredictor sums the Gaussian-weighted logits in float16 (its Gaussian peaks at 10, so a sum of ~700 has
+# a float16 step of 0.5): the engine, which sums in float32, agrees to these bounds.
+LOGITS_MAX_ABS = 0.75
+LOGITS_MEAN_ABS = 0.01
+LABELS_EQUAL = 0.999
+
+
+def reference_prediction(folder: Path, image: Path, tta: bool) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
+    """(nnU-Net's preprocessed input, its model-space logits, its labels on the source grid (z, y, x))."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    predictor = nnUNetPredictor(
+        tile_step_size=0.5,
+        use_gaussian=True,
+        use_mirroring=tta,
+        device=torch.device("cpu"),
+        verbose=False,
+        allow_tqdm=False,
+    )
+    predictor.initialize_from_trained_model_folder(str(folder), None, "checkpoint_final.pth")
+    data, properties = SimpleITKIO().read_images([str(image)])
+    preprocessed, _, _ = DefaultPreprocessor(verbose=False).run_case_npy(
+        data.copy(),
+        None,
+        dict(properties),
+        predictor.plans_manager,
+        predictor.configuration_manager,
+        predictor.dataset_json,
+    )
+    logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(preprocessed)).float()
+    labels = predictor.predict_single_npy_array(data, {"spacing": properties["spacing"]})
+    return preprocessed, logits, labels
+
+
+@pytest.mark.parametrize(
+    ("which", "spacing", "patch", "transpose", "tta"),
+    [
+        # example_ct_sm (3 mm) to 4 × 3.5 × 3.5 mm with a transpose; mirroring TTA off and on
+        ("small", [4.0, 3.5, 3.5], [32, 48, 48], [0, 2, 1], False),
+        ("small", [4.0, 3.5, 3.5], [32, 48, 48], [0, 2, 1], True),
+        # the MSD spleen crop (0.79 × 0.79 × 5 mm, anisotropic: in-plane spline, nearest across slices)
+        ("spleen", [5.0, 1.6, 1.6], [24, 64, 64], [0, 1, 2], False),
+    ],
+)
+def test_segmentation_equals_nnunet_predictor(
+    tmp_path, real_ct_small, msd_spleen, which, spacing, patch, transpose, tta
+):
+    from AdvSegAttackLib.pipeline.case import LoadedModel
+
+    image = real_ct_small if which == "small" else msd_spleen[0]
+    folder = write_results_folder(tmp_path, spacing, patch, transpose)
+    preprocessed, reference_logits, reference_labels = reference_prediction(folder, image, tta)
+
+    model = LoadedModel.load(folder, nnunet={"tta": True} if tta else None)
+    space, _, labels = model.segment(sitk.ReadImage(str(image)))
+    z_scored = space.tensor * model.network.scale + model.network.shift  # the network's first layer
+    assert tuple(z_scored.shape[1:]) == preprocessed.shape
+    assert float((z_scored[0] - torch.from_numpy(preprocessed)).abs().max()) < 1e-4
+
+    logits = model.logits(space)
+    difference = (logits[0] - reference_logits).abs()
+    assert float(difference.max()) <= LOGITS_MAX_ABS
+    assert float(difference.mean()) <= LOGITS_MEAN_ABS
+    ours = sitk.GetArrayFromImage(labels)
+    assert ours.shape == reference_labels.shape
+    assert len(np.unique(reference_labels)) >= 4  # a model that predicts several classes, not one
+    assert (ours == reference_labels).mean() >= LABELS_EQUAL
+
+
+def test_checkpoint_needs_exactly_the_numpy_scalar_types(tmp_path):
+    from AdvSegAttackLib.models.networks import load_weights_only
+    from AdvSegAttackLib.models.nnunet_networks import checkpoint_globals, read_checkpoint
+
+    folder = write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], folds=(0,))
+    path = folder / "fold_0" / "checkpoint_final.pth"
+    with pytest.raises(InputError, match="needs unpickling"):
+        load_weights_only(path)  # numpy float64 in the training log: not plain data for torch
+    assert isinstance(load_weights_only(path, allowed_globals=checkpoint_globals())["_best_ema"], float)
+    weights, axes = read_checkpoint(path, "3d_fullres")
+    assert axes == [0, 1, 2] and all(isinstance(v, torch.Tensor) for v in weights.values())
+
+    # Anything else a checkpoint might hold is still refused, numpy scalars allowed or not.
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["init_args"]["callback"] = pickle.loads  # a function: would be imported by the unpickler
+    torch.save(checkpoint, path)
+    with pytest.raises(InputError, match="needs unpickling"):
+        read_checkpoint(path, "3d_fullres")
+
+
+def test_checkpoint_of_another_configuration_is_refused(tmp_path):
+    from AdvSegAttackLib.models.nnunet_networks import read_checkpoint
+
+    folder = write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], folds=(0,))
+    with pytest.raises(InputError, match="trained for configuration 3d_fullres, not 3d_lowres"):
+        read_checkpoint(folder / "fold_0" / "checkpoint_final.pth", "3d_lowres")
+
+
+def test_label_names_through_the_organ_name_normaliser(tmp_path, capsys):
+    from AdvSegAttackLib.cli import main
+
+    folder = write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], folds=(0,))
+    card = load_card(folder.parent)  # the dataset folder with one configuration
+    assert card.label_names == LABELS
+    names = card.label_names
+    assert organ_index("liver", names) == LABELS.index("liver")
+    assert (
+        organ_index("left_kidney", names) == organ_index("kidney_left", names) == LABELS.index("kidney_left")
+    )
+    assert organ_index("Right adrenal gland", names) == LABELS.index("adrenal_gland_right")
+    assert organ_index("portal and splenic veins", names) == LABELS.index("portal_vein_and_splenic_vein")
+    with pytest.raises(InputError, match="not an organ of this model"):
+        organ_index("brain", names)
+
+    assert main(["info", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "kidney_left" in printed and "portal_vein_and_splenic_vein" in printed
+    assert "3d_fullres" in printed
+
+
+def test_folds_configuration_and_checkpoint_choices(tmp_path):
+    write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], configuration="3d_fullres")
+    write_results_folder(
+        tmp_path / "other", [6.0, 6.0, 6.0], [32, 32, 32], configuration="3d_lowres", folds=(0,)
+    )
+    dataset = tmp_path / "Dataset999_AdvSegTest"
+    low = tmp_path / "other" / "Dataset999_AdvSegTest" / "nnUNetTrainer__nnUNetPlans__3d_lowres"
+    low.rename(dataset / low.name)
+
+    with pytest.raises(
+        InputError, match="several nnU-Net configurations .*3d_fullres.*3d_lowres.*--configuration"
+    ):
+        nnunet_card(dataset)
+    card = nnunet_card(dataset, configuration="3d_lowres")
+    assert card.spacing_mm == [6.0, 6.0, 6.0] and card.nnunet["folds"] == ["0"]
+    assert nnunet_card(dataset, configuration="3d_fullres").nnunet["folds"] == ["0", "1"]  # all present
+    assert nnunet_card(dataset, configuration="3d_fullres", folds=["1"]).nnunet["checkpoints"] == [
+        "fold_1/checkpoint_final.pth"
+    ]
+    with pytest.raises(InputError, match="--folds 4: .*fold_4"):
+        nnunet_card(dataset, configuration="3d_fullres", folds=["4"])
+    with pytest.raises(InputError, match="has no fold_<k>/checkpoint_best.pth"):
+        nnunet_card(dataset, configuration="3d_fullres", checkpoint="best")
+    with pytest.raises(InputError, match="--configuration 2d"):
+        nnunet_card(dataset, configuration="2d")
+
+
+def test_folds_average_logits_and_tta_needs_mirroring_axes(tmp_path):
+    from AdvSegAttackLib.models.networks import load_model
+
+    folder = write_results_folder(tmp_path, [6.0, 6.0, 6.0], [32, 32, 32])
+    _, both = load_model(folder)
+    _, first = load_model(folder, nnunet={"folds": ["0"]})
+    _, second = load_model(folder, nnunet={"folds": ["1"]})
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(both(x), (first(x) + second(x)) / 2, atol=1e-4)
+
+    flipped = write_results_folder(tmp_path / "nomirror", [6.0, 6.0, 6.0], [32, 32, 32], mirror_axes=None)
+    with pytest.raises(InputError, match="--tta: .*allows no mirroring"):
+        load_model(flipped, nnunet={"tta": True})
+    with pytest.raises(InputError, match="--folds is for nnU-Net results folders"):
+        load_model("abdomen-unet", nnunet={"folds": ["0"]})
+
+
+def _attacks() -> list[str]:
+    from AdvSegAttackLib.attacks.catalogue import ATTACKS
+
+    return list(ATTACKS)
+
+
+@pytest.fixture(scope="module")
+def attack_folder(tmp_path_factory) -> Path:
+    return write_results_folder(tmp_path_factory.mktemp("nnunet"), [4.0, 4.0, 4.0], [32, 32, 32], folds=(0,))
+
+
+@pytest.mark.parametrize("attack", _attacks())
+def test_every_attack_runs_against_an_nnunet_model_on_the_real_ct(
+    tmp_path, attack_folder, real_ct_small, attack
+):
+    from AdvSegAttackLib.attacks.catalogue import ATTACKS
+    from AdvSegAttackLib.pipeline.case import run_attack
+    from AdvSegAttackLib.pipeline.request import AttackRequest
+    from AdvSegAttackLib.progress import Reporter
+    from AdvSegAttackLib.volumes.io import write_image
+
+    crop = sitk.ReadImage(str(real_ct_small))[20:84, 20:84, :]  # a 64 × 64 × 30 crop (3 mm) of the real CT
+    image = write_image(crop, tmp_path / "crop.nii.gz")
+    entry = ATTACKS[attack]
+    params = {"steps": 2} if any(p.name == "steps" for p in entry.parameters) else {}
+    card = nnunet_card(attack_folder)
+    organs = ()
+    if entry.needs_organ:  # the organ the clean prediction holds most of
+        from AdvSegAttackLib.pipeline.case import LoadedModel
+
+        _, _, clean = LoadedModel.load(attack_folder).segment(crop)
+        counts = np.bincount(sitk.GetArrayFromImage(clean).ravel(), minlength=len(LABELS))
+        organs = (card.label_names[int(np.argmax(counts[1:])) + 1],)
+    request = AttackRequest(
+        image=image,
+        model=str(attack_folder),
+        out=tmp_path / "case",
+        attack=attack,
+        params=params,
+        organs=organs,
+    )
+    metrics = run_attack(request, Reporter("log"))
+    perturbation = metrics["perturbation"]
+    assert perturbation["window_hu"] == [-950.0, 1180.0]  # the plans' foreground percentiles
+    assert perturbation["voxels_changed"] > 0
+    if attack in ("pgd", "bim", "fgsm"):  # ε = 4/255 of the model's window: 33.4 HU here
+        assert 4 / 255 * 425 < perturbation["linf_hu"] <= 4 / 255 * (1180 + 950) + 0.5
+    provenance = json.loads((tmp_path / "case" / "provenance.json").read_text(encoding="utf-8"))
+    nnunet = provenance["model"]["nnunet"]
+    assert nnunet["tta"] is False and nnunet["configuration"] == "3d_fullres"
+    assert list(nnunet["checkpoints"]) == ["fold_0/checkpoint_final.pth"]
