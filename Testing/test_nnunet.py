@@ -7,6 +7,7 @@ The models are small PlainConvUNets with seeded random weights in nnU-Net's resu
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import sys
@@ -66,9 +67,9 @@ def reference_prediction(folder: Path, image: Path, tta: bool) -> tuple[np.ndarr
 @pytest.mark.parametrize(
     ("which", "spacing", "patch", "transpose", "tta"),
     [
-        # example_ct_sm (3 mm) to 4 × 3.5 × 3.5 mm with a transpose; mirroring TTA off and on
+        # example_ct_sm (3 mm) to 4 × 3.5 × 3.5 mm with a transpose; with mirroring TTA (8 flips) to 6 × 5 × 5 mm
         ("small", [4.0, 3.5, 3.5], [32, 48, 48], [0, 2, 1], False),
-        ("small", [4.0, 3.5, 3.5], [32, 48, 48], [0, 2, 1], True),
+        ("small", [6.0, 5.0, 5.0], [16, 48, 48], [0, 2, 1], True),
         # the MSD spleen crop (0.79 × 0.79 × 5 mm, anisotropic: in-plane spline, nearest across slices)
         ("spleen", [5.0, 1.6, 1.6], [24, 64, 64], [0, 1, 2], False),
     ],
@@ -210,7 +211,7 @@ def test_every_attack_runs_against_an_nnunet_model_on_the_real_ct(
     from AdvSegAttackLib.attacks.catalogue import ATTACKS
     from AdvSegAttackLib.pipeline.case import run_attack
     from AdvSegAttackLib.pipeline.request import AttackRequest
-    from AdvSegAttackLib.progress import Reporter
+    from AdvSegAttackLib.progress import make_reporter
     from AdvSegAttackLib.volumes.io import write_image
 
     crop = sitk.ReadImage(str(real_ct_small))[20:84, 20:84, :]  # a 64 × 64 × 30 crop (3 mm) of the real CT
@@ -233,7 +234,7 @@ def test_every_attack_runs_against_an_nnunet_model_on_the_real_ct(
         params=params,
         organs=organs,
     )
-    metrics = run_attack(request, Reporter("log"))
+    metrics = run_attack(request, make_reporter("log", io.StringIO()))
     perturbation = metrics["perturbation"]
     assert perturbation["window_hu"] == [-950.0, 1180.0]  # the plans' foreground percentiles
     assert perturbation["voxels_changed"] > 0
@@ -243,3 +244,16 @@ def test_every_attack_runs_against_an_nnunet_model_on_the_real_ct(
     nnunet = provenance["model"]["nnunet"]
     assert nnunet["tta"] is False and nnunet["configuration"] == "3d_fullres"
     assert list(nnunet["checkpoints"]) == ["fold_0/checkpoint_final.pth"]
+
+
+def test_slicer_module_lists_the_organs_of_a_results_folder(tmp_path):
+    """The Slicer module's "From file…" with an nnU-Net folder: its organ list comes from dataset.json."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "AdvSegAttack"))
+    from AdvSegAttackSceneLib import engine
+
+    folder = write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], folds=(0,))
+    names, colors = engine.cardLabels(str(folder))
+    assert names == LABELS and len(colors) == len(LABELS)
+    assert colors[LABELS.index("liver")] == (221, 130, 101)  # BTCV's liver colour, found by name
+    assert engine.cardLabels(str(folder.parent))[0] == LABELS  # the dataset folder, one configuration
+    assert engine.cardLabels(str(tmp_path)) == ([], [])  # a folder above it is no model
