@@ -11,21 +11,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# TotalSegmentator's names for the BTCV organs (label values as in its `total` task order, compacted).
+# The BTCV-13 organs at their BTCV label values (as the phantoms' label maps), under TotalSegmentator's names.
 LABELS = [
     "background",
     "spleen",
     "kidney_right",
     "kidney_left",
     "gallbladder",
+    "esophagus",
     "liver",
     "stomach",
-    "pancreas",
-    "adrenal_gland_right",
-    "adrenal_gland_left",
     "aorta",
     "inferior_vena_cava",
     "portal_vein_and_splenic_vein",
+    "pancreas",
+    "adrenal_gland_right",
+    "adrenal_gland_left",
 ]
 
 ARCHITECTURE = {

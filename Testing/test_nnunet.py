@@ -257,3 +257,22 @@ def test_slicer_module_lists_the_organs_of_a_results_folder(tmp_path):
     assert colors[LABELS.index("liver")] == (221, 130, 101)  # BTCV's liver colour, found by name
     assert engine.cardLabels(str(folder.parent))[0] == LABELS  # the dataset folder, one configuration
     assert engine.cardLabels(str(tmp_path)) == ([], [])  # a folder above it is no model
+
+
+def test_train_writes_a_results_folder_that_nnunet_predictor_loads(tmp_path, real_ct_small):
+    """`advseg train --nnunet-plans`: the plans' network trained by the engine, written in nnU-Net's format."""
+    from AdvSegAttackLib.cli import main
+    from AdvSegAttackLib.pipeline.case import LoadedModel
+
+    plans_folder = write_results_folder(tmp_path / "plans", [6.0, 6.0, 6.0], [32, 32, 32], folds=())
+    out = tmp_path / "trained"
+    argv = ["train", "--out", str(out), "--nnunet-plans", str(plans_folder), "--phantoms", "1"]
+    argv += ["--phantom-spacing", "6", "6", "6", "--steps", "2", "--validate-every", "2", "--device", "cpu"]
+    assert main([*argv, "--progress", "log"]) == 0
+    assert (out / "fold_0" / "checkpoint_final.pth").is_file()
+    record = json.loads((out / "advseg_training.json").read_text(encoding="utf-8"))
+    assert "--nnunet-plans" in record["training"]["command"]
+
+    _, _, reference = reference_prediction(out, real_ct_small, tta=False)
+    _, _, labels = LoadedModel.load(out).segment(sitk.ReadImage(str(real_ct_small)))
+    assert (sitk.GetArrayFromImage(labels) == reference).mean() >= LABELS_EQUAL

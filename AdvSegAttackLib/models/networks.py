@@ -75,9 +75,9 @@ BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
 def build_network(card: ModelCard) -> torch.nn.Module:
     """A freshly initialised network of the card's architecture and arguments."""
     if card.architecture == "nnunet":
-        raise InputError(
-            f"model card {card.path or card.name}: an nnU-Net model loads from its results folder."
-        )
+        from .nnunet_networks import fresh_nnunet
+
+        return fresh_nnunet(card)
     try:
         return BUILDERS[card.architecture](card.num_classes, card.roi_size, **card.arguments)
     except TypeError as error:
@@ -259,8 +259,14 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(card: ModelCard, network: torch.nn.Module, folder: str | Path) -> Path:
-    """Write `card.json` and `model.safetensors` into `folder` atomically; returns the card path."""
+    """Write `card.json` and `model.safetensors` into `folder` atomically; returns the card path. An nnU-Net
+    card is written as an nnU-Net v2 results folder instead (`nnunet_networks.save_nnunet_results`)."""
     from safetensors.torch import save_file
+
+    if card.nnunet:
+        from .nnunet_networks import save_nnunet_results
+
+        return save_nnunet_results(card, network, folder)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

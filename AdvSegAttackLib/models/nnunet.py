@@ -224,13 +224,17 @@ def nnunet_card(
     folds: list[str] | None = None,
     checkpoint: str = "final",
     tta: bool = False,
+    training: bool = False,
 ) -> ModelCard:
     """The card of an nnU-Net v2 results folder: `folds` (default: every `fold_<k>` with the checkpoint, as
-    nnUNetPredictor finds them), `checkpoint` "final" or "best", mirroring test-time augmentation `tta`."""
+    nnUNetPredictor finds them), `checkpoint` "final" or "best", mirroring test-time augmentation `tta`.
+    `training`: the plans and labels of a network to train (`advseg train --nnunet-plans`), no folds needed."""
     folder = model_folder(path, configuration)
     plans, dataset = _read_json(folder / PLANS_FILE), _read_json(folder / DATASET_FILE)
     named = _configuration_of(folder)
     name = configuration or named
+    if name is None and len(plans.get("configurations", {})) == 1:
+        name = next(iter(plans["configurations"]))
     if name is None:
         candidates = [c for c in plans.get("configurations", {}) if c.startswith("3d")]
         if len(candidates) != 1:
@@ -260,7 +264,7 @@ def nnunet_card(
         chosen = list(folds)
     else:  # nnUNetPredictor's default: the numbered folds (fold_all only when there is no other)
         chosen = [f for f in present if f != "all"] or present
-    if not chosen:
+    if not chosen and not training:
         raise InputError(f"{folder} has no fold_<k>/{file}.")
     names = _label_names(dataset, folder / DATASET_FILE)
     trainer, plans_name = (folder.name.split("__") + ["", ""])[:2] if named else ("", "")
@@ -275,7 +279,7 @@ def nnunet_card(
         intensity_window_hu=window,
         roi_size=[int(p) for p in config["patch_size"]],
         overlap=0.5,
-        weights=f"fold_{chosen[0]}/{file}",
+        weights=f"fold_{chosen[0]}/{file}" if chosen else None,
         provenance={"source": "nnU-Net v2 results folder", "dataset": plans.get("dataset_name")},
         nnunet={
             "configuration": name,

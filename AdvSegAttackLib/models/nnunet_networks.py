@@ -120,6 +120,53 @@ class NnUNetNetwork(torch.nn.Module):
         return total / (len(self.folds) * len(self.flips))
 
 
+def fresh_nnunet(card: ModelCard) -> NnUNetNetwork:
+    """One fold of the plans' network with fresh weights behind the z-score (what `advseg train` trains)."""
+    return NnUNetNetwork(
+        [build_nnunet_network(card)],
+        tuple(card.intensity_window_hu),
+        card.nnunet["mean_hu"],
+        card.nnunet["std_hu"],
+        None,
+    )
+
+
+TRAINING_RECORD = "advseg_training.json"  # beside plans.json: the card's provenance (command, data, scores)
+
+
+def save_nnunet_results(card: ModelCard, network: NnUNetNetwork, folder: str | Path) -> Path:
+    """Write `network` (one fold) as an nnU-Net v2 results folder `folder`: plans.json and dataset.json of the
+    card's source folder, fold_0/checkpoint_final.pth with the fields nnUNetPredictor reads (network_weights,
+    init_args with plans, configuration, fold and dataset_json, trainer_name, inference_allowed_mirroring_axes
+    None: the engine's training does not mirror) and `advseg_training.json` (the card's provenance);
+    returns the path of plans.json."""
+    import json
+
+    from ..volumes.io import atomic_path, write_text_atomic
+
+    folder = Path(folder)
+    plans = json.loads((card.path.parent / "plans.json").read_text(encoding="utf-8"))
+    dataset = json.loads((card.path.parent / "dataset.json").read_text(encoding="utf-8"))
+    (folder / "fold_0").mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().clone() for k, v in network.folds[0].state_dict().items()}
+    checkpoint = {
+        "network_weights": weights,
+        "init_args": {
+            "plans": plans,
+            "configuration": card.nnunet["configuration"],
+            "fold": 0,
+            "dataset_json": dataset,
+        },
+        "trainer_name": "nnUNetTrainer",
+        "inference_allowed_mirroring_axes": None,
+    }
+    with atomic_path(folder / "fold_0" / "checkpoint_final.pth") as tmp:
+        torch.save(checkpoint, tmp)
+    for name, data in (("plans.json", plans), ("dataset.json", dataset), (TRAINING_RECORD, card.provenance)):
+        write_text_atomic(folder / name, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    return folder / "plans.json"
+
+
 def load_nnunet(card: ModelCard) -> torch.nn.Module:
     """`NnUNetNetwork` of an nnU-Net card (`nnunet.nnunet_card`); records the mirroring axes in the card."""
     from .networks import _load_state
