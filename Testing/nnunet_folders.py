@@ -51,7 +51,13 @@ ARCHITECTURE = {
 }
 
 
-def plans(spacing: list[float], patch: list[int], transpose: list[int], configuration: str) -> dict:
+def plans(
+    spacing: list[float],
+    patch: list[int],
+    transpose: list[int],
+    configuration: str,
+    architecture: dict = ARCHITECTURE,
+) -> dict:
     """A plans.json with one 3-D configuration (CT normalisation with example_ct-like foreground statistics)."""
     backward = [int(i) for i in np.argsort(transpose)]
     return {
@@ -93,7 +99,7 @@ def plans(spacing: list[float], patch: list[int], transpose: list[int], configur
                     "order_z": 0,
                     "force_separate_z": None,
                 },
-                "architecture": ARCHITECTURE,
+                "architecture": architecture,
                 "batch_dice": True,
             }
         },
@@ -113,16 +119,18 @@ def plans(spacing: list[float], patch: list[int], transpose: list[int], configur
     }
 
 
-def dataset() -> dict:
+def dataset(labels: list[str] = LABELS) -> dict:
     return {
         "channel_names": {"0": "CT"},
-        "labels": {name: value for value, name in enumerate(LABELS)},
+        "labels": {name: value for value, name in enumerate(labels)},
         "numTraining": 1,
         "file_ending": ".nii.gz",
     }
 
 
-def checkpoint(weights: dict, plans_dict: dict, configuration: str, fold: int, mirror_axes) -> dict:
+def checkpoint(
+    weights: dict, plans_dict: dict, configuration: str, fold: int, mirror_axes, labels=LABELS
+) -> dict:
     """A checkpoint with the fields and value types of nnUNetTrainer.save_checkpoint."""
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
@@ -130,7 +138,7 @@ def checkpoint(weights: dict, plans_dict: dict, configuration: str, fold: int, m
     for key, value in [
         ("mean_fg_dice", np.float64(0.71)),
         ("ema_fg_dice", np.float64(0.69)),
-        ("dice_per_class_or_region", [np.float64(0.7)] * (len(LABELS) - 1)),
+        ("dice_per_class_or_region", [np.float64(0.7)] * (len(labels) - 1)),
         ("train_losses", np.float64(-0.5)),
         ("val_losses", np.float64(-0.4)),
         ("lrs", 0.01),
@@ -151,7 +159,7 @@ def checkpoint(weights: dict, plans_dict: dict, configuration: str, fold: int, m
             "plans": plans_dict,
             "configuration": configuration,
             "fold": fold,
-            "dataset_json": dataset(),
+            "dataset_json": dataset(labels),
             "device": torch.device("cpu"),
         },
         "trainer_name": "nnUNetTrainer",
@@ -168,6 +176,8 @@ def write_results_folder(
     folds: tuple[int, ...] = (0, 1),
     seed: int = 0,
     mirror_axes=(0, 1, 2),
+    architecture: dict = ARCHITECTURE,
+    labels: list[str] = LABELS,
 ) -> Path:
     """`root/Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__<configuration>/` (returned), random weights
     seeded per fold; the final layer scaled ×20 so that the classes' logits are well apart."""
@@ -175,23 +185,23 @@ def write_results_folder(
 
     folder = root / "Dataset999_AdvSegTest" / f"nnUNetTrainer__nnUNetPlans__{configuration}"
     folder.mkdir(parents=True)
-    plans_dict = plans(list(spacing), list(patch), list(transpose), configuration)
+    plans_dict = plans(list(spacing), list(patch), list(transpose), configuration, architecture)
     (folder / "plans.json").write_text(json.dumps(plans_dict, indent=2), encoding="utf-8")
-    (folder / "dataset.json").write_text(json.dumps(dataset(), indent=2), encoding="utf-8")
-    kwargs = dict(ARCHITECTURE["arch_kwargs"])
+    (folder / "dataset.json").write_text(json.dumps(dataset(labels), indent=2), encoding="utf-8")
+    kwargs = dict(architecture["arch_kwargs"])
     kwargs.update(
         conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU, dropout_op=None
     )
     for fold in folds:
         torch.manual_seed(seed + fold)
-        network = PlainConvUNet(input_channels=1, num_classes=len(LABELS), deep_supervision=False, **kwargs)
+        network = PlainConvUNet(input_channels=1, num_classes=len(labels), deep_supervision=False, **kwargs)
         weights = {k: v.clone() for k, v in network.state_dict().items()}
         for key in weights:
-            if key.startswith("decoder.seg_layers.1."):
+            if key.startswith(f"decoder.seg_layers.{kwargs['n_stages'] - 2}."):
                 weights[key] = weights[key] * 20
         (folder / f"fold_{fold}").mkdir()
         torch.save(
-            checkpoint(weights, plans_dict, configuration, fold, mirror_axes),
+            checkpoint(weights, plans_dict, configuration, fold, mirror_axes, labels),
             folder / f"fold_{fold}" / "checkpoint_final.pth",
         )
     return folder
