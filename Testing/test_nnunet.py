@@ -77,12 +77,16 @@ def reference_prediction(folder: Path, image: Path, tta: bool) -> tuple[np.ndarr
 def test_segmentation_equals_nnunet_predictor(
     tmp_path, real_ct_small, msd_spleen, which, spacing, patch, transpose, tta
 ):
-    from AdvSegAttackLib.pipeline.case import LoadedModel
-
     image = real_ct_small if which == "small" else msd_spleen[0]
     folder = write_results_folder(tmp_path, spacing, patch, transpose)
-    preprocessed, reference_logits, reference_labels = reference_prediction(folder, image, tta)
+    assert_equals_nnunet_predictor(folder, image, tta)
 
+
+def assert_equals_nnunet_predictor(folder: Path, image: Path, tta: bool) -> np.ndarray:
+    """The engine's input, logits and labels against nnUNetPredictor's; returns the engine's labels (z, y, x)."""
+    from AdvSegAttackLib.pipeline.case import LoadedModel
+
+    preprocessed, reference_logits, reference_labels = reference_prediction(folder, image, tta)
     model = LoadedModel.load(folder, nnunet={"tta": True} if tta else None)
     space, _, labels = model.segment(sitk.ReadImage(str(image)))
     z_scored = space.tensor * model.network.scale + model.network.shift  # the network's first layer
@@ -97,6 +101,7 @@ def test_segmentation_equals_nnunet_predictor(
     assert ours.shape == reference_labels.shape
     assert len(np.unique(reference_labels)) >= 4  # a model that predicts several classes, not one
     assert (ours == reference_labels).mean() >= LABELS_EQUAL
+    return ours
 
 
 def test_checkpoint_needs_exactly_the_numpy_scalar_types(tmp_path):
@@ -276,3 +281,76 @@ def test_train_writes_a_results_folder_that_nnunet_predictor_loads(tmp_path, rea
     _, _, reference = reference_prediction(out, real_ct_small, tta=False)
     _, _, labels = LoadedModel.load(out).segment(sitk.ReadImage(str(real_ct_small)))
     assert (sitk.GetArrayFromImage(labels) == reference).mean() >= LABELS_EQUAL
+
+
+DEMO_MODEL = Path(__file__).parents[1] / "Resources" / "Models" / "abdomen-nnunet"
+
+
+@pytest.mark.slow
+def test_trained_demo_model_equals_nnunet_predictor_on_the_real_ct(real_ct, real_ct_labels):
+    """The bundled nnU-Net-format model (trained by `advseg train --nnunet-plans`) on the whole real CT."""
+    from AdvSegAttackLib.evaluation.metrics import dice_per_label
+
+    ours = assert_equals_nnunet_predictor(DEMO_MODEL, real_ct, tta=False)
+    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_labels)))
+    organs = [int(v) for v in np.unique(reference) if v]
+    assert np.mean(list(dice_per_label(ours, reference, organs).values())) > 0.6  # a trained model
+
+
+def test_old_format_plans_give_the_network_nnunet_reconstructs(tmp_path):
+    """Plans of nnU-Net < 2.4 (TotalSegmentator's) name the network; the engine rebuilds its arguments as nnU-Net's
+    ConfigurationManager does, and the network loads the same weights."""
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    from AdvSegAttackLib.models.nnunet_networks import build_nnunet_network
+
+    folder = write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], folds=(0,))
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+    configuration = plans["configurations"]["3d_fullres"]
+    del configuration["architecture"]
+    configuration.update(
+        UNet_class_name="PlainConvUNet",
+        UNet_base_num_features=8,
+        unet_max_num_features=32,
+        n_conv_per_stage_encoder=[1, 1, 1],
+        n_conv_per_stage_decoder=[1, 1],
+        num_pool_per_axis=[2, 2, 2],
+        pool_op_kernel_sizes=[[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+        conv_kernel_sizes=[[3, 3, 3]] * 3,
+    )
+    (folder / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
+    card = nnunet_card(folder)
+    expected = ConfigurationManager(json.loads(json.dumps(configuration))).configuration["architecture"]
+    assert card.arguments["network_class_name"] == expected["network_class_name"]
+    assert card.arguments["arch_kwargs"] == expected["arch_kwargs"]
+    weights = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    build_nnunet_network(card).load_state_dict(weights, strict=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda c, d: c.update(normalization_schemes=["ZScoreNormalization"]), "CTNormalization only"),
+        (lambda c, d: c.update(patch_size=[32, 32], spacing=[3.0, 3.0]), "a 2-D configuration"),
+        (lambda c, d: c.update(previous_stage="3d_lowres"), "a cascade stage"),
+        (lambda c, d: c.update(resampling_fn_data="resample_torch_fornnunet"), "resampling_fn_data"),
+        (lambda c, d: d.update(channel_names={"0": "CT", "1": "PET"}), "2 input channels"),
+        (lambda c, d: d["labels"].update(liver=[6, 7]), "regions"),
+        (lambda c, d: c["architecture"].update(network_class_name="os.system"), "not one the engine builds"),
+        (
+            lambda c, d: c["architecture"]["arch_kwargs"].update(nonlin="builtins.eval"),
+            "nonlin 'builtins.eval'",
+        ),
+    ],
+)
+def test_what_the_engine_cannot_reproduce_is_refused(tmp_path, change, message):
+    from AdvSegAttackLib.models.networks import load_model
+
+    folder = write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], folds=(0,))
+    plans = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+    dataset = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    change(plans["configurations"]["3d_fullres"], dataset)
+    (folder / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
+    (folder / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
+    with pytest.raises(InputError, match=message):
+        load_model(folder)
