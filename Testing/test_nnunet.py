@@ -354,3 +354,16 @@ def test_what_the_engine_cannot_reproduce_is_refused(tmp_path, change, message):
     (folder / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
     with pytest.raises(InputError, match=message):
         load_model(folder)
+
+
+def test_segment_command_with_nnunet_options(tmp_path, real_ct_small, capsys):
+    from AdvSegAttackLib.cli import main
+
+    folder = write_results_folder(tmp_path, [6.0, 6.0, 6.0], [32, 32, 32], mirror_axes=None)
+    argv = ["segment", "--model", str(folder.parent), "--image", str(real_ct_small), "--device", "cpu"]
+    assert main([*argv, "--configuration", "3d_fullres", "--folds", "1", "--out", str(tmp_path / "seg")]) == 0
+    assert (tmp_path / "seg" / "pred.seg.nrrd").is_file()
+    assert main([*argv, "--tta", "--out", str(tmp_path / "tta")]) == 2
+    assert "allows no mirroring" in capsys.readouterr().err
+    assert not (tmp_path / "tta").exists()
+    assert main([*argv, "--out", str(folder / "inside")]) == 2  # never writes into the model's folder
