@@ -119,7 +119,8 @@ def predict_logits(
     sw_batch_size: int = 4,
     progress: WindowProgress | None = None,
 ) -> torch.Tensor:
-    """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: MONAI sliding window, Gaussian blending."""
+    """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: the card's sliding windows (MONAI's
+    or nnU-Net's), Gaussian blending."""
     total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap, card.window_rule)
     done = 0
     if progress is not None:
