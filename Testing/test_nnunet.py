@@ -283,20 +283,6 @@ def test_train_writes_a_results_folder_that_nnunet_predictor_loads(tmp_path, rea
     assert (sitk.GetArrayFromImage(labels) == reference).mean() >= LABELS_EQUAL
 
 
-DEMO_MODEL = Path(__file__).parents[1] / "Resources" / "Models" / "abdomen-nnunet"
-
-
-@pytest.mark.slow
-def test_trained_demo_model_equals_nnunet_predictor_on_the_real_ct(real_ct, real_ct_labels):
-    """The bundled nnU-Net-format model (trained by `advseg train --nnunet-plans`) on the whole real CT."""
-    from AdvSegAttackLib.evaluation.metrics import dice_per_label
-
-    ours = assert_equals_nnunet_predictor(DEMO_MODEL, real_ct, tta=False)
-    reference = sitk.GetArrayFromImage(sitk.ReadImage(str(real_ct_labels)))
-    organs = [int(v) for v in np.unique(reference) if v]
-    assert np.mean(list(dice_per_label(ours, reference, organs).values())) > 0.6  # a trained model
-
-
 def test_old_format_plans_give_the_network_nnunet_reconstructs(tmp_path):
     """Plans of nnU-Net < 2.4 (TotalSegmentator's) name the network; the engine rebuilds its arguments as nnU-Net's
     ConfigurationManager does, and the network loads the same weights."""

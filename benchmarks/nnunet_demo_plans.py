@@ -1,5 +1,5 @@
-"""Write the nnU-Net v2 plans folder (plans.json, dataset.json) of the bundled demo nnU-Net model, for
-`advseg train --nnunet-plans`.
+"""Write an nnU-Net v2 plans folder (plans.json, dataset.json) of a small model for the 3 mm example CT of
+../shared, for `advseg train --nnunet-plans`.
 
 One 3-D configuration as nnU-Net's planner lays it out for a 3 mm CT (spacing 3 mm, no transpose, CT
 normalisation with the foreground intensity statistics of the training CT: the 0.5/99.5 percentiles, mean and
