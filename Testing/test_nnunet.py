@@ -28,11 +28,11 @@ from AdvSegAttackLib.models.nnunet import nnunet_card  # noqa: E402
 
 nnunetv2 = pytest.importorskip("nnunetv2")
 
-# nnUNetPredictor sums the Gaussian-weighted logits in float16 (its Gaussian peaks at 10, so a sum of ~700 has
-# a float16 step of 0.5): the engine, which sums in float32, agrees to these bounds.
-LOGITS_MAX_ABS = 0.75
-LOGITS_MEAN_ABS = 0.01
-LABELS_EQUAL = 0.999
+# nnUNetPredictor keeps the blended logits in float16, and so does the engine for an nnU-Net model; the network's
+# input differs by float32 rounding (the z-score is the network's first layer), which moves a logit by one float16
+# step at most here and there.
+LOGITS_MEAN_ABS = 1e-4
+LABELS_EQUAL = 0.9999  # the issue asks for 0.999
 
 
 def reference_prediction(folder: Path, image: Path, tta: bool) -> tuple[np.ndarray, torch.Tensor, np.ndarray]:
@@ -95,7 +95,8 @@ def assert_equals_nnunet_predictor(folder: Path, image: Path, tta: bool) -> np.n
 
     logits = model.logits(space)
     difference = (logits[0] - reference_logits).abs()
-    assert float(difference.max()) <= LOGITS_MAX_ABS
+    float16_step = 2.0 ** (np.floor(np.log2(float(reference_logits.abs().max()))) - 10)
+    assert float(difference.max()) <= 2 * float16_step
     assert float(difference.mean()) <= LOGITS_MEAN_ABS
     ours = sitk.GetArrayFromImage(labels)
     assert ours.shape == reference_labels.shape

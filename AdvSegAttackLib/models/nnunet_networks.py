@@ -103,12 +103,20 @@ class NnUNetNetwork(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.folds = torch.nn.ModuleList(folds)
+        self.window, self.mean, self.std, self.mirror_axes = window, mean, std, mirror_axes
         low, high = window
         self.scale, self.shift = (high - low) / std, (low - mean) / std
         self.flips = [()]
         if mirror_axes:
             spatial = [a + 2 for a in mirror_axes]
             self.flips += [c for n in range(1, len(spatial) + 1) for c in itertools.combinations(spatial, n)]
+
+    def fold_models(self) -> list[NnUNetNetwork]:
+        """One model per fold, sharing this one's networks (the sliding window blends folds one by one)."""
+        if len(self.folds) == 1:
+            return [self]
+        settings = (self.window, self.mean, self.std, self.mirror_axes)
+        return [NnUNetNetwork([network], *settings) for network in self.folds]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x * self.scale + self.shift

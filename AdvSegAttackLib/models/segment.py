@@ -18,6 +18,7 @@ from monai.inferers import sliding_window_inference
 from ..volumes.nnunet_space import NnUNetPreprocessing, Resampling, to_nnunet_space
 from ..volumes.preprocess import ModelSpaceImage, to_model_space
 from .cards import ModelCard
+from .nnunet_networks import NnUNetNetwork
 
 # progress(done_windows, total_windows)
 WindowProgress = Callable[[int, int], None]
@@ -88,8 +89,10 @@ def _nnunet_sliding_window(
     device: str | torch.device,
     sw_batch_size: int,
 ) -> torch.Tensor:
-    """Logits [1, C, ...] (CPU, float32) as nnUNetPredictor blends them: windows at nnU-Net's steps on the volume
-    padded with the card's `pad_value`, each window's logits weighted by the Gaussian importance map."""
+    """Logits [1, C, ...] (CPU, float16) as nnUNetPredictor blends them: windows at nnU-Net's steps on the volume
+    padded with the card's `pad_value`, each window's logits weighted by the Gaussian importance map and summed,
+    like the weights, in float16 in nnU-Net's window order (nnU-Net keeps its sums in float16; doing the same
+    makes the labels nnU-Net's, also where two classes are within float16 rounding of each other)."""
     size = tuple(tensor.shape[-3:])
     slices, pads = window_slices(size, card.roi_size, card.overlap, "nnunet")
     padded = torch.nn.functional.pad(
@@ -102,11 +105,11 @@ def _nnunet_sliding_window(
         windows = torch.cat([padded[(slice(None), slice(None), *sl)] for sl in batch]).to(device)
         logits = predictor(windows).float().cpu()
         if total is None:
-            total = torch.zeros((logits.shape[1], *padded.shape[2:]))
-            weight_sum = torch.zeros(padded.shape[2:])
+            total = torch.zeros((logits.shape[1], *padded.shape[2:]), dtype=torch.float16)
+            weight_sum = torch.zeros(padded.shape[2:], dtype=torch.float16)
         for window, sl in zip(logits, batch, strict=True):
             total[(slice(None), *sl)] += window * weights
-            weight_sum[sl] += weights
+            weight_sum[sl] += weights.half()
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, size, strict=True))
     return (total / weight_sum)[(slice(None), *crop)][None]
 
@@ -120,28 +123,39 @@ def predict_logits(
     progress: WindowProgress | None = None,
 ) -> torch.Tensor:
     """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: the card's sliding windows (MONAI's
-    or nnU-Net's), Gaussian blending."""
-    total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap, card.window_rule)
+    or nnU-Net's), Gaussian blending. An nnU-Net model's folds are blended one by one and their float16 logits
+    averaged, as nnUNetPredictor does."""
+    folds = model.fold_models() if isinstance(model, NnUNetNetwork) else [model]
+    total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap, card.window_rule) * len(
+        folds
+    )
     done = 0
     if progress is not None:
         progress(0, total)
 
-    def predictor(windows: torch.Tensor) -> torch.Tensor:
-        nonlocal done
-        logits = model(windows)
-        done += windows.shape[0]
-        if progress is not None:
-            progress(min(done, total), total)
-        return logits
+    def predictor_of(network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def predictor(windows: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            logits = network(windows)
+            done += windows.shape[0]
+            if progress is not None:
+                progress(min(done, total), total)
+            return logits
+
+        return predictor
 
     with torch.no_grad():
         if card.window_rule == "nnunet":
-            return _nnunet_sliding_window(predictor, tensor, card, device, sw_batch_size)
+            summed = None
+            for network in folds:
+                logits = _nnunet_sliding_window(predictor_of(network), tensor, card, device, sw_batch_size)
+                summed = logits if summed is None else summed + logits
+            return (summed / len(folds)).float()
         return sliding_window_inference(
             tensor.to(device),
             roi_size=tuple(card.roi_size),
             sw_batch_size=sw_batch_size,
-            predictor=predictor,
+            predictor=predictor_of(model),
             overlap=card.overlap,
             mode="gaussian",
             sw_device=device,

@@ -158,12 +158,14 @@ class NnUNetSpaceImage(ModelSpaceImage):
 
     def prediction_to_source(self, logits: torch.Tensor) -> sitk.Image:
         """Labels on the source grid from model-space logits [1, C, ...]: each class's logits resampled to the
-        cropped shape as nnU-Net does, then argmax (first class on ties), background outside the crop."""
+        cropped shape as nnU-Net does (kept in float16, as it keeps them), then argmax (first class on ties),
+        background outside the crop."""
         logits = logits.detach().float().cpu()[0]
         axis, shape = self._back_axis(), self._cropped_shape
         best = labels = None
         for value in range(logits.shape[0]):
             resampled = resample(logits[value].numpy(), shape, self.preprocessing.probabilities, axis)
+            resampled = resampled.astype(np.float16)
             if best is None:
                 best, labels = resampled, np.zeros(shape, dtype=np.uint16)
             else:
