@@ -1,6 +1,7 @@
 # Two commands for a fresh machine: `make demo` and `make test`.
-# Each creates .venv if missing and installs torch==2.13.0 (the CPU wheel) before the project,
-# so that pip never pulls a CUDA build of torch.
+# Each creates .venv if missing and installs torch==2.13.0 (the CPU wheel) before the project, which is then
+# installed with torch pinned (a pip constraint), so that pip never pulls a CUDA build nor another torch
+# (the test extra's nnunetv2 and the runtime's dynamic-network-architectures depend on torch).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,9 +16,10 @@ OUT ?= out/demo
 SLICER_PYTHON ?= $(firstword $(wildcard /root/.pyenv/versions/3.12.1/bin/python) $(shell command -v python3.12 2>/dev/null))
 SLICER_VENV := .venv-slicer510
 SLICER_PINS := AdvSegAttack/Resources/slicer-5.10-constraints.txt
-# The module's own requirements without the torch-based ones (monai, torch-dct), plus what Slicer ships and the tests.
+# The module's own requirements without the torch-based ones (monai, torch-dct, dynamic-network-architectures),
+# plus what Slicer ships and the tests.
 SLICER_REQUIREMENTS := AdvSegAttack/Resources/requirements.txt
-SLICER_TEST_PACKAGES := $(shell grep -vE '^[[:space:]]*(\#|$$|monai|torch)' $(SLICER_REQUIREMENTS)) \
+SLICER_TEST_PACKAGES := $(shell grep -vE '^[[:space:]]*(\#|$$|monai|torch|dynamic-network-architectures)' $(SLICER_REQUIREMENTS)) \
 	numpy scipy pydicom SimpleITK pytest slicer-core
 TORCHFREE_TESTS = $(shell grep -l '^pytestmark = .*pytest.mark.torchfree' Testing/test_*.py)
 
@@ -29,7 +31,8 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	echo torch==2.13.0 > $(VENV)/torch-constraint.txt
+	$(BIN)/python -m pip install --quiet --constraint $(VENV)/torch-constraint.txt -e '.[test]'
 	touch $@
 
 demo: setup

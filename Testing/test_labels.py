@@ -53,3 +53,17 @@ def test_slicer_segment_names_map_to_the_models_values_like_organ_names(tmp_path
     path = write_segmentation(image, tmp_path / "kidneys.seg.nrrd", names, [(0, 0, 0), (1, 2, 3), (4, 5, 6)])
     again = sitk.GetArrayFromImage(read_label(path, label_names=BTCV_LABEL_NAMES))
     np.testing.assert_array_equal(again, np.choose(array, [0, 2, 3]))
+
+
+def test_totalsegmentator_names_normalise_to_the_btcv_ones():
+    from AdvSegAttackLib.models.labels import BTCV_LABEL_NAMES, find_organ, normalise_organ_name
+
+    assert normalise_organ_name("kidney_left") == normalise_organ_name("Left_Kidney") == "left kidney"
+    assert normalise_organ_name("adrenal_gland_right") == "right adrenal gland"
+    assert normalise_organ_name("rib_left_1") == "rib left 1"  # a side in the middle stays where it is
+    assert normalise_organ_name("left") == "left"
+    for name in ("spleen", "kidney_right", "kidney_left", "gallbladder", "esophagus", "liver", "stomach"):
+        assert find_organ(name, BTCV_LABEL_NAMES) is not None
+    for name in ("aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "pancreas"):
+        assert find_organ(name, BTCV_LABEL_NAMES) is not None
+    assert find_organ("adrenal_gland_left", BTCV_LABEL_NAMES) == BTCV_LABEL_NAMES.index("left adrenal gland")

@@ -59,6 +59,7 @@ TORCH_FREE = (
     "AdvSegAttackLib.models.labels",
     "AdvSegAttackLib.models.cards",
     "AdvSegAttackLib.models.bundles",
+    "AdvSegAttackLib.models.nnunet",
     "AdvSegAttackLib.evaluation",
     "AdvSegAttackLib.evaluation.casefolder",
     "AdvSegAttackLib.evaluation.preview",

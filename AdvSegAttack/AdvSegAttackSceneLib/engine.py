@@ -151,6 +151,23 @@ def _btcvLabels() -> tuple[list[str], list[tuple[int, int, int]]]:
     return list(BTCV_LABEL_NAMES), [tuple(c) for c in BTCV_LABEL_COLORS]
 
 
+def _nnunetLabels(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Label names and colours of an nnU-Net v2 results folder (empty when it is none, or the engine is absent)."""
+    try:
+        from AdvSegAttackLib.errors import InputError
+        from AdvSegAttackLib.models.cards import load_card
+        from AdvSegAttackLib.models.nnunet import is_results_folder
+    except ImportError:
+        return [], []
+    if not is_results_folder(path):
+        return [], []
+    try:
+        card = load_card(path)
+    except InputError:
+        return [], []
+    return list(card.label_names), [tuple(c) for c in card.label_colors]
+
+
 def modelsDir(engineRoot: str | os.PathLike | None) -> Path | None:
     """Where the bundled models are: ``$ADVSEG_MODELS_DIR``, else ``Resources/Models`` beside the engine
     package (the rule of ``AdvSegAttackLib.models.cards.models_dir``)."""
@@ -184,7 +201,8 @@ def cardLabels(model: str, engineRoot: str | os.PathLike | None = None) -> tuple
     """Label names (index = label value, 0 = background) and RGB 0–255 colours of a model.
 
     :param model: a bundled model name, a card JSON, a folder holding ``card.json`` (model or MONAI
-      bundle), or a checkpoint.
+      bundle), an nnU-Net v2 results folder (read by the engine's torch-free ``load_card``: its
+      ``dataset.json`` labels), or a checkpoint.
     :param engineRoot: folder holding ``AdvSegAttackLib`` (finds the bundled models).
 
     The card JSON is read directly, so the Slicer application never imports torch for this. A card
@@ -193,6 +211,10 @@ def cardLabels(model: str, engineRoot: str | os.PathLike | None = None) -> tuple
     """
     path = Path(model)
     candidates = []
+    if path.is_dir() and not (path / CARD_FILE).is_file() and not (path / "configs").is_dir():
+        names, colors = _nnunetLabels(path)
+        if names:
+            return names, colors
     if path.is_dir():
         candidates.append(path / CARD_FILE)
     elif path.suffix.lower() == ".json":

@@ -118,6 +118,8 @@ class ModelSpaceAttack(Attack):
         roi_size: Sequence[int],
         overlap: float,
         sw_batch_size: int,
+        window_rule: str = "monai",
+        pad_value: float = 0.0,
         region: torch.Tensor | None = None,
         organs: Sequence[int] | None = None,
         targeted: bool = False,
@@ -126,7 +128,9 @@ class ModelSpaceAttack(Attack):
         progress: ProgressCallback | None = None,
         on_step: StepHook | None = None,
     ) -> AttackResult:
-        """Attack `image` [1, 1, X, Y, Z] (in [0, 1]) against `target` (label map of the same shape).
+        """Attack `image` [1, 1, X, Y, Z] (in [0, 1]) against `target` (label map of the same shape), over the
+        sliding windows of `roi_size`, `overlap` and `window_rule` (`models.segment.window_slices`; the volume
+        padded with `pad_value` where it is smaller than the ROI).
 
         The model must already be on `device`; it is used in eval mode and never modified.
         """
@@ -149,7 +153,17 @@ class ModelSpaceAttack(Attack):
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise InputError(f"--seed must be an integer, got {seed!r}.")
         objective = SegmentationObjective(
-            model, target, roi_size, overlap, sw_batch_size, organs, targeted, device, region
+            model,
+            target,
+            roi_size,
+            overlap,
+            sw_batch_size,
+            organs,
+            targeted,
+            device,
+            region,
+            window_rule=window_rule,
+            pad_value=pad_value,
         )
         context = AttackContext(
             image=image,

@@ -10,7 +10,8 @@ gradient with respect to the full-volume input:
 
 Windows: exactly the positions of `monai.inferers.sliding_window_inference(x, roi_size, sw_batch_size,
 model, overlap, mode="gaussian")` — MONAI's scan-interval rule and `dense_patch_slices`, on the volume
-zero-padded (symmetrically, like MONAI) where it is smaller than the ROI. The loss is computed per window
+zero-padded (symmetrically, like MONAI) where it is smaller than the ROI; for an nnU-Net model (`window_rule`
+"nnunet") nnU-Net's positions on the volume padded with its `pad_value` (see `models.segment`). The loss is computed per window
 (on the window's un-padded voxels) and averaged over windows; the blending mode does not enter the loss.
 Windows are run `sw_batch_size` at a time; each batch's input gradient is added into one full-volume
 gradient tensor, so peak memory is that of one window batch plus two volumes.
@@ -190,6 +191,8 @@ class SegmentationObjective:
         targeted: bool = False,
         device: torch.device | str = "cpu",
         region: torch.Tensor | None = None,
+        window_rule: str = "monai",
+        pad_value: float = 0.0,
     ):
         self.model = model
         self.device = torch.device(device)
@@ -227,7 +230,8 @@ class SegmentationObjective:
                 "--targeted needs --organ: it removes the chosen organs (sets them to background)."
             )
 
-        slices, self.pads = window_slices(self.image_size, roi_size, self.overlap)
+        slices, self.pads = window_slices(self.image_size, roi_size, self.overlap, window_rule)
+        self.pad_value = float(pad_value)
         self.n_windows_total = len(slices)
         # Per window: slice into the padded volume, slice into the unpadded volume (its valid part), and the
         # crop of the window output that is valid (non-padding); the crop is the same for every window.
@@ -273,7 +277,7 @@ class SegmentationObjective:
         if not any(lo + hi for lo, hi in self.pads):
             return x
         (x0, x1), (y0, y1), (z0, z1) = self.pads
-        return F.pad(x, (z0, z1, y0, y1, x0, x1))  # zeros, like MONAI's default cval
+        return F.pad(x, (z0, z1, y0, y1, x0, x1), value=self.pad_value)  # MONAI: 0; nnU-Net: its z = 0
 
     def _batches(self, windows: list) -> Iterator[list]:
         for start in range(0, len(windows), self.sw_batch_size):

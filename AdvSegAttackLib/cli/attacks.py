@@ -15,6 +15,7 @@ from .common import (
     add_model_options,
     attack_request,
     mean_text,
+    nnunet_options,
     number_text,
     print_table,
     resolve_device,
@@ -151,6 +152,7 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
             device=device,
             command_line=args.command_line,
             trust_torchscript=args.trust_torchscript,
+            nnunet=nnunet_options(args),
         )
         metrics = run_attack(request, reporter)
     reporter.close()

@@ -55,11 +55,38 @@ def add_trust_torchscript_option(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_options(p: argparse.ArgumentParser, card: bool = True) -> None:
-    """--model (default: the bundled model), --card (describes a checkpoint) and --trust-torchscript."""
-    p.add_argument("--model", default=DEMO_MODEL, help="model card, bundled name, checkpoint or MONAI bundle")
+    """--model (default: the bundled model), --card (describes a checkpoint), --trust-torchscript and the
+    choices of an nnU-Net results folder (--configuration, --folds, --checkpoint, --tta)."""
+    p.add_argument(
+        "--model",
+        default=DEMO_MODEL,
+        help="model card, bundled name, checkpoint, MONAI bundle or nnU-Net v2 results folder",
+    )
     if card:
         p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
     add_trust_torchscript_option(p)
+    group = p.add_argument_group("nnU-Net v2 results folders (--model FOLDER, e.g. a TotalSegmentator model)")
+    group.add_argument(
+        "--configuration", help="the configuration, where the folder holds several (e.g. 3d_fullres)"
+    )
+    group.add_argument("--folds", nargs="+", help="folds to average (default: every fold_<k> present)")
+    group.add_argument(
+        "--checkpoint",
+        choices=("final", "best"),
+        help="checkpoint_final.pth (default) or checkpoint_best.pth",
+    )
+    group.add_argument(
+        "--tta",
+        action="store_true",
+        help="mirroring test-time augmentation, as nnU-Net predicts by default (off: 2-8x faster attacks)",
+    )
+
+
+def nnunet_options(args: argparse.Namespace) -> dict | None:
+    """The nnU-Net choices given on the command line ({configuration, folds, checkpoint, tta}), or None."""
+    given = {key: getattr(args, key, None) for key in ("configuration", "folds", "checkpoint", "tta")}
+    given = {key: value for key, value in given.items() if value not in (None, False)}
+    return given or None
 
 
 def add_attack_options(p: argparse.ArgumentParser, every_case: bool = False, model: bool = True) -> None:
@@ -152,6 +179,7 @@ def attack_request(args: argparse.Namespace, image: Path, label: Path | None, ou
         preview=not args.no_preview,
         command_line=args.command_line,
         trust_torchscript=args.trust_torchscript,
+        nnunet=nnunet_options(args),
     )
 
 

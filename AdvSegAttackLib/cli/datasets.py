@@ -18,6 +18,7 @@ from .common import (
     add_common_options,
     add_model_options,
     attack_request,
+    nnunet_options,
     positive_int,
     resolve_device,
 )
@@ -101,6 +102,7 @@ def cmd_evaluate(args: argparse.Namespace, reporter: Reporter) -> dict:
             adv_dir,
             _datalist_input(args),
             trust_torchscript=args.trust_torchscript,
+            nnunet=nnunet_options(args),
         )
     finally:
         shutdown(ctx)

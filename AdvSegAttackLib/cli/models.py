@@ -17,6 +17,7 @@ from .common import (
     add_model_options,
     add_trust_torchscript_option,
     mean_text,
+    nnunet_options,
     number_text,
     positive_int,
     print_table,
@@ -51,7 +52,9 @@ def cmd_segment(args: argparse.Namespace, reporter: Reporter) -> dict:
 
     device = resolve_device(args.device)
     with claim_output_folder(args.out, volume_and_model_inputs(args), SEGMENT_FILES):
-        model = LoadedModel.load(args.model, args.card, device, args.sw_batch_size, args.trust_torchscript)
+        model = LoadedModel.load(
+            args.model, args.card, device, args.sw_batch_size, args.trust_torchscript, nnunet_options(args)
+        )
         label = Path(args.label) if args.label else None
         result = run_segment(model, Path(args.image), label, Path(args.out), reporter)
     reporter.close()
@@ -83,6 +86,12 @@ def add_train(p: argparse.ArgumentParser) -> None:
         "--val-phantom-seed", type=int, action="append", default=[], help="validation phantom seed"
     )
     p.add_argument("--init", help="fine-tune from this model card")
+    p.add_argument(
+        "--nnunet-plans",
+        help="train the network of this nnU-Net v2 plans folder (plans.json, dataset.json) and write --out as an "
+        "nnU-Net results folder (fold_0/checkpoint_final.pth); --configuration picks one of its configurations",
+    )
+    p.add_argument("--configuration", help="with --nnunet-plans: the plans' configuration (e.g. 3d_fullres)")
     add_trust_torchscript_option(p)
     p.add_argument("--preset", help="architecture preset (btcv-unet, btcv-unetr, btcv-swin-unetr)")
     p.add_argument("--architecture", default="unet", help="unet, unetr, swin-unetr, segresnet")
@@ -170,9 +179,12 @@ def cmd_train(args: argparse.Namespace, reporter: Reporter) -> dict:
     volumes = {"--image": args.image, "--label": args.label, "--val-image": args.val_image}
     volumes["--val-label"] = args.val_label
     inputs = [(path, option) for option, paths in volumes.items() for path in paths]
-    inputs += model_inputs(args.init, "--init")
+    inputs += model_inputs(args.init, "--init") + model_inputs(args.nnunet_plans, "--nnunet-plans")
+    if args.nnunet_plans and args.init:
+        raise InputError("give --init (fine-tuning) or --nnunet-plans (a new nnU-Net network), not both.")
     try:
-        with claim_output_folder(args.out, inputs, (CARD_FILE, WEIGHTS_FILE, STATE_FILE), ctx=distributed):
+        writes = (CARD_FILE, WEIGHTS_FILE, STATE_FILE, "plans.json", "dataset.json", "fold_0")
+        with claim_output_folder(args.out, inputs, writes, ctx=distributed):
             return _train(args, reporter, adversarial, distributed, device)
     finally:
         shutdown(distributed)
@@ -204,6 +216,11 @@ def _train(args: argparse.Namespace, reporter: Reporter, adversarial, distribute
                 "provenance": card.provenance,
             }
         }
+        card.name = args.name or card.name
+    elif args.nnunet_plans:
+        from ..models.nnunet import nnunet_card
+
+        card = nnunet_card(args.nnunet_plans, args.configuration, training=True)
         card.name = args.name or card.name
     else:
         base = load_card(args.preset) if args.preset else None

@@ -19,18 +19,20 @@ def add_info(p: argparse.ArgumentParser) -> None:
 
 def cmd_info(args: argparse.Namespace, reporter: Reporter) -> dict:
     """What a volume, label map or model card is."""
+    from ..models.nnunet import is_results_folder
     from ..volumes.io import describe_image, full_suffix, json_safe, read_image, read_label
 
     path = Path(args.file)
     if (
         path.suffix.lower() == ".json"
-        or (path.is_dir() and (path / "card.json").is_file())
+        or (path.is_dir() and ((path / "card.json").is_file() or is_results_folder(path)))
         or not path.exists()
     ):
         from ..models.cards import load_card
 
         card = load_card(args.file)
-        info = {"kind": "model card", **json.loads(card.to_json())}
+        kind = "nnU-Net v2 model" if card.nnunet else "model card"
+        info = {"kind": kind, **json.loads(card.to_json())}
     elif full_suffix(path) == ".seg.nrrd":
         info = _label_info(read_label(path), describe_image)
     else:

@@ -585,7 +585,12 @@ def attack_dataset(
 
     if model is None:
         model = LoadedModel.load(
-            template.model, template.card, template.device, template.sw_batch_size, template.trust_torchscript
+            template.model,
+            template.card,
+            template.device,
+            template.sw_batch_size,
+            template.trust_torchscript,
+            template.nnunet,
         )  # once for every case
     card = model.card
     attack, _ = prepare_attack(template, card)  # bad parameters, unknown organs: exit 2 now
@@ -686,6 +691,7 @@ def evaluate_dataset(
     adv_dir: Path | None = None,
     inputs: Sequence[Input] = (),
     trust_torchscript: bool = False,
+    nnunet: dict | None = None,
     loaded=None,
 ) -> RunSummary:
     """Segment every clean and saved adversarial volume with the model; score them like `attack` does.
@@ -697,7 +703,9 @@ def evaluate_dataset(
     from ..pipeline.case import LoadedModel, evaluate_case
 
     if loaded is None:
-        loaded = LoadedModel.load(model, card_source, device, sw_batch_size, trust_torchscript)  # once
+        loaded = LoadedModel.load(
+            model, card_source, device, sw_batch_size, trust_torchscript, nnunet
+        )  # once
     adv_name = str(Path(adv_dir).resolve()) if adv_dir else None
     settings = {
         "kind": "evaluate",

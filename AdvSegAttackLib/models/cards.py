@@ -22,8 +22,9 @@ from .labels import BTCV_LABEL_COLORS, BTCV_LABEL_NAMES
 
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "model.safetensors"
-ARCHITECTURES = ("unet", "unetr", "swin-unetr", "segresnet")
-"""Architectures a card may name: MONAI's UNet, UNETR, SwinUNETR and SegResNet (built by `networks`)."""
+ARCHITECTURES = ("unet", "unetr", "swin-unetr", "segresnet", "nnunet")
+"""Architectures a card may name: MONAI's UNet, UNETR, SwinUNETR and SegResNet (built by `networks`), and an
+nnU-Net v2 network from a results folder's plans (`nnunet`, built by `nnunet_networks`)."""
 
 
 @dataclass
@@ -42,6 +43,9 @@ class ModelCard:
     overlap: float = 0.5
     weights: str | None = WEIGHTS_FILE
     provenance: dict = field(default_factory=dict)
+    # nnU-Net v2 results folders only (`nnunet.nnunet_card`): configuration, folds, checkpoints, transpose,
+    # z-score mean and std (HU), resampling orders, step size, mirroring test-time augmentation.
+    nnunet: dict | None = None
     path: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +80,19 @@ class ModelCard:
             "spacing_mm": tuple(float(s) for s in self.spacing_mm),
             "window_hu": (float(self.intensity_window_hu[0]), float(self.intensity_window_hu[1])),
         }
+
+    @property
+    def window_rule(self) -> str:
+        """Where the sliding windows go: "monai" (MONAI's scan interval) or "nnunet" (nnU-Net's even steps)."""
+        return "nnunet" if self.nnunet else "monai"
+
+    @property
+    def pad_value(self) -> float:
+        """Model-space value the sliding windows pad with: 0, or for nnU-Net z = 0 (the mean HU) in [0, 1] units."""
+        if not self.nnunet:
+            return 0.0
+        low, high = self.intensity_window_hu
+        return (float(self.nnunet["mean_hu"]) - low) / (high - low)
 
     def to_json(self) -> str:
         """Strict JSON (a NaN in the provenance, e.g. a validation Dice without organs, becomes null)."""
@@ -125,8 +142,13 @@ def bundled_models() -> list[str]:
 
 
 def load_card(source: str | Path) -> ModelCard:
-    """A card from a JSON file, a folder holding `card.json`, a bundled model name or a preset name."""
+    """A card from a JSON file, a folder holding `card.json`, a bundled model name, a preset name or an nnU-Net
+    v2 results folder (its default configuration, folds and checkpoint)."""
+    from .nnunet import is_results_folder, nnunet_card
+
     path = Path(source)
+    if path.is_dir() and not (path / CARD_FILE).is_file() and is_results_folder(path):
+        return nnunet_card(path)
     if path.is_dir() and (path / CARD_FILE).is_file():
         path = path / CARD_FILE
     elif not path.exists() and str(source) in bundled_models():
@@ -158,8 +180,10 @@ def model_inputs(source: str | Path | None, what: str = "--model") -> list[Input
     folder (for `volumes.outputs.claim_output_folder`: an output never replaces them)."""
     if source is None:
         return []
+    from .nnunet import is_results_folder
+
     path = Path(source)
-    if path.is_dir() and (path / "configs").is_dir():  # a MONAI bundle folder is read as a whole
+    if path.is_dir() and ((path / "configs").is_dir() or is_results_folder(path)):  # read as a whole
         return [(path, what)]
     if path.is_file() and path.suffix.lower() != ".json":  # a checkpoint or TorchScript file
         return [(path, what)]

@@ -43,10 +43,23 @@ BTCV_LABEL_COLORS: tuple[tuple[int, int, int], ...] = (
 )
 
 
+# TotalSegmentator's (and other nnU-Net datasets') names for BTCV organs, in normalised form.
+_SYNONYMS = {
+    "portal vein and splenic vein": "portal and splenic veins",
+    "gall bladder": "gallbladder",
+}
+
+
 def normalise_organ_name(name: str) -> str:
     """The form organ names are compared in: case-insensitive, with '_', '-' and runs of spaces as one
-    space (`Right_Kidney`, `right-kidney` and `right  kidney` are all `right kidney`)."""
-    return " ".join(str(name).replace("_", " ").replace("-", " ").lower().split())
+    space (`Right_Kidney`, `right-kidney` and `right  kidney` are all `right kidney`); a side at the end moves
+    to the front (TotalSegmentator's `kidney_left`, `adrenal_gland_right` are `left kidney`, `right adrenal
+    gland`); TotalSegmentator's `portal_vein_and_splenic_vein` is `portal and splenic veins`."""
+    words = str(name).replace("_", " ").replace("-", " ").lower().split()
+    if len(words) > 1 and words[-1] in ("left", "right"):
+        words = [words[-1], *words[:-1]]
+    joined = " ".join(words)
+    return _SYNONYMS.get(joined, joined)
 
 
 def find_organ(name: str, label_names: Sequence[str]) -> int | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pickle
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -20,6 +20,8 @@ from ..errors import InputError
 from ..volumes.io import atomic_path, write_text_atomic
 from .bundles import bundle_card
 from .cards import CARD_FILE, PRESETS, WEIGHTS_FILE, ModelCard, load_card
+from .nnunet import is_results_folder, nnunet_card
+from .nnunet_networks import load_nnunet
 
 
 def _unet(out_channels: int, roi_size, **args) -> torch.nn.Module:
@@ -72,6 +74,10 @@ BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
 
 def build_network(card: ModelCard) -> torch.nn.Module:
     """A freshly initialised network of the card's architecture and arguments."""
+    if card.architecture == "nnunet":
+        from .nnunet_networks import fresh_nnunet
+
+        return fresh_nnunet(card)
     try:
         return BUILDERS[card.architecture](card.num_classes, card.roi_size, **card.arguments)
     except TypeError as error:
@@ -85,11 +91,15 @@ def build_network(card: ModelCard) -> torch.nn.Module:
 SAFE_WEIGHTS_ONLY_TORCH = (2, 10)
 
 
-def load_weights_only(path: Path, torch_version: str = torch.__version__) -> object:
+def load_weights_only(
+    path: Path, torch_version: str = torch.__version__, allowed_globals: Sequence = ()
+) -> object:
     """A pickle-based PyTorch file (checkpoint, .pth, train state) read by torch's weights-only unpickler.
 
     The one place the engine calls `torch.load`: tensors, numbers, strings and containers only, never a
-    Python object; refused on torch builds whose weights-only loader has known code-execution flaws.
+    Python object, except the plain data types a caller names in `allowed_globals` (torch's `safe_globals`,
+    for this call only: nnU-Net checkpoints hold numpy scalars); refused on torch builds whose weights-only
+    loader has known code-execution flaws.
     """
     from torch.torch_version import TorchVersion
 
@@ -100,7 +110,8 @@ def load_weights_only(path: Path, torch_version: str = torch.__version__) -> obj
             "the file to safetensors."
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "global" in str(error):  # torch names the class or function it would have had to import
             raise InputError(
@@ -177,8 +188,10 @@ def load_model(
     card: str | Path | ModelCard | None = None,
     device: str | torch.device = "cpu",
     trust_torchscript: bool = False,
+    nnunet: dict | None = None,
 ) -> tuple[ModelCard, torch.nn.Module]:
-    """(card, network in eval mode on `device`) from a card, bundled name, checkpoint, bundle or TorchScript.
+    """(card, network in eval mode on `device`) from a card, bundled name, checkpoint, bundle, TorchScript file
+    or nnU-Net v2 results folder (`nnunet`: `nnunet.nnunet_card`'s configuration, folds, checkpoint, tta).
 
     `card` (a card file, bundled name, preset name or ModelCard) describes checkpoints and TorchScript files,
     which carry no preprocessing of their own. A TorchScript file is code: it is refused unless
@@ -186,7 +199,13 @@ def load_model(
     """
     path = Path(source)
     given = card if isinstance(card, ModelCard) or card is None else load_card(card)
-    if path.is_dir() and (path / "configs").is_dir() and not (path / CARD_FILE).is_file():
+    if path.is_dir() and not (path / CARD_FILE).is_file() and is_results_folder(path):
+        model_card = nnunet_card(path, **(nnunet or {}))
+        network = load_nnunet(model_card)
+    elif nnunet and any(v not in (None, False) for v in nnunet.values()):
+        option = next(k for k, v in nnunet.items() if v not in (None, False))
+        raise InputError(f"--{option.replace('_', '-')} is for nnU-Net results folders; {source} is not one.")
+    elif path.is_dir() and (path / "configs").is_dir() and not (path / CARD_FILE).is_file():
         model_card, weights = bundle_card(path)
         network = build_network(model_card)
         _load_state(network, _state_dict_from_checkpoint(load_weights_only(weights), weights), weights)
@@ -240,8 +259,14 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def save_model(card: ModelCard, network: torch.nn.Module, folder: str | Path) -> Path:
-    """Write `card.json` and `model.safetensors` into `folder` atomically; returns the card path."""
+    """Write `card.json` and `model.safetensors` into `folder` atomically; returns the card path. An nnU-Net
+    card is written as an nnU-Net v2 results folder instead (`nnunet_networks.save_nnunet_results`)."""
     from safetensors.torch import save_file
+
+    if card.nnunet:
+        from .nnunet_networks import save_nnunet_results
+
+        return save_nnunet_results(card, network, folder)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,17 +1,24 @@
-"""Sliding-window segmentation with MONAI, mapped back to the source grid, and the positions of MONAI's
-sliding windows (`window_slices`), which the attacks' objective uses too."""
+"""Sliding-window segmentation, mapped back to the source grid, and the positions of the sliding windows
+(`window_slices`), which the attacks' objective uses too: MONAI's (`sliding_window_inference`, Gaussian
+blending) for MONAI models, nnU-Net's (`nnUNetPredictor`: even steps of at most half a patch, its Gaussian
+importance map) for nnU-Net v2 models. `model_space` puts a volume into a card's model space."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
+import numpy as np
 import SimpleITK as sitk
 import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
+from ..volumes.nnunet_space import NnUNetPreprocessing, Resampling, to_nnunet_space
 from ..volumes.preprocess import ModelSpaceImage, to_model_space
 from .cards import ModelCard
+from .nnunet_networks import NnUNetNetwork
 
 # progress(done_windows, total_windows)
 WindowProgress = Callable[[int, int], None]
@@ -25,24 +32,86 @@ def scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: f
     )
 
 
+def nnunet_steps(image_size: int, patch: int, step_size: float) -> list[int]:
+    """nnU-Net's window starts along one axis: the fewest windows whose steps are at most step_size · patch,
+    spread evenly from 0 to image_size − patch (rounded)."""
+    count = int(np.ceil((image_size - patch) / (patch * step_size))) + 1
+    stride = (image_size - patch) / (count - 1) if count > 1 else 0.0
+    return [int(np.round(stride * i)) for i in range(count)]
+
+
 def window_slices(
-    image_size: Sequence[int], roi_size: Sequence[int], overlap: float
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: float, rule: str = "monai"
 ) -> tuple[list[tuple[slice, ...]], tuple[tuple[int, int], ...]]:
-    """Windows (slices into the padded volume) and per-axis (low, high) zero padding, as MONAI builds them."""
+    """Windows (slices into the padded volume) and per-axis (low, high) padding to the ROI, as MONAI (`rule`
+    "monai") or nnU-Net ("nnunet", step size 1 − overlap) build them (both pad (d // 2, d − d // 2))."""
     pads = []
     for n, r in zip(image_size, roi_size, strict=True):
         diff = max(int(r) - int(n), 0)
         pads.append((diff // 2, diff - diff // 2))
     padded = tuple(int(n) + lo + hi for n, (lo, hi) in zip(image_size, pads, strict=True))
-    slices = dense_patch_slices(
-        padded, tuple(int(r) for r in roi_size), scan_interval(padded, roi_size, overlap)
-    )
+    roi = tuple(int(r) for r in roi_size)
+    if rule == "nnunet":
+        starts = [nnunet_steps(n, r, 1 - overlap) for n, r in zip(padded, roi, strict=True)]
+        slices = [
+            tuple(slice(s, s + r) for s, r in zip(corner, roi, strict=True))
+            for corner in itertools.product(*starts)
+        ]
+    else:
+        slices = dense_patch_slices(padded, roi, scan_interval(padded, roi, overlap))
     return list(slices), tuple(pads)
 
 
-def count_windows(shape: tuple[int, ...], roi_size, overlap: float) -> int:
-    """Number of sliding windows MONAI uses for a spatial `shape` (after its padding to the ROI)."""
-    return len(window_slices(shape, roi_size, overlap)[0])
+def count_windows(shape: tuple[int, ...], roi_size, overlap: float, rule: str = "monai") -> int:
+    """Number of sliding windows for a spatial `shape` (after the padding to the ROI)."""
+    return len(window_slices(shape, roi_size, overlap, rule)[0])
+
+
+@lru_cache(maxsize=2)
+def nnunet_importance(patch: tuple[int, ...]) -> torch.Tensor:
+    """nnU-Net's Gaussian importance map of a patch: a unit impulse at the centre (patch // 2) smoothed with
+    σ = patch / 8 (scipy, zero outside), scaled to a maximum of 10, rounded to float16 as nnU-Net keeps it,
+    zeros replaced by the smallest nonzero value."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros(patch)
+    impulse[tuple(p // 2 for p in patch)] = 1
+    smooth = gaussian_filter(impulse, [p / 8 for p in patch], 0, mode="constant", cval=0)
+    weights = torch.from_numpy(smooth / (smooth.max() / 10)).to(torch.float16)
+    weights[weights == 0] = weights[weights != 0].min()
+    return weights.float()
+
+
+def _nnunet_sliding_window(
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    tensor: torch.Tensor,
+    card: ModelCard,
+    device: str | torch.device,
+    sw_batch_size: int,
+) -> torch.Tensor:
+    """Logits [1, C, ...] (CPU, float16) as nnUNetPredictor blends them: windows at nnU-Net's steps on the volume
+    padded with the card's `pad_value`, each window's logits weighted by the Gaussian importance map and summed,
+    like the weights, in float16 in nnU-Net's window order (nnU-Net keeps its sums in float16; doing the same
+    makes the labels nnU-Net's, also where two classes are within float16 rounding of each other)."""
+    size = tuple(tensor.shape[-3:])
+    slices, pads = window_slices(size, card.roi_size, card.overlap, "nnunet")
+    padded = torch.nn.functional.pad(
+        tensor, [p for lo_hi in reversed(pads) for p in lo_hi], value=card.pad_value
+    )
+    weights = nnunet_importance(tuple(int(r) for r in card.roi_size))
+    total = weight_sum = None
+    for start in range(0, len(slices), sw_batch_size):
+        batch = slices[start : start + sw_batch_size]
+        windows = torch.cat([padded[(slice(None), slice(None), *sl)] for sl in batch]).to(device)
+        logits = predictor(windows).float().cpu()
+        if total is None:
+            total = torch.zeros((logits.shape[1], *padded.shape[2:]), dtype=torch.float16)
+            weight_sum = torch.zeros(padded.shape[2:], dtype=torch.float16)
+        for window, sl in zip(logits, batch, strict=True):
+            total[(slice(None), *sl)] += window * weights
+            weight_sum[sl] += weights.half()
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, size, strict=True))
+    return (total / weight_sum)[(slice(None), *crop)][None]
 
 
 def predict_logits(
@@ -53,26 +122,40 @@ def predict_logits(
     sw_batch_size: int = 4,
     progress: WindowProgress | None = None,
 ) -> torch.Tensor:
-    """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: MONAI sliding window, Gaussian blending."""
-    total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
+    """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: the card's sliding windows (MONAI's
+    or nnU-Net's), Gaussian blending. An nnU-Net model's folds are blended one by one and their float16 logits
+    averaged, as nnUNetPredictor does."""
+    folds = model.fold_models() if isinstance(model, NnUNetNetwork) else [model]
+    total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap, card.window_rule) * len(
+        folds
+    )
     done = 0
     if progress is not None:
         progress(0, total)
 
-    def predictor(windows: torch.Tensor) -> torch.Tensor:
-        nonlocal done
-        logits = model(windows)
-        done += windows.shape[0]
-        if progress is not None:
-            progress(min(done, total), total)
-        return logits
+    def predictor_of(network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def predictor(windows: torch.Tensor) -> torch.Tensor:
+            nonlocal done
+            logits = network(windows)
+            done += windows.shape[0]
+            if progress is not None:
+                progress(min(done, total), total)
+            return logits
+
+        return predictor
 
     with torch.no_grad():
+        if card.window_rule == "nnunet":
+            summed = None
+            for network in folds:
+                logits = _nnunet_sliding_window(predictor_of(network), tensor, card, device, sw_batch_size)
+                summed = logits if summed is None else summed + logits
+            return (summed / len(folds)).float()
         return sliding_window_inference(
             tensor.to(device),
             roi_size=tuple(card.roi_size),
             sw_batch_size=sw_batch_size,
-            predictor=predictor,
+            predictor=predictor_of(model),
             overlap=card.overlap,
             mode="gaussian",
             sw_device=device,
@@ -93,6 +176,28 @@ def predict_labels(
     return logits.argmax(dim=1, keepdim=True)
 
 
+def nnunet_preprocessing(card: ModelCard) -> NnUNetPreprocessing:
+    """The nnU-Net preprocessing of an nnU-Net card (`nnunet.nnunet_card`)."""
+    settings = card.nnunet
+    return NnUNetPreprocessing(
+        transpose_forward=tuple(settings["transpose_forward"]),
+        spacing_mm=tuple(float(s) for s in card.spacing_mm),
+        window_hu=(float(card.intensity_window_hu[0]), float(card.intensity_window_hu[1])),
+        mean_hu=float(settings["mean_hu"]),
+        std_hu=float(settings["std_hu"]),
+        data=Resampling(**settings["resampling_data"]),
+        probabilities=Resampling(**settings["resampling_probabilities"]),
+    )
+
+
+def model_space(image: sitk.Image, card: ModelCard) -> ModelSpaceImage:
+    """A CT volume (HU) in the card's model space: nnU-Net's preprocessing for an nnU-Net card, else the
+    card's orientation, spacing and HU window."""
+    if card.nnunet:
+        return to_nnunet_space(image, nnunet_preprocessing(card))
+    return to_model_space(image, **card.preprocessing)
+
+
 def segment_image(
     image: sitk.Image,
     card: ModelCard,
@@ -101,7 +206,8 @@ def segment_image(
     sw_batch_size: int = 4,
     progress: WindowProgress | None = None,
 ) -> tuple[sitk.Image, ModelSpaceImage, torch.Tensor]:
-    """(label map on the source grid, the model-space image, model-space labels) of a CT volume in HU."""
-    space = to_model_space(image, **card.preprocessing)
-    labels = predict_labels(model, space.tensor, card, device, sw_batch_size, progress)
-    return space.labels_to_source(labels), space, labels
+    """(label map on the source grid, the model-space image, model-space labels) of a CT volume in HU; the
+    source labels from the logits (`ModelSpaceImage.prediction_to_source`: nnU-Net resamples the logits)."""
+    space = model_space(image, card)
+    logits = predict_logits(model, space.tensor, card, device, sw_batch_size, progress)
+    return space.prediction_to_source(logits), space, logits.argmax(dim=1, keepdim=True)

@@ -43,7 +43,7 @@ from ..evaluation.metrics import (
 from ..models.cards import ModelCard, weights_path
 from ..models.labels import require_organs_present
 from ..models.networks import load_model
-from ..models.segment import predict_labels, segment_image
+from ..models.segment import model_space, predict_logits, segment_image
 from ..progress import Reporter, StageCounter
 from ..volumes.io import (
     read_image,
@@ -55,7 +55,7 @@ from ..volumes.io import (
     write_json_atomic,
     write_segmentation,
 )
-from ..volumes.preprocess import ModelSpaceImage, to_model_space
+from ..volumes.preprocess import ModelSpaceImage
 from .request import AttackRequest, validate_request
 
 SEGMENT_FILES = ("pred.nii.gz", "pred.seg.nrrd", "metrics.json")
@@ -81,20 +81,28 @@ class LoadedModel:
         device: torch.device | str = "cpu",
         sw_batch_size: int = 4,
         trust_torchscript: bool = False,
+        nnunet: dict | None = None,
     ) -> LoadedModel:
-        """From a card, bundled name, checkpoint (with `card`), MONAI bundle or TorchScript file (trusted)."""
+        """From a card, bundled name, checkpoint (with `card`), MONAI bundle, TorchScript file (trusted) or
+        nnU-Net v2 results folder (`nnunet`: its configuration, folds, checkpoint and tta)."""
         loaded_card, network = load_model(
-            model, card=card, device=device, trust_torchscript=trust_torchscript
+            model, card=card, device=device, trust_torchscript=trust_torchscript, nnunet=nnunet
         )
         return cls(loaded_card, network, device, sw_batch_size)
+
+    def logits(
+        self, space: ModelSpaceImage, progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Model-space logits [1, C, X, Y, Z] of a volume in this model's space (sliding windows)."""
+        return predict_logits(
+            self.network, space.tensor, self.card, self.device, self.sw_batch_size, progress
+        )
 
     def labels(
         self, space: ModelSpaceImage, progress: Callable[[int, int], None] | None = None
     ) -> torch.Tensor:
         """Model-space labels [1, 1, X, Y, Z] of a volume in this model's space (sliding windows)."""
-        return predict_labels(
-            self.network, space.tensor, self.card, self.device, self.sw_batch_size, progress
-        )
+        return self.logits(space, progress).argmax(dim=1, keepdim=True)
 
     def segment(
         self, image: sitk.Image, progress: Callable[[int, int], None] | None = None
@@ -149,11 +157,12 @@ def clean_target(
     description = "the reference label" if reference is not None else "the model's clean prediction"
     if target is not None:
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
-    clean = model.labels(space, _windows(reporter, "segment-clean"))
+    logits = model.logits(space, _windows(reporter, "segment-clean"))
+    clean = logits.argmax(dim=1, keepdim=True)
     if target is None:
         target = clean
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
-    prediction = space.labels_to_source(clean)
+    prediction = space.prediction_to_source(logits)
     return CaseTarget(target, reference if reference is not None else prediction, prediction, description)
 
 
@@ -231,6 +240,8 @@ def _attack_in_model_space(
         target.model_grid,
         roi_size=model.card.roi_size,
         overlap=model.card.overlap,
+        window_rule=model.card.window_rule,
+        pad_value=model.card.pad_value,
         sw_batch_size=model.sw_batch_size,
         region=region,
         organs=list(organs.values()) or None,
@@ -257,7 +268,7 @@ def _attack_on_source_grid(
     def organ_dice(adversarial_hu: np.ndarray) -> float:
         image = sitk.GetImageFromArray(adversarial_hu)
         image.CopyInformation(space.source)
-        predicted = model.labels(to_model_space(image, **model.card.preprocessing))
+        predicted = model.labels(model_space(image, model.card))
         return dice_per_label(predicted.numpy(), target.model_grid.numpy(), [organ])[organ]
 
     result = attack.run(
@@ -422,6 +433,7 @@ def model_record(card: ModelCard, source: str | Path) -> dict:
         "card_sha256": sha256_file(card.path) if card.path else None,
         "weights_sha256": sha256_file(weights) if weights else None,
         "source": str(source),
+        **({"nnunet": _nnunet_provenance(card)} if card.nnunet else {}),
     }
 
 
@@ -472,6 +484,13 @@ def case_provenance(
     }
 
 
+def _nnunet_provenance(card: ModelCard) -> dict:
+    """An nnU-Net model's choices (configuration, folds, checkpoint, tta: mirroring test-time augmentation,
+    off unless --tta) and the SHA-256 of every fold's checkpoint."""
+    checkpoints = {c: sha256_file(card.path.parent / c) for c in card.nnunet["checkpoints"]}
+    return {**card.nnunet, "checkpoints": checkpoints}
+
+
 # --- whole cases --------------------------------------------------------------------------------------------
 
 
@@ -506,7 +525,7 @@ def attack_volume(
     `on_stage(stage)` is called when "load", "segment_clean" and "attack" end."""
     stage = on_stage or (lambda name: None)
     attack, organs = prepare_attack(request, model.card)
-    space = to_model_space(source, **model.card.preprocessing)
+    space = model_space(source, model.card)
     reporter.progress("load", 1, 1)
     stage("load")
     target = clean_target(space, reference, model, organs, reporter)
@@ -526,7 +545,12 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
     source = read_image(request.image)
     if model is None:
         model = LoadedModel.load(
-            request.model, request.card, request.device, request.sw_batch_size, request.trust_torchscript
+            request.model,
+            request.card,
+            request.device,
+            request.sw_batch_size,
+            request.trust_torchscript,
+            request.nnunet,
         )
     card = model.card
     prepare_attack(request, card)  # unknown organs fail before the label is read

@@ -44,6 +44,8 @@ class AttackRequest:
     preview: bool = True
     command_line: str = ""
     trust_torchscript: bool = False  # load a TorchScript --model (it is code; see networks.load_model)
+    # an nnU-Net results folder's choices: configuration, folds, checkpoint ("final"/"best"), tta (bool)
+    nnunet: dict | None = None
 
 
 def validate_request(

@@ -32,9 +32,8 @@ from ..errors import InputError
 from ..evaluation.metrics import dice_per_label
 from ..models.cards import ModelCard
 from ..models.networks import build_network, load_weights_only, save_model
-from ..models.segment import predict_labels
+from ..models.segment import model_space, predict_labels
 from ..volumes.io import atomic_path
-from ..volumes.preprocess import to_model_space
 from .adversarial import AdversarialTraining, CropAttacker, adversarial_loss
 
 STATE_FILE = "train_state.pt"
@@ -110,11 +109,11 @@ def _augmentations(roi_size: Sequence[int], crops: int, augment: bool):
     return Compose(transforms)
 
 
-def _pad_to_roi(tensor: torch.Tensor, roi_size: Sequence[int]) -> torch.Tensor:
+def _pad_to_roi(tensor: torch.Tensor, roi_size: Sequence[int], value: float = 0.0) -> torch.Tensor:
     pads = []
     for size, roi in zip(reversed(tensor.shape[-3:]), reversed(list(roi_size)), strict=True):
         pads += [0, max(0, roi - size)]
-    return torch.nn.functional.pad(tensor, pads)
+    return torch.nn.functional.pad(tensor, pads, value=value)
 
 
 def _sampling_weights(synthetic: Sequence[bool]) -> np.ndarray:
@@ -182,14 +181,14 @@ def train(
     generator = np.random.default_rng(seed)
 
     def prepare(case: TrainingCase) -> dict:
-        space = to_model_space(case.image, **card.preprocessing)
+        space = model_space(case.image, card)
         label = space.label_to_model(case.label)
         if int(label.max()) >= card.num_classes:
             raise InputError(
                 f"label of {case.name} has value {int(label.max())}, beyond the card's {card.num_classes} classes."
             )
         return {
-            "image": _pad_to_roi(space.tensor[0], card.roi_size),
+            "image": _pad_to_roi(space.tensor[0], card.roi_size, card.pad_value),
             "label": _pad_to_roi(label[0], card.roi_size),
         }
 
@@ -315,4 +314,4 @@ def train(
             barrier(distributed)  # the other ranks wait while rank 0 validates and writes
         if progress is not None and distributed.is_main:
             progress(step, config.steps, float(recorded), score)
-    return out_dir / "card.json"
+    return out_dir / ("plans.json" if card.nnunet else "card.json")

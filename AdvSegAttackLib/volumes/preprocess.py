@@ -211,6 +211,10 @@ class ModelSpaceImage:
         dtype = np.uint8 if array.max(initial=0) <= 255 else np.uint16
         return self._to_source(_image_from_xyz(array.astype(dtype), self.grid), sitk.sitkNearestNeighbor)
 
+    def prediction_to_source(self, logits: torch.Tensor) -> sitk.Image:
+        """The label map on the source grid of model-space logits [1, C, X, Y, Z]: argmax, then nearest neighbour."""
+        return self.labels_to_source(logits.argmax(dim=1))
+
     def perturbation_to_source_hu(self, adversarial: torch.Tensor) -> np.ndarray:
         """HU change on the source grid (SimpleITK (z, y, x) array, float32) of a model-space adversarial image."""
         delta = (
