@@ -23,7 +23,14 @@ objective (untargeted, their loss is a constant 1 with zero gradient; a speed-up
 windows that contain the organs.
 
 Region (`region`): windows that do not intersect it only ever see the clean image (attacks keep x_adv equal
-to x outside the region), so their loss is computed once, without gradient, on the first call and reused.
+to x outside the region), so they contribute a constant to the loss and nothing to the gradient: their loss
+is computed once, without gradient, on the first call and reused, and only the windows that intersect the
+region run forward and backward, so a step costs in proportion to them. The windows are not grown by the
+model's receptive field: each window is run on its own crop of the volume (zero-padded only where the volume
+is smaller than the ROI, as MONAI does), so a window's output depends on the voxels inside it and nowhere
+else, however far the network sees; a window that holds one region voxel is run whole, and its receptive
+field inside the crop is the network's business. The gradient's scale stays 1/(all windows of the
+objective), so the balance against SA²'s SSIM term does not depend on the region.
 
 The DiceCE is evaluated by `dice_ce` (equal to MONAI's to ~1e-7, tested) with a written-out backward that
 runs in cache-sized chunks of voxels: about 3 memory passes over the logits instead of ~15 through autograd.
@@ -344,12 +351,13 @@ class SegmentationObjective:
 
     @torch.no_grad()
     def value(self, x_adv: torch.Tensor) -> float:
-        """The objective alone (forward passes only, all windows)."""
+        """The objective alone (forward passes only; the windows outside the region as in `value_and_grad`)."""
         padded = self._pad(self._check_input(x_adv))
         total = 0.0
         with frozen_eval(self.model):
-            for batch in self._batches(self._windows):
+            inactive = self._inactive_sum(padded) if self._inactive else 0.0
+            for batch in self._batches(self._active):
                 total += float(
                     self._window_losses(self.model(self._windows_input(padded, batch)), batch).sum()
                 )
-        return self._signed(total / len(self._windows))
+        return self._signed((total + inactive) / len(self._windows))

@@ -4,7 +4,8 @@
     target = clean_target(space, reference, ...)   the clean prediction, and the target on both grids
     outcome = attack_case(attack, ...)             the attack (model space or source grid), on the source grid
     write_adversarial(...)                         adversarial.nii.gz (and region.nii.gz), written first
-    model.segment(read_image(written))             the model segments the *written* file
+    model.segment(read_image(written))             the model segments the *written* file (with a region:
+                                                   model.segment_changed, only the windows it changed)
     case_metrics(...)                              metrics.json (organs clean vs attacked, the perturbation)
     write_predictions(...), write_case_preview(...), case_provenance(...)
 
@@ -42,7 +43,7 @@ from ..evaluation.metrics import (
 from ..models.cards import ModelCard, weights_path
 from ..models.labels import require_organs_present
 from ..models.networks import load_model
-from ..models.segment import predict_labels, segment_image
+from ..models.segment import predict_labels, predict_logits, predict_logits_changed, segment_image
 from ..progress import Reporter, StageCounter
 from ..volumes.io import (
     read_image,
@@ -95,6 +96,14 @@ class LoadedModel:
             self.network, space.tensor, self.card, self.device, self.sw_batch_size, progress
         )
 
+    def logits(
+        self, space: ModelSpaceImage, progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """Blended logits [1, C, X, Y, Z] (CPU) of a volume in this model's space (sliding windows)."""
+        return predict_logits(
+            self.network, space.tensor, self.card, self.device, self.sw_batch_size, progress
+        )
+
     def segment(
         self, image: sitk.Image, progress: Callable[[int, int], None] | None = None
     ) -> tuple[ModelSpaceImage, torch.Tensor, sitk.Image]:
@@ -103,6 +112,29 @@ class LoadedModel:
             image, self.card, self.network, self.device, self.sw_batch_size, progress
         )
         return space, labels, labels_source
+
+    def segment_changed(
+        self,
+        image: sitk.Image,
+        clean: ModelSpaceImage,
+        clean_logits: torch.Tensor,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> tuple[sitk.Image, int]:
+        """(the label map of `image` on its grid, windows run): `image` is a changed copy of the volume of
+        `clean` (same grid), so only the windows whose model-space input changed are run and the clean logits
+        of the others are reused (`models.segment.predict_logits_changed`; labels equal a full run)."""
+        space = to_model_space(image, **self.card.preprocessing)
+        logits, run = predict_logits_changed(
+            self.network,
+            space.tensor,
+            clean.tensor,
+            clean_logits,
+            self.card,
+            self.device,
+            self.sw_batch_size,
+            progress,
+        )
+        return space.labels_to_source(logits.argmax(dim=1, keepdim=True)), run
 
 
 def _windows(reporter: Reporter, stage: str) -> Callable[[int, int], None]:
@@ -133,6 +165,7 @@ class CaseTarget:
     source_grid: sitk.Image  # the same on the source grid
     clean_prediction: sitk.Image  # the model's labels of the clean volume, on the source grid
     description: str  # "the reference label" or "the model's clean prediction"
+    clean_logits: torch.Tensor | None = None  # [1, C, X, Y, Z] blended logits of the clean volume, if kept
 
 
 def clean_target(
@@ -141,19 +174,23 @@ def clean_target(
     model: LoadedModel,
     organs: Mapping[str, int],
     reporter: Reporter,
+    keep_logits: bool = False,
 ) -> CaseTarget:
     """The clean prediction and the target: the reference label when there is one (an --organ it lacks fails
-    before any model work), else the clean prediction. Every --organ must be in the target."""
+    before any model work), else the clean prediction. Every --organ must be in the target. `keep_logits`:
+    keep the clean logits (for `LoadedModel.segment_changed` of a volume the attack changed in a region)."""
     target = space.label_to_model(reference) if reference is not None else None
     description = "the reference label" if reference is not None else "the model's clean prediction"
     if target is not None:
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
-    clean = model.labels(space, _windows(reporter, "segment-clean"))
+    logits = model.logits(space, _windows(reporter, "segment-clean"))
+    clean = logits.argmax(dim=1, keepdim=True)
     if target is None:
         target = clean
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
     prediction = space.labels_to_source(clean)
-    return CaseTarget(target, reference if reference is not None else prediction, prediction, description)
+    source_target = reference if reference is not None else prediction
+    return CaseTarget(target, source_target, prediction, description, logits if keep_logits else None)
 
 
 def source_region(labels: sitk.Image, organs: list[int], mode: str, dilation_mm: float) -> np.ndarray | None:
@@ -479,7 +516,9 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
     space = to_model_space(source, **card.preprocessing)
     reporter.progress("load", 1, 1)
     clock.lap("load")
-    target = clean_target(space, reference, model, organs, reporter)
+    # With a region, the attack changes the windows around it only: segment-adv reuses the clean logits.
+    reuse = request.region != "whole" and isinstance(attack, ModelSpaceAttack)
+    target = clean_target(space, reference, model, organs, reporter, keep_logits=reuse)
     clock.lap("segment_clean")
     outcome = attack_case(attack, request, space, target, organs, model, reporter)
     clock.lap("attack")
@@ -488,7 +527,12 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
         adversarial_path = write_adversarial(staging, outcome, source, reporter)
         clock.lap("write")
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
-        _, _, pred_adv = model.segment(written, _windows(reporter, "segment-adv"))
+        if target.clean_logits is not None:
+            pred_adv, outcome.diagnostics["segment_adv_windows"] = model.segment_changed(
+                written, space, target.clean_logits, _windows(reporter, "segment-adv")
+            )
+        else:
+            _, _, pred_adv = model.segment(written, _windows(reporter, "segment-adv"))
         clock.lap("segment_adv")
         clean = target.clean_prediction
         metrics = case_metrics(
