@@ -308,8 +308,9 @@ def test_with_a_region_segment_adv_runs_only_the_changed_windows_and_equals_a_fu
     file leaves unchanged; its labels equal a full segmentation of the written file (bundled model, phantom)."""
     import torch
 
-    from AdvSegAttackLib.models.segment import count_windows
-    from AdvSegAttackLib.pipeline.case import LoadedModel, run_attack
+    from AdvSegAttackLib.models.segment import count_windows, window_slices, window_start
+    from AdvSegAttackLib.pipeline.case import LoadedModel, run_attack, windows_reached
+    from AdvSegAttackLib.volumes.preprocess import to_model_space
     from AdvSegAttackLib.pipeline.request import AttackRequest
     from AdvSegAttackLib.progress import LogReporter
     from AdvSegAttackLib.volumes.phantom import write_phantom
@@ -339,4 +340,15 @@ def test_with_a_region_segment_adv_runs_only_the_changed_windows_and_equals_a_fu
         recorded != clean
     ).any()  # the attack changed labels, so the reused blend is not just the clean one
     run = metrics["attack"]["diagnostics"]["segment_adv_windows"]
-    assert 0 < run < count_windows(tuple(space.tensor.shape[2:]), model.card.roi_size, model.card.overlap) / 2
+    total = count_windows(tuple(space.tensor.shape[2:]), model.card.roi_size, model.card.overlap)
+    assert 0 < run < total / 2
+    # segment-clean kept the raw clean logits of every window the region can reach (known up front from the
+    # reference label), so segment-adv ran no window on the clean input again.
+    region = sitk.GetArrayFromImage(sitk.ReadImage(str(case.region))).astype(bool)
+    reached = windows_reached(space, region, model.card)
+    clean_tensor = to_model_space(read_image(image), **model.card.preprocessing).tensor
+    slices, _ = window_slices(tuple(space.tensor.shape[2:]), model.card.roi_size, model.card.overlap)
+    changed = {
+        window_start(w) for w in slices if not torch.equal(space.tensor[(0, 0, *w)], clean_tensor[(0, 0, *w)])
+    }
+    assert len(changed) == run and changed <= reached and len(reached) < total / 2

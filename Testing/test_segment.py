@@ -55,7 +55,7 @@ def test_changed_windows_only_give_the_logits_and_labels_of_a_full_run():
     from monai.networks.nets import UNet
 
     from AdvSegAttackLib.models.cards import ModelCard
-    from AdvSegAttackLib.models.segment import predict_logits, predict_logits_changed
+    from AdvSegAttackLib.models.segment import predict_logits, predict_logits_changed, window_start
 
     torch.manual_seed(0)
     model = UNet(3, 1, 5, channels=(4, 8), strides=(2,)).eval()
@@ -77,3 +77,19 @@ def test_changed_windows_only_give_the_logits_and_labels_of_a_full_run():
             reach[window] = True
     assert torch.equal(reused[..., ~reach], clean_logits[..., ~reach])
     assert predict_logits_changed(model, clean, clean, clean_logits, card)[1] == 0
+
+    # With the clean logits of some windows kept by the clean run, only the others run on the clean tensor.
+    kept = {window_start(w): None for w in slices[::2]}
+    assert torch.equal(predict_logits(model, clean, card, sw_batch_size=3, kept=kept), clean_logits)
+    assert all(logits is not None and logits.shape == (5, 16, 16, 16) for logits in kept.values())
+    forwarded = []
+    hook = model.register_forward_hook(lambda module, args, output: forwarded.append(args[0].shape[0]))
+    reused_kept, run_kept = predict_logits_changed(
+        model, attacked, clean, clean_logits, card, sw_batch_size=3, clean_windows=kept
+    )
+    hook.remove()
+    changed = {window_start(w) for w in slices if (attacked != clean)[(0, 0, *w)].any()}
+    assert changed & kept.keys() and changed - kept.keys()  # both paths: kept and run again
+    assert run_kept == run == len(changed) and sum(forwarded) == run + len(changed - kept.keys())
+    assert torch.allclose(reused_kept, full, atol=1e-5, rtol=0)
+    assert torch.equal(reused_kept.argmax(1), full.argmax(1))

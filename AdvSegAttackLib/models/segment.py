@@ -3,7 +3,7 @@ sliding windows (`window_slices`), which the attacks' objective uses too."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import SimpleITK as sitk
 import torch
@@ -46,6 +46,11 @@ def count_windows(shape: tuple[int, ...], roi_size, overlap: float) -> int:
     return len(window_slices(shape, roi_size, overlap)[0])
 
 
+def window_start(window: Sequence[slice]) -> tuple[int, ...]:
+    """A window's key: its start (voxels) in the padded volume, as `window_slices` and MONAI give it."""
+    return tuple(int(s.start) for s in window)
+
+
 def predict_logits(
     model: torch.nn.Module,
     tensor: torch.Tensor,
@@ -53,16 +58,24 @@ def predict_logits(
     device: str | torch.device = "cpu",
     sw_batch_size: int = 4,
     progress: WindowProgress | None = None,
+    kept: dict[tuple[int, ...], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: MONAI sliding window, Gaussian blending."""
+    """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: MONAI sliding window, Gaussian blending.
+
+    `kept`: {window start (`window_start`): None}; the raw logits [C, *roi] of those windows are stored
+    into it (for `predict_logits_changed`).
+    """
     total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
     done = 0
     if progress is not None:
         progress(0, total)
 
-    def predictor(windows: torch.Tensor) -> torch.Tensor:
+    def predictor(windows: torch.Tensor, positions: list) -> torch.Tensor:
         nonlocal done
         logits = model(windows)
+        for i, position in enumerate(positions if kept else ()):
+            if window_start(position[2:]) in kept:
+                kept[window_start(position[2:])] = logits[i].clone()
         done += windows.shape[0]
         if progress is not None:
             progress(min(done, total), total)
@@ -78,6 +91,7 @@ def predict_logits(
             mode="gaussian",
             sw_device=device,
             device="cpu",
+            with_coord=True,
         )
 
 
@@ -90,15 +104,18 @@ def predict_logits_changed(
     device: str | torch.device = "cpu",
     sw_batch_size: int = 4,
     progress: WindowProgress | None = None,
+    clean_windows: Mapping[tuple[int, ...], torch.Tensor | None] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(blended logits of `tensor`, windows run) given `clean_logits` = `predict_logits(clean_tensor)`.
 
-    Only the windows whose input differs from `clean_tensor`'s are run, on both tensors (in one batch); the
-    difference of their logits goes through MONAI's `sliding_window_inference` (zero for every other
-    window), whose Gaussian blend is linear (Σ w·logits / Σ w), and is added to `clean_logits`. Where no
-    changed window reaches, the result is `clean_logits` bit for bit; elsewhere it equals a full run to float
-    rounding (tested: labels equal). Both tensors [1, 1, X, Y, Z] on one grid; logits on the CPU.
+    Only the windows whose input differs from `clean_tensor`'s are run; the difference of their logits from
+    the clean ones (`clean_windows`, the raw logits `predict_logits` kept of some windows; the others are run
+    on `clean_tensor` too, in the same batch) goes through MONAI's `sliding_window_inference` (zero for
+    every other window), whose Gaussian blend is linear (Σ w·logits / Σ w), and is added to `clean_logits`.
+    Where no changed window reaches, the result is `clean_logits` bit for bit; elsewhere it equals a full
+    run to float rounding (tested: labels equal). Both tensors [1, 1, X, Y, Z] on one grid; logits on the CPU.
     """
+    clean_windows = clean_windows or {}
     if tuple(tensor.shape) != tuple(clean_tensor.shape):
         raise ValueError(f"tensor {tuple(tensor.shape)} and clean tensor {tuple(clean_tensor.shape)} differ.")
     slices, pads = window_slices(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
@@ -106,7 +123,7 @@ def predict_logits_changed(
     padded = F.pad(tensor.to(device), (z0, z1, y0, y1, x0, x1))  # zeros, as MONAI pads
     clean_padded = F.pad(clean_tensor.to(device), (z0, z1, y0, y1, x0, x1))
     changed = {
-        tuple(s.start for s in window)
+        window_start(window)
         for window in slices
         if not torch.equal(padded[(0, 0, *window)], clean_padded[(0, 0, *window)])
     }
@@ -119,12 +136,17 @@ def predict_logits_changed(
 
     def predictor(windows: torch.Tensor, positions: list) -> torch.Tensor:
         nonlocal done
-        run = [i for i, p in enumerate(positions) if tuple(s.start for s in p[2:]) in changed]
+        starts = [window_start(p[2:]) for p in positions]
+        run = [i for i, start in enumerate(starts) if start in changed]
         difference = windows.new_zeros((windows.shape[0], clean_logits.shape[1], *windows.shape[2:]))
         if run:
-            clean = torch.stack([clean_padded[(0, slice(None), *positions[i][2:])] for i in run])
-            adversarial_logits, clean_logits_ = model(torch.cat([windows[run], clean])).split(len(run))
-            difference[run] = adversarial_logits - clean_logits_
+            again = [i for i in run if clean_windows.get(starts[i]) is None]  # clean logits not kept
+            clean = [clean_padded[(0, slice(None), *positions[i][2:])] for i in again]
+            logits = model(torch.cat([windows[run], *[c[None] for c in clean]]))
+            rerun = dict(zip(again, logits[len(run) :], strict=True))
+            for j, i in enumerate(run):
+                before = rerun[i] if i in rerun else clean_windows[starts[i]].to(logits.device)
+                difference[i] = logits[j] - before
         done += windows.shape[0]
         if progress is not None:
             progress(min(done, total), total)
