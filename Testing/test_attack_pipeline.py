@@ -310,10 +310,10 @@ def test_with_a_region_segment_adv_runs_only_the_changed_windows_and_equals_a_fu
 
     from AdvSegAttackLib.models.segment import count_windows, window_slices, window_start
     from AdvSegAttackLib.pipeline.case import LoadedModel, run_attack, windows_reached
-    from AdvSegAttackLib.volumes.preprocess import to_model_space
     from AdvSegAttackLib.pipeline.request import AttackRequest
     from AdvSegAttackLib.progress import LogReporter
     from AdvSegAttackLib.volumes.phantom import write_phantom
+    from AdvSegAttackLib.volumes.preprocess import to_model_space
 
     torch.set_num_threads(1)
     image, label = write_phantom(1000, tmp_path / "input", shape=(80, 70, 60), spacing=(4.5, 4.5, 4.5))
