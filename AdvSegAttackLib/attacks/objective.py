@@ -45,11 +45,10 @@ import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.labels import require_organs_present
-from ..models.segment import window_slices
+from ..models.segment import pad_for_windows, window_slices
 
 SMOOTH_DR = 1e-6  # MONAI DiceLoss smooth_dr as in the published scripts (smooth_nr = 0)
 
@@ -264,10 +263,7 @@ class SegmentationObjective:
 
     # ----------------------------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        if not any(lo + hi for lo, hi in self.pads):
-            return x
-        (x0, x1), (y0, y1), (z0, z1) = self.pads
-        return F.pad(x, (z0, z1, y0, y1, x0, x1))  # zeros, like MONAI's default cval
+        return pad_for_windows(x, self.pads)
 
     def _batches(self, windows: list) -> Iterator[list]:
         for start in range(0, len(windows), self.sw_batch_size):

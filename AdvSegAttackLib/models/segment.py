@@ -41,6 +41,14 @@ def window_slices(
     return list(slices), tuple(pads)
 
 
+def pad_for_windows(volume: torch.Tensor, pads: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """`volume` [N, C, X, Y, Z] zero-padded by `window_slices`' per-axis (low, high) pads, as MONAI pads it."""
+    if not any(low + high for low, high in pads):
+        return volume
+    (x0, x1), (y0, y1), (z0, z1) = pads
+    return F.pad(volume, (z0, z1, y0, y1, x0, x1))
+
+
 def count_windows(shape: tuple[int, ...], roi_size, overlap: float) -> int:
     """Number of sliding windows MONAI uses for a spatial `shape` (after its padding to the ROI)."""
     return len(window_slices(shape, roi_size, overlap)[0])
@@ -119,9 +127,8 @@ def predict_logits_changed(
     if tuple(tensor.shape) != tuple(clean_tensor.shape):
         raise ValueError(f"tensor {tuple(tensor.shape)} and clean tensor {tuple(clean_tensor.shape)} differ.")
     slices, pads = window_slices(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
-    (x0, x1), (y0, y1), (z0, z1) = pads
-    padded = F.pad(tensor.to(device), (z0, z1, y0, y1, x0, x1))  # zeros, as MONAI pads
-    clean_padded = F.pad(clean_tensor.to(device), (z0, z1, y0, y1, x0, x1))
+    padded = pad_for_windows(tensor.to(device), pads)
+    clean_padded = pad_for_windows(clean_tensor.to(device), pads)
     changed = {
         window_start(window)
         for window in slices

@@ -45,6 +45,7 @@ from ..models.cards import ModelCard, weights_path
 from ..models.labels import require_organs_present
 from ..models.networks import load_model
 from ..models.segment import (
+    pad_for_windows,
     predict_labels,
     predict_logits,
     predict_logits_changed,
@@ -248,8 +249,7 @@ def windows_reached(space: ModelSpaceImage, region: np.ndarray, card: ModelCard)
     running it on the clean input again (`predict_logits_changed`)."""
     grown = F.max_pool3d(space.region_to_model(region).float(), 3, stride=1, padding=1)
     slices, pads = window_slices(tuple(grown.shape[2:]), card.roi_size, card.overlap)
-    (x0, x1), (y0, y1), (z0, z1) = pads
-    grown = F.pad(grown, (z0, z1, y0, y1, x0, x1))
+    grown = pad_for_windows(grown, pads)
     return {window_start(window) for window in slices if grown[(0, 0, *window)].any()}
 
 
