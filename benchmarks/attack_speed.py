@@ -11,7 +11,9 @@ floor (forward, `.sum()`, backward: no loss at all), which shows what the loss c
 right after every attack step, inside the progress callback, so each step is paired with floors measured
 seconds later (this machine is shared and its speed drifts); a step's time excludes those floor passes, and
 each ratio is the median over steps 2..n of step / floor, so one-off set-up (the DCT of the clean image,
-window lists) is excluded. Then peak RSS of SAA (32³) on phantoms of 1x, 2x and 4x the voxels, each in a
+window lists) is excluded. Times are CPU seconds of this process (`time.process_time`; run it with
+`--threads 1` and OMP_NUM_THREADS=1): on a shared machine the wall time mostly measures the other jobs, while
+one thread's CPU time measures the work. Then peak RSS of SAA (32³) on phantoms of 1x, 2x and 4x the voxels, each in a
 fresh process.
 
     .venv/bin/python benchmarks/attack_speed.py [--steps 5] [--model abdomen-unet] [--threads 1]
@@ -49,11 +51,11 @@ def bare_pass(network, objective, tensor) -> float:
     import torch
 
     padded = objective._pad(tensor)
-    start = time.perf_counter()
+    start = time.process_time()
     for batch in objective._batches(objective._windows):
         windows = objective._windows_input(padded, batch).requires_grad_(True)
         (grad,) = torch.autograd.grad(network(windows).sum(), windows)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def monai_pass(network, objective, tensor, loss) -> float:
@@ -62,13 +64,13 @@ def monai_pass(network, objective, tensor, loss) -> float:
     import torch
 
     padded = objective._pad(tensor)
-    start = time.perf_counter()
+    start = time.process_time()
     for batch in objective._batches(objective._windows):
         windows = objective._windows_input(padded, batch).requires_grad_(True)
         logits = network(windows)[objective._valid_crop]
         target = torch.stack([objective.target[(0, slice(None), *inner)] for _, inner in batch])
         (grad,) = torch.autograd.grad(loss(logits, target), windows)
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def setup(model: str, image_path: Path, threads: int, preset: str | None = None):
@@ -110,17 +112,17 @@ def step_ratios(card, network, space, target, steps: int) -> list[tuple]:
         step_times: list[float] = []
         floors: list[float] = []
         plain: list[float] = []
-        clock = [time.perf_counter()]
+        clock = [time.process_time()]
 
         def after_step(step, total, _, step_times=step_times, floors=floors, plain=plain, clock=clock):
-            step_times.append(time.perf_counter() - clock[0])
+            step_times.append(time.process_time() - clock[0])
             if step % 2:  # alternate the order of the two floors
                 floors.append(monai_pass(network, objective, space.tensor, loss))
                 plain.append(bare_pass(network, objective, space.tensor))
             else:
                 plain.append(bare_pass(network, objective, space.tensor))
                 floors.append(monai_pass(network, objective, space.tensor, loss))
-            clock[0] = time.perf_counter()
+            clock[0] = time.process_time()
 
         attack = make_attack(name, **{**params, "steps": steps})
         attack.run(
