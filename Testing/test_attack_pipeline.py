@@ -300,3 +300,55 @@ def test_region_holds_on_an_anisotropic_oblique_source_grid(
     assert main(["export", str(out), "--out", str(bundle), "--format", "nifti", "nrrd"]) == 0
     for name in ("region.nii.gz", "region.nrrd"):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(bundle / name))), region)
+
+
+@pytest.mark.slow
+def test_with_a_region_segment_adv_runs_only_the_changed_windows_and_equals_a_full_segmentation(tmp_path):
+    """--region organ: segment-adv reuses the clean logits of every window whose model-space input the written
+    file leaves unchanged; its labels equal a full segmentation of the written file (bundled model, phantom)."""
+    import torch
+
+    from AdvSegAttackLib.models.segment import count_windows, window_slices, window_start
+    from AdvSegAttackLib.pipeline.case import LoadedModel, run_attack, windows_reached
+    from AdvSegAttackLib.pipeline.request import AttackRequest
+    from AdvSegAttackLib.progress import LogReporter
+    from AdvSegAttackLib.volumes.phantom import write_phantom
+    from AdvSegAttackLib.volumes.preprocess import to_model_space
+
+    torch.set_num_threads(1)
+    image, label = write_phantom(1000, tmp_path / "input", shape=(80, 70, 60), spacing=(4.5, 4.5, 4.5))
+    model = LoadedModel.load("abdomen-unet")
+    request = AttackRequest(
+        image=image,
+        model="abdomen-unet",
+        out=tmp_path / "case",
+        attack="pgd",
+        params={"steps": 2, "eps": 32.0},
+        label=label,
+        organs=("spleen",),
+        region="organ",
+        dilation_mm=3.0,
+        preview=False,
+    )
+    metrics = run_attack(request, LogReporter(), model)
+    case = read_case(tmp_path / "case")
+    recorded = sitk.GetArrayFromImage(sitk.ReadImage(str(case.pred_adv_nifti)))
+    space, _, full = model.segment(read_image(case.adversarial))
+    np.testing.assert_array_equal(recorded, sitk.GetArrayFromImage(full))
+    clean = sitk.GetArrayFromImage(sitk.ReadImage(str(case.pred_clean_nifti)))
+    assert (
+        recorded != clean
+    ).any()  # the attack changed labels, so the reused blend is not just the clean one
+    run = metrics["attack"]["diagnostics"]["segment_adv_windows"]
+    total = count_windows(tuple(space.tensor.shape[2:]), model.card.roi_size, model.card.overlap)
+    assert 0 < run < total / 2
+    # segment-clean kept the raw clean logits of every window the region can reach (known up front from the
+    # reference label), so segment-adv ran no window on the clean input again.
+    region = sitk.GetArrayFromImage(sitk.ReadImage(str(case.region))).astype(bool)
+    reached = windows_reached(space, region, model.card)
+    clean_tensor = to_model_space(read_image(image), **model.card.preprocessing).tensor
+    slices, _ = window_slices(tuple(space.tensor.shape[2:]), model.card.roi_size, model.card.overlap)
+    changed = {
+        window_start(w) for w in slices if not torch.equal(space.tensor[(0, 0, *w)], clean_tensor[(0, 0, *w)])
+    }
+    assert len(changed) == run and changed <= reached and len(reached) < total / 2

@@ -69,8 +69,8 @@ def case():
     return tiny_model(), image, label
 
 
-def run(name, model, image, label, **kwargs):
-    params = FAST[name]
+def run(name, model, image, label, published_return=None, **kwargs):
+    params = {**FAST[name], "published_return": published_return}
     options = {"roi_size": ROI, "overlap": 0.5, "sw_batch_size": 2, **kwargs}
     return make_attack(name, **params).run(model, image, label, **options)
 
@@ -289,6 +289,24 @@ def test_vafa_bounds_every_step(case, name, params, q_range):
     assert 0 <= float(result.adversarial.min()) and float(result.adversarial.max()) <= 1
 
 
+@pytest.mark.parametrize("name", ["saa", "saa-2d", "vafa", "vafa-2d"])
+def test_published_return_is_the_image_of_the_last_forward_pass(case, name):
+    """--published-return: the output is the image the last step fed to the model (made before the last
+    update, clamped to [0, 1]); without it, the image of the final update, which differs from it."""
+    model, image, label = case
+    fed = []
+
+    def keep(step, state):
+        fed.append(state["adversarial"].clone())
+
+    published = run(name, model, image, label, published_return=True, on_step=keep)
+    assert len(fed) == FAST[name]["steps"] and len(published.diagnostics["loss"]) == FAST[name]["steps"]
+    assert torch.equal(published.adversarial, fed[-1].clamp(0, 1))
+    final = run(name, model, image, label, on_step=keep)
+    assert torch.equal(fed[-1], fed[-1 - FAST[name]["steps"]])  # the same trajectory up to the last update
+    assert not torch.equal(final.adversarial, fed[-1].clamp(0, 1))
+
+
 @pytest.mark.parametrize("name", ["fgsm", "bim", "pgd", "segpgd", "cospgd"])
 def test_linf_bounds_every_step(case, name):
     model, image, label = case
@@ -416,21 +434,16 @@ def test_registry_and_presets():
         config = make_attack(name).config
         described = config.to_dict()
         assert all(entry["unit"] and entry["flag"].startswith("--") for entry in described.values())
-    default = make_attack("saa").config
-    assert (default.rho, default.steps, default.block_size, default.lambda_dice) == (0.2, 20, 32, 0.01)
-    assert (default.use_ssim_loss, default.lambda_ssim, default.step_size) == (True, 1.0, 0.1)
-    for name in ("saa", "saa-2d"):
+    for name in ("saa", "saa-2d"):  # the authors' final setting is the default (issue 15)
+        default = make_attack(name).config
+        assert (default.rho, default.steps, default.block_size, default.lambda_dice) == (0.4, 10, 16, 0.2)
+        assert (default.use_ssim_loss, default.lambda_ssim, default.step_size) == (True, 0.75, 0.1)
         assert ATTACKS[name].preset_names() == ["specified", "authors-final"]
         for preset in ATTACKS[name].preset_names():
             make_attack(name, preset=preset)
-    final = make_attack("saa", preset="authors-final", steps=3).config
-    assert (final.rho, final.steps, final.block_size, final.lambda_dice, final.lambda_ssim) == (
-        0.4,
-        3,
-        16,
-        0.2,
-        0.75,
-    )
+    specified = make_attack("saa", preset="specified", steps=3).config
+    assert (specified.rho, specified.steps, specified.block_size, specified.lambda_dice) == (0.2, 3, 32, 0.01)
+    assert (specified.lambda_ssim, specified.published_return) == (1.0, False)
     assert make_attack("vafa").config.steps == 20 and make_attack("vafa-2d").config.steps == 10
     assert make_attack("vafa").config.q_min == 5.0
     assert make_attack("pgd", eps=None).config.eps == 4.0  # None = not given

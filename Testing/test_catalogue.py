@@ -87,9 +87,20 @@ def test_catalogue_is_strict_json_with_the_contract_fields():
 
 
 def test_default_presets_and_defaults_are_what_an_attack_runs_with():
-    saa = {a["name"]: a for a in catalogue()["attacks"]}["saa"]
-    assert saa["default_preset"] == "specified"  # as on main before the catalogue (issue 15 may change it)
-    assert [p["name"] for p in saa["presets"]] == ["specified", "authors-final"]
+    listed = {a["name"]: a for a in catalogue()["attacks"]}
+    for name in ("saa", "saa-2d"):  # the setting that shows the published effect (issue 15)
+        assert listed[name]["default_preset"] == "authors-final"
+        assert [p["name"] for p in listed[name]["presets"]] == ["specified", "authors-final"]
+        defaults = {p["name"]: p["default"] for p in listed[name]["parameters"]}
+        assert (defaults["rho"], defaults["steps"], defaults["block_size"]) == (0.4, 10, 16)
+        assert (defaults["lambda_dice"], defaults["lambda_ssim"]) == (0.2, 0.75)
+    for name in ("saa", "saa-2d", "vafa", "vafa-2d"):
+        published = next(p for p in listed[name]["parameters"] if p["name"] == "published_return")
+        assert (published["type"], published["default"], published["flag"]) == (
+            "bool",
+            False,
+            "--published-return",
+        )
     for entry in ATTACKS.values():
         listed = {p["name"]: p["default"] for p in entry.to_json()["parameters"]}
         assert attack_config(entry.name).values() == {

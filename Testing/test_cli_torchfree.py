@@ -5,6 +5,7 @@ workstation and the Slicer application must not need them). Each command runs in
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,6 @@ def test_attacks_prints_the_catalogue(capsys):
     assert main(["attacks"]) == 0
     table = capsys.readouterr().out
     assert (
-        "saa: SA² – 3D frequency attack" in table and "--preset specified (default), authors-final" in table
+        "saa: SA² – 3D frequency attack" in table and "--preset specified, authors-final (default)" in table
     )
-    assert "--rho            0.2      (0, 1)" in table and "--q-init         max      max | one" in table
+    assert re.search(r"\n--rho +0\.4 +\(0, 1\) ", table) and re.search(r"\n--q-init +max +max \| one ", table)

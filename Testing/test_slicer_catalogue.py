@@ -66,6 +66,7 @@ def test_widgets_of_an_attack_follow_its_catalogue_entry(catalogue):
         "lambda_ssim",
         "step_size",
         "band",
+        "published_return",
     ]
     kinds = {p.name: p.widgetKind for p in saa.editableParameters()}
     assert kinds == {
@@ -77,6 +78,7 @@ def test_widgets_of_an_attack_follow_its_catalogue_entry(catalogue):
         "lambda_ssim": "double",
         "step_size": "double",
         "band": "combo",
+        "published_return": "check",
     }
     rho = saa.parameter("rho")
     assert (rho.decimals, rho.widgetRange, rho.singleStep) == (
@@ -92,7 +94,7 @@ def test_widgets_of_an_attack_follow_its_catalogue_entry(catalogue):
         ("specified", "Specified (ρ 0.2, 20 steps, 32³)"),
         ("authors-final", "Authors' final (ρ 0.4, 10 steps, 16³)"),
     ]
-    assert saa.defaultPreset == "specified"
+    assert saa.defaultPreset == "authors-final"
     assert catalogue.names == (
         "saa",
         "saa-2d",
@@ -123,6 +125,7 @@ def test_tooltips_give_doc_unit_range_default_and_presets(catalogue, catalogue_d
     assert "Default: on." in saa.parameter("use_ssim_loss").toolTip()
     eps = next(p for p in catalogue_dict["attacks"] if p["name"] == "pgd")["parameters"][0]
     assert eps["name"] == "eps"
+    assert "Default: off." in saa.parameter("published_return").toolTip()
     assert (
         catalogue.attack("pgd")
         .parameter("eps")
@@ -206,10 +209,10 @@ def test_parameters_the_panel_cannot_show_stay_at_the_engine_default(catalogue_d
 
 def test_an_untouched_attack_sends_only_its_preset(catalogue):
     saa, pgd = catalogue.attack("saa"), catalogue.attack("pgd")
-    assert lib.storedChoice(saa, "") == lib.AttackChoice("specified", {})
-    assert saa.arguments(lib.storedChoice(saa, "")) == ["--preset", "specified"]
+    assert lib.storedChoice(saa, "") == lib.AttackChoice("authors-final", {})
+    assert saa.arguments(lib.storedChoice(saa, "")) == ["--preset", "authors-final"]
     assert pgd.arguments(lib.storedChoice(pgd, "")) == []
-    assert saa.values(lib.storedChoice(saa, ""))["rho"] == 0.2
+    assert saa.values(lib.storedChoice(saa, ""))["rho"] == 0.4
 
 
 def test_changed_values_and_only_those_become_flags(catalogue):
@@ -219,8 +222,8 @@ def test_changed_values_and_only_those_become_flags(catalogue):
         ("band", "low"),
         ("rho", 0.35),
         ("use_ssim_loss", False),
-        ("steps", 20),
-        ("lambda_ssim", 1),
+        ("steps", 10),
+        ("lambda_ssim", 0.75),
     ):
         text = lib.withValue(text, saa, name, value)
     choice = lib.storedChoice(saa, text)
@@ -228,51 +231,51 @@ def test_changed_values_and_only_those_become_flags(catalogue):
         "band": "low",
         "rho": 0.35,
         "use_ssim_loss": False,
-    }  # 20 steps, λ 1: the preset's
+    }  # 10 steps, λ 0.75: the preset's
     assert saa.arguments(choice) == [
         "--preset",
-        "specified",
+        "authors-final",
         "--rho",
         "0.35",
         "--no-use-ssim-loss",
         "--band",
         "low",
     ]
-    text = lib.withValue(text, saa, "rho", 0.2)  # back to the preset's value: no longer a change
+    text = lib.withValue(text, saa, "rho", 0.4)  # back to the preset's value: no longer a change
     assert "--rho" not in saa.arguments(lib.storedChoice(saa, text))
     with pytest.raises(ValueError, match="not a valid value"):
         lib.withValue(text, saa, "band", "ultra")
     with pytest.raises(ValueError, match="has no parameter eps"):
-        saa.arguments(lib.AttackChoice("specified", {"eps": 4.0}))
+        saa.arguments(lib.AttackChoice("authors-final", {"eps": 4.0}))
 
 
 def test_a_preset_replaces_the_changes_of_its_parameters_and_keeps_the_others(catalogue):
     saa = catalogue.attack("saa")
     text = lib.withValue(lib.withValue("", saa, "rho", 0.3), saa, "band", "high")
-    text = lib.withPreset(text, saa, "authors-final")
+    text = lib.withPreset(text, saa, "specified")
     choice = lib.storedChoice(saa, text)
-    assert choice == lib.AttackChoice("authors-final", {"band": "high"})
+    assert choice == lib.AttackChoice("specified", {"band": "high"})
     values = saa.values(choice)
-    assert (values["rho"], values["steps"], values["block_size"], values["band"]) == (0.4, 10, 16, "high")
-    assert saa.arguments(choice) == ["--preset", "authors-final", "--band", "high"]
+    assert (values["rho"], values["steps"], values["block_size"], values["band"]) == (0.2, 20, 32, "high")
+    assert saa.arguments(choice) == ["--preset", "specified", "--band", "high"]
     # A value equal to the new preset's is no change; the old preset's value now is one.
-    text = lib.withValue(text, saa, "steps", 20)
-    assert lib.storedChoice(saa, text).changed == {"band": "high", "steps": 20}
+    text = lib.withValue(text, saa, "steps", 10)
+    assert lib.storedChoice(saa, text).changed == {"band": "high", "steps": 10}
 
 
 def test_each_attack_keeps_its_own_choices_in_one_json_string(catalogue):
     saa, saa2d, pgd = (catalogue.attack(n) for n in ("saa", "saa-2d", "pgd"))
-    text = lib.withPreset("", saa2d, "authors-final")
+    text = lib.withPreset("", saa2d, "specified")
     text = lib.withValue(text, saa, "rho", 0.5)
     text = lib.withValue(text, pgd, "eps", 8)
     assert json.loads(text) == {
         "pgd": {"values": {"eps": 8.0}},
-        "saa": {"preset": "specified", "values": {"rho": 0.5}},
-        "saa-2d": {"preset": "authors-final", "values": {}},
+        "saa": {"preset": "authors-final", "values": {"rho": 0.5}},
+        "saa-2d": {"preset": "specified", "values": {}},
     }
     assert text == lib.writeSettings(json.loads(text))  # sorted keys: the same choices, the same string
     assert pgd.arguments(lib.storedChoice(pgd, text)) == ["--eps", "8"]
-    assert saa2d.arguments(lib.storedChoice(saa2d, text)) == ["--preset", "authors-final"]
+    assert saa2d.arguments(lib.storedChoice(saa2d, text)) == ["--preset", "specified"]
 
 
 @pytest.mark.parametrize(
@@ -289,7 +292,7 @@ def test_each_attack_keeps_its_own_choices_in_one_json_string(catalogue):
 def test_stored_choices_that_no_longer_fit_the_catalogue_are_left_out(catalogue, stored):
     """A scene saved with another engine version, or edited by hand, never sends a flag the attack lacks or
     a value of the wrong type; an unknown preset falls back to the default."""
-    assert lib.storedChoice(catalogue.attack("saa"), stored) == lib.AttackChoice("specified", {})
+    assert lib.storedChoice(catalogue.attack("saa"), stored) == lib.AttackChoice("authors-final", {})
 
 
 def test_a_stored_attack_the_engine_dropped_falls_back_to_the_first(catalogue):
@@ -320,7 +323,7 @@ def test_attack_command_line_is_an_argument_list(catalogue):
         "--image", "/data/my CT/in put.nrrd",  # one argument, spaces and all
         "--label", "/data/ref.nii.gz",
         "--model", "abdomen-unet",
-        "--attack", "saa", "--preset", "specified", "--no-use-ssim-loss",
+        "--attack", "saa", "--preset", "authors-final", "--no-use-ssim-loss",
         "--organ", "liver", "right kidney",  # one --organ with nargs="+"
         "--region", "organ", "--dilation-mm", "5",
         "--seed", "7",

@@ -31,7 +31,7 @@ ATTACKS = (
     "vafa-2d",
     "saa",
     "saa-2d",
-    "saa:authors-final",
+    "saa:specified",
 )
 
 
@@ -110,7 +110,7 @@ def main() -> int:
         return "-" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"Model `{args.model}`, every attack at its default setting (and SA² with the authors' final preset), CPU (2 cores). Dice is the mean over the organs "
+        f"Model `{args.model}`, every attack at its default setting (SA²: the authors' final preset; and SA² with the specified preset), CPU (2 cores). Dice is the mean over the organs "
         "in the reference (background excluded); SSIM 3-D (Gaussian 11³) and axial mean (7×7, as the papers report); "
         "PSNR on the −175…250 HU window; the attacked numbers are of the written adversarial file.",
         "",

@@ -29,7 +29,14 @@ window batch's logits (detached) and target (`target'` when targeted) that retur
 averages over, as in both papers); the Dice term is unchanged. Without it nothing extra is computed.
 
 Region (`region`): windows that do not intersect it only ever see the clean image (attacks keep x_adv equal
-to x outside the region), so their loss is computed once, without gradient, on the first call and reused.
+to x outside the region), so they contribute a constant to the loss and nothing to the gradient: their loss
+is computed once, without gradient, on the first call and reused, and only the windows that intersect the
+region run forward and backward, so a step costs in proportion to them. The windows are not grown by the
+model's receptive field: each window is run on its own crop of the volume (zero-padded only where the volume
+is smaller than the ROI, as MONAI does), so a window's output depends on the voxels inside it and nowhere
+else, however far the network sees; a window that holds one region voxel is run whole, and its receptive
+field inside the crop is the network's business. The gradient's scale stays 1/(all windows of the
+objective), so the balance against SA²'s SSIM term does not depend on the region.
 
 The DiceCE is evaluated by `dice_ce` (equal to MONAI's to ~1e-7, tested) with a written-out backward that
 runs in cache-sized chunks of voxels: about 3 memory passes over the logits instead of ~15 through autograd.
@@ -44,11 +51,10 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InputError
 from ..models.labels import require_organs_present
-from ..models.segment import window_slices
+from ..models.segment import pad_for_windows, window_slices
 
 VoxelWeights = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """voxel_weights(logits [n, C, *spatial], target [n, 1, *spatial]) -> per-voxel CE weights [n, 1, *spatial]."""
@@ -274,10 +280,7 @@ class SegmentationObjective:
 
     # ----------------------------------------------------------------------------------------------
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        if not any(lo + hi for lo, hi in self.pads):
-            return x
-        (x0, x1), (y0, y1), (z0, z1) = self.pads
-        return F.pad(x, (z0, z1, y0, y1, x0, x1), value=self.pad_value)  # MONAI: 0; nnU-Net: its z = 0
+        return pad_for_windows(x, self.pads, self.pad_value)  # MONAI: 0; nnU-Net: its z = 0
 
     def _batches(self, windows: list) -> Iterator[list]:
         for start in range(0, len(windows), self.sw_batch_size):
@@ -371,12 +374,13 @@ class SegmentationObjective:
 
     @torch.no_grad()
     def value(self, x_adv: torch.Tensor) -> float:
-        """The objective alone (forward passes only, all windows)."""
+        """The objective alone (forward passes only; the windows outside the region as in `value_and_grad`)."""
         padded = self._pad(self._check_input(x_adv))
         total = 0.0
         with frozen_eval(self.model):
-            for batch in self._batches(self._windows):
+            inactive = self._inactive_sum(padded) if self._inactive else 0.0
+            for batch in self._batches(self._active):
                 total += float(
                     self._window_losses(self.model(self._windows_input(padded, batch)), batch).sum()
                 )
-        return self._signed(total / len(self._windows))
+        return self._signed((total + inactive) / len(self._windows))

@@ -9,7 +9,8 @@ and the result is clamp(x_adv(ξ_final), 0, 1). SAA-2D uses 2-D DCT blocks of ev
 
 Deliberate differences from the published code (asif-hanif/saa, see reference/saa_vafa.md):
 * The returned image is made from the FINAL ξ; the published code returns the image of the forward pass
-  before the last update (so its `steps` = init + steps−1 updates).
+  before the last update (so its `steps` = init + steps−1 updates). `published_return` does that: the last
+  step is then a forward pass only (its update would not change the result).
 * One ξ on one block grid over the whole volume (anchored at voxel 0, replicate-padded at the high ends to a
   multiple of the block, cropped back), optimised against the mean DiceCE over the evaluation's overlapping
   sliding windows — not independent 96³ cubes that overwrite each other's overlaps. With a region, only the
@@ -82,6 +83,13 @@ class _SAA(ModelSpaceAttack):
         ssim_values: list[float] = []
         for step in range(1, cfg.steps + 1):
             x_adv = noise.adversarial(xi)
+            if cfg.published_return and step == cfg.steps:
+                with torch.no_grad():
+                    ctx.objective.value(x_adv)
+                    if cfg.use_ssim_loss:
+                        ssim_values.append(torch.relu(reference_ssim(x_adv[sbox.slices])).mean().item())
+                ctx.report(step, ctx.objective.last_loss, xi=xi.detach(), adversarial=x_adv.detach())
+                break
             _, grad = ctx.objective.value_and_grad(x_adv)
             outputs, grads = [x_adv], [grad.mul_(-cfg.lambda_dice)]
             if cfg.use_ssim_loss:
@@ -94,7 +102,7 @@ class _SAA(ModelSpaceAttack):
                 xi.sub_(cfg.step_size * xi_grad.sign_()).clamp_(1 - rho, 1 + rho)
             ctx.report(step, ctx.objective.last_loss, xi=xi.detach(), adversarial=x_adv.detach())
         with torch.no_grad():
-            adversarial = noise.adversarial(xi).clamp_(0.0, 1.0)
+            adversarial = (x_adv.detach() if cfg.published_return else noise.adversarial(xi)).clamp(0.0, 1.0)
             used = noise.effective(xi)
         stats = {
             "xi_min": float(used.min()) if used.numel() else 1.0,

@@ -15,7 +15,8 @@ published: over the slice of each 96³ cube. The 1e-6 epsilon is the SAA reposit
 repository divide without it and give NaN on constant slices).
 
 Deliberate differences from the published code:
-* The image returned is made from the final q (published: the image of the pass before the last update).
+* The image returned is made from the final q (published: the image of the pass before the last update;
+  `published_return` returns that one, and its last step is a forward pass only).
 * One block grid over the whole volume (replicate padding, cropped back) against the mean DiceCE of the
   evaluation's sliding windows, instead of independent 96³ cubes; with a region only the blocks touching it
   are quantised.
@@ -124,6 +125,13 @@ class _VAFA(ModelSpaceAttack):
             alpha = alpha_at(index, cfg.steps)
             values = quantiser.box_values(q, alpha)
             x_adv = paste(ctx.image, quantiser.box, values)
+            if cfg.published_return and index == cfg.steps - 1:
+                with torch.no_grad():
+                    ctx.objective.value(x_adv)
+                    if use_ssim:
+                        ssim_values.append(quantiser.blockwise_ssim(values).item())
+                ctx.report(index + 1, ctx.objective.last_loss, q=q.detach(), adversarial=x_adv.detach())
+                break
             _, grad = ctx.objective.value_and_grad(x_adv)
             outputs, grads = [x_adv], [grad.neg_()]
             if use_ssim:
@@ -136,7 +144,10 @@ class _VAFA(ModelSpaceAttack):
                 q.sub_(q_grad.sign_()).clamp_(cfg.q_min, cfg.q_max)
             ctx.report(index + 1, ctx.objective.last_loss, q=q.detach(), adversarial=x_adv.detach())
         with torch.no_grad():
-            adversarial = paste(ctx.image, quantiser.box, quantiser.box_values(q, alpha)).clamp_(0.0, 1.0)
+            if cfg.published_return:
+                adversarial = x_adv.detach().clamp(0.0, 1.0)
+            else:
+                adversarial = paste(ctx.image, quantiser.box, quantiser.box_values(q, alpha)).clamp_(0.0, 1.0)
         stats: dict[str, Any] = {
             "q_min": q.detach().min().item(),
             "q_max": q.detach().max().item(),

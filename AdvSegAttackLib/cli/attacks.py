@@ -156,10 +156,19 @@ def cmd_demo(args: argparse.Namespace, reporter: Reporter) -> dict:
         )
         metrics = run_attack(request, reporter)
     reporter.close()
-    print(f"\n{args.attack} (default parameters) against {args.model} on {image.name}")
+    print(f"\n{_demo_setting(args.attack)} against {args.model} on {image.name}")
     print_attack_summary(metrics)
     print(f"case folder: {out / 'case'} (preview: {out / 'case' / 'preview.png'})")
     return metrics
+
+
+def _demo_setting(attack: str) -> str:
+    """What the demo ran: the attack and its default preset ("saa, preset Authors' final (ρ 0.4, …)")."""
+    from ..attacks.catalogue import attack_entry
+
+    entry = attack_entry(attack)
+    preset = next((p for p in entry.presets if p.name == entry.default_preset), None)
+    return f"{attack}, preset {preset.label}" if preset is not None else f"{attack} (default parameters)"
 
 
 PARSERS = {"attacks": add_attacks, "attack": add_attack, "demo": add_demo}

@@ -6,12 +6,13 @@ importance map) for nnU-Net v2 models. `model_space` puts a volume into a card's
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
@@ -67,6 +68,17 @@ def count_windows(shape: tuple[int, ...], roi_size, overlap: float, rule: str = 
     return len(window_slices(shape, roi_size, overlap, rule)[0])
 
 
+def pad_for_windows(
+    volume: torch.Tensor, pads: Sequence[tuple[int, int]], value: float = 0.0
+) -> torch.Tensor:
+    """`volume` [N, C, X, Y, Z] padded by `window_slices`' per-axis (low, high) pads with `value` (MONAI: 0;
+    nnU-Net: the value that is z = 0 after its normalisation, the card's `pad_value`)."""
+    if not any(low + high for low, high in pads):
+        return volume
+    (x0, x1), (y0, y1), (z0, z1) = pads
+    return F.pad(volume, (z0, z1, y0, y1, x0, x1), value=value)
+
+
 @lru_cache(maxsize=2)
 def nnunet_importance(patch: tuple[int, ...]) -> torch.Tensor:
     """nnU-Net's Gaussian importance map of a patch: a unit impulse at the centre (patch // 2) smoothed with
@@ -95,9 +107,7 @@ def _nnunet_sliding_window(
     makes the labels nnU-Net's, also where two classes are within float16 rounding of each other)."""
     size = tuple(tensor.shape[-3:])
     slices, pads = window_slices(size, card.roi_size, card.overlap, "nnunet")
-    padded = torch.nn.functional.pad(
-        tensor, [p for lo_hi in reversed(pads) for p in lo_hi], value=card.pad_value
-    )
+    padded = pad_for_windows(tensor, pads, card.pad_value)
     weights = nnunet_importance(tuple(int(r) for r in card.roi_size))
     total = weight_sum = None
     for start in range(0, len(slices), sw_batch_size):
@@ -114,6 +124,11 @@ def _nnunet_sliding_window(
     return (total / weight_sum)[(slice(None), *crop)][None]
 
 
+def window_start(window: Sequence[slice]) -> tuple[int, ...]:
+    """A window's key: its start (voxels) in the padded volume, as `window_slices` and MONAI give it."""
+    return tuple(int(s.start) for s in window)
+
+
 def predict_logits(
     model: torch.nn.Module,
     tensor: torch.Tensor,
@@ -121,10 +136,17 @@ def predict_logits(
     device: str | torch.device = "cpu",
     sw_batch_size: int = 4,
     progress: WindowProgress | None = None,
+    kept: dict[tuple[int, ...], torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
     """Blended logits [1, C, X, Y, Z] (on the CPU) of a model-space tensor: the card's sliding windows (MONAI's
     or nnU-Net's), Gaussian blending. An nnU-Net model's folds are blended one by one and their float16 logits
-    averaged, as nnUNetPredictor does."""
+    averaged, as nnUNetPredictor does.
+
+    `kept` (MONAI windows only): {window start (`window_start`): None}; the raw logits [C, *roi] of those
+    windows are stored into it (for `predict_logits_changed`).
+    """
+    if kept and card.window_rule != "monai":
+        raise ValueError("Raw window logits are kept for MONAI's sliding windows only.")
     folds = model.fold_models() if isinstance(model, NnUNetNetwork) else [model]
     total = count_windows(tuple(tensor.shape[-3:]), card.roi_size, card.overlap, card.window_rule) * len(
         folds
@@ -133,10 +155,13 @@ def predict_logits(
     if progress is not None:
         progress(0, total)
 
-    def predictor_of(network: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        def predictor(windows: torch.Tensor) -> torch.Tensor:
+    def predictor_of(network: torch.nn.Module) -> Callable[..., torch.Tensor]:
+        def predictor(windows: torch.Tensor, positions: Sequence = ()) -> torch.Tensor:
             nonlocal done
             logits = network(windows)
+            for i, position in enumerate(positions if kept else ()):
+                if window_start(position[2:]) in kept:
+                    kept[window_start(position[2:])] = logits[i].clone()
             done += windows.shape[0]
             if progress is not None:
                 progress(min(done, total), total)
@@ -160,7 +185,81 @@ def predict_logits(
             mode="gaussian",
             sw_device=device,
             device="cpu",
+            with_coord=True,
         )
+
+
+def predict_logits_changed(
+    model: torch.nn.Module,
+    tensor: torch.Tensor,
+    clean_tensor: torch.Tensor,
+    clean_logits: torch.Tensor,
+    card: ModelCard,
+    device: str | torch.device = "cpu",
+    sw_batch_size: int = 4,
+    progress: WindowProgress | None = None,
+    clean_windows: Mapping[tuple[int, ...], torch.Tensor | None] | None = None,
+) -> tuple[torch.Tensor, int]:
+    """(blended logits of `tensor`, windows run) given `clean_logits` = `predict_logits(clean_tensor)`.
+
+    Only the windows whose input differs from `clean_tensor`'s are run; the difference of their logits from
+    the clean ones (`clean_windows`, the raw logits `predict_logits` kept of some windows; the others are run
+    on `clean_tensor` too, in the same batch) goes through MONAI's `sliding_window_inference` (zero for
+    every other window), whose Gaussian blend is linear (Σ w·logits / Σ w), and is added to `clean_logits`.
+    Where no changed window reaches, the result is `clean_logits` bit for bit; elsewhere it equals a full
+    run to float rounding (tested: labels equal). Both tensors [1, 1, X, Y, Z] on one grid; logits on the CPU.
+    """
+    if card.window_rule != "monai":
+        raise ValueError("Changed windows are re-run alone only with MONAI's sliding windows.")
+    clean_windows = clean_windows or {}
+    if tuple(tensor.shape) != tuple(clean_tensor.shape):
+        raise ValueError(f"tensor {tuple(tensor.shape)} and clean tensor {tuple(clean_tensor.shape)} differ.")
+    slices, pads = window_slices(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
+    padded = pad_for_windows(tensor.to(device), pads)
+    clean_padded = pad_for_windows(clean_tensor.to(device), pads)
+    changed = {
+        window_start(window)
+        for window in slices
+        if not torch.equal(padded[(0, 0, *window)], clean_padded[(0, 0, *window)])
+    }
+    if not changed:
+        return clean_logits.clone(), 0
+    total = len(slices)
+    done = 0
+    if progress is not None:
+        progress(0, total)
+
+    def predictor(windows: torch.Tensor, positions: list) -> torch.Tensor:
+        nonlocal done
+        starts = [window_start(p[2:]) for p in positions]
+        run = [i for i, start in enumerate(starts) if start in changed]
+        difference = windows.new_zeros((windows.shape[0], clean_logits.shape[1], *windows.shape[2:]))
+        if run:
+            again = [i for i in run if clean_windows.get(starts[i]) is None]  # clean logits not kept
+            clean = [clean_padded[(0, slice(None), *positions[i][2:])] for i in again]
+            logits = model(torch.cat([windows[run], *[c[None] for c in clean]]))
+            rerun = dict(zip(again, logits[len(run) :], strict=True))
+            for j, i in enumerate(run):
+                before = rerun[i] if i in rerun else clean_windows[starts[i]].to(logits.device)
+                difference[i] = logits[j] - before
+        done += windows.shape[0]
+        if progress is not None:
+            progress(min(done, total), total)
+        return difference
+
+    with torch.no_grad():
+        difference = sliding_window_inference(
+            tensor.to(device),
+            roi_size=tuple(card.roi_size),
+            sw_batch_size=sw_batch_size,
+            predictor=predictor,
+            overlap=card.overlap,
+            mode="gaussian",
+            sw_device=device,
+            device="cpu",
+            with_coord=True,
+        )
+    return clean_logits + difference, len(changed)
 
 
 def predict_labels(

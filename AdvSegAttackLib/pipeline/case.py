@@ -4,7 +4,8 @@
     target = clean_target(space, reference, ...)   the clean prediction, and the target on both grids
     outcome = attack_case(attack, ...)             the attack (model space or source grid), on the source grid
     write_adversarial(...)                         adversarial.nii.gz (and region.nii.gz), written first
-    model.segment(read_image(written))             the model segments the *written* file
+    model.segment(read_image(written))             the model segments the *written* file (with a region:
+                                                   model.segment_changed, only the windows it changed)
     case_metrics(...)                              metrics.json (organs clean vs attacked, the perturbation)
     write_predictions(...), write_case_preview(...), case_provenance(...)
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+import torch.nn.functional as F
 
 from .. import __version__
 from ..attacks.base import Attack, ModelSpaceAttack, SourceGridAttack, attack_class
@@ -43,7 +45,15 @@ from ..evaluation.metrics import (
 from ..models.cards import ModelCard, weights_path
 from ..models.labels import require_organs_present
 from ..models.networks import load_model
-from ..models.segment import model_space, predict_logits, segment_image
+from ..models.segment import (
+    model_space,
+    pad_for_windows,
+    predict_logits,
+    predict_logits_changed,
+    segment_image,
+    window_slices,
+    window_start,
+)
 from ..progress import Reporter, StageCounter
 from ..volumes.io import (
     read_image,
@@ -90,19 +100,23 @@ class LoadedModel:
         )
         return cls(loaded_card, network, device, sw_batch_size)
 
-    def logits(
-        self, space: ModelSpaceImage, progress: Callable[[int, int], None] | None = None
-    ) -> torch.Tensor:
-        """Model-space logits [1, C, X, Y, Z] of a volume in this model's space (sliding windows)."""
-        return predict_logits(
-            self.network, space.tensor, self.card, self.device, self.sw_batch_size, progress
-        )
-
     def labels(
         self, space: ModelSpaceImage, progress: Callable[[int, int], None] | None = None
     ) -> torch.Tensor:
         """Model-space labels [1, 1, X, Y, Z] of a volume in this model's space (sliding windows)."""
         return self.logits(space, progress).argmax(dim=1, keepdim=True)
+
+    def logits(
+        self,
+        space: ModelSpaceImage,
+        progress: Callable[[int, int], None] | None = None,
+        kept: dict | None = None,
+    ) -> torch.Tensor:
+        """Blended logits [1, C, X, Y, Z] (CPU) of a volume in this model's space (sliding windows); `kept`:
+        {window start: None}, filled with those windows' raw logits (`models.segment.predict_logits`)."""
+        return predict_logits(
+            self.network, space.tensor, self.card, self.device, self.sw_batch_size, progress, kept
+        )
 
     def segment(
         self, image: sitk.Image, progress: Callable[[int, int], None] | None = None
@@ -112,6 +126,32 @@ class LoadedModel:
             image, self.card, self.network, self.device, self.sw_batch_size, progress
         )
         return space, labels, labels_source
+
+    def segment_changed(
+        self,
+        image: sitk.Image,
+        clean: ModelSpaceImage,
+        clean_logits: torch.Tensor,
+        progress: Callable[[int, int], None] | None = None,
+        clean_windows: dict | None = None,
+    ) -> tuple[sitk.Image, int]:
+        """(the label map of `image` on its grid, windows run): `image` is a changed copy of the volume of
+        `clean` (same grid), so only the windows whose model-space input changed are run and the clean logits
+        of the others are reused (`models.segment.predict_logits_changed`, with the raw clean logits of
+        `clean_windows`; labels equal a full run)."""
+        space = model_space(image, self.card)
+        logits, run = predict_logits_changed(
+            self.network,
+            space.tensor,
+            clean.tensor,
+            clean_logits,
+            self.card,
+            self.device,
+            self.sw_batch_size,
+            progress,
+            clean_windows,
+        )
+        return space.prediction_to_source(logits), run
 
 
 def _windows(reporter: Reporter, stage: str) -> Callable[[int, int], None]:
@@ -142,6 +182,8 @@ class CaseTarget:
     source_grid: sitk.Image  # the same on the source grid
     clean_prediction: sitk.Image  # the model's labels of the clean volume, on the source grid
     description: str  # "the reference label" or "the model's clean prediction"
+    clean_logits: torch.Tensor | None = None  # [1, C, X, Y, Z] blended logits of the clean volume, if kept
+    clean_windows: dict | None = None  # {window start: raw logits} of the windows kept (`predict_logits`)
 
 
 def clean_target(
@@ -150,20 +192,26 @@ def clean_target(
     model: LoadedModel,
     organs: Mapping[str, int],
     reporter: Reporter,
+    keep_logits: bool = False,
+    keep_windows: set[tuple[int, ...]] | None = None,
 ) -> CaseTarget:
     """The clean prediction and the target: the reference label when there is one (an --organ it lacks fails
-    before any model work), else the clean prediction. Every --organ must be in the target."""
+    before any model work), else the clean prediction. Every --organ must be in the target. `keep_logits`:
+    keep the clean logits, and the raw logits of the windows `keep_windows` (window starts), for
+    `LoadedModel.segment_changed` of a volume the attack changed in a region."""
     target = space.label_to_model(reference) if reference is not None else None
     description = "the reference label" if reference is not None else "the model's clean prediction"
     if target is not None:
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
-    logits = model.logits(space, _windows(reporter, "segment-clean"))
+    kept = dict.fromkeys(keep_windows or ()) if keep_logits else None
+    logits = model.logits(space, _windows(reporter, "segment-clean"), kept)
     clean = logits.argmax(dim=1, keepdim=True)
     if target is None:
         target = clean
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
     prediction = space.prediction_to_source(logits)
-    return CaseTarget(target, reference if reference is not None else prediction, prediction, description)
+    source_target = reference if reference is not None else prediction
+    return CaseTarget(target, source_target, prediction, description, logits if keep_logits else None, kept)
 
 
 def source_region(labels: sitk.Image, organs: list[int], mode: str, dilation_mm: float) -> np.ndarray | None:
@@ -192,6 +240,18 @@ def source_region(labels: sitk.Image, organs: list[int], mode: str, dilation_mm:
         mask = np.zeros_like(mask)
         mask[box] = True
     return mask
+
+
+def windows_reached(space: ModelSpaceImage, region: np.ndarray, card: ModelCard) -> set[tuple[int, ...]]:
+    """Starts of the sliding windows whose model-space input a change inside `region` (bool (z, y, x) on the
+    source grid) can reach once written and read back: those that meet the model voxels of the region
+    (`region_to_model`) grown by one voxel, since the resampling of the written file to the model grid
+    interpolates from neighbouring voxels. A window it misses is still segmented correctly, at the cost of
+    running it on the clean input again (`predict_logits_changed`)."""
+    grown = F.max_pool3d(space.region_to_model(region).float(), 3, stride=1, padding=1)
+    slices, pads = window_slices(tuple(grown.shape[2:]), card.roi_size, card.overlap)
+    grown = pad_for_windows(grown, pads)
+    return {window_start(window) for window in slices if grown[(0, 0, *window)].any()}
 
 
 @dataclass
@@ -528,7 +588,19 @@ def attack_volume(
     space = model_space(source, model.card)
     reporter.progress("load", 1, 1)
     stage("load")
-    target = clean_target(space, reference, model, organs, reporter)
+    # With a region, the attack changes the windows around it only: segment-adv reuses the clean logits, and
+    # with a reference label (the region known before segment-clean) the raw logits of the windows it reaches
+    # (MONAI's sliding windows; an nnU-Net model is segmented whole again).
+    reuse = (
+        request.region != "whole"
+        and isinstance(attack, ModelSpaceAttack)
+        and model.card.window_rule == "monai"
+    )
+    reached = None
+    if reuse and reference is not None:
+        region = source_region(reference, list(organs.values()), request.region, request.dilation_mm)
+        reached = windows_reached(space, region, model.card)
+    target = clean_target(space, reference, model, organs, reporter, reuse, reached)
     stage("segment_clean")
     outcome = attack_case(attack, request, space, target, organs, model, reporter)
     stage("attack")
@@ -563,7 +635,12 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
         adversarial_path = write_adversarial(staging, outcome, source, reporter)
         clock.lap("write")
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
-        _, _, pred_adv = model.segment(written, _windows(reporter, "segment-adv"))
+        if target.clean_logits is not None:
+            pred_adv, outcome.diagnostics["segment_adv_windows"] = model.segment_changed(
+                written, space, target.clean_logits, _windows(reporter, "segment-adv"), target.clean_windows
+            )
+        else:
+            _, _, pred_adv = model.segment(written, _windows(reporter, "segment-adv"))
         clock.lap("segment_adv")
         clean = target.clean_prediction
         metrics = case_metrics(
