@@ -29,26 +29,34 @@ LABELS = [
     "adrenal_gland_left",
 ]
 
-ARCHITECTURE = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": 3,
-        "features_per_stage": [8, 16, 32],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * 3,
-        "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [1, 1, 1],
-        "n_conv_per_stage_decoder": [1, 1],
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
+
+def plain_conv_unet(features: list[int], strides: list[list[int]], convs_per_stage: int) -> dict:
+    """The plans' `architecture` entry of a PlainConvUNet (3³ convolutions, instance norm, leaky ReLU) as
+    nnU-Net's planner writes it: one stage per entry of `features` and `strides`."""
+    stages = len(features)
+    return {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": stages,
+            "features_per_stage": list(features),
+            "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * stages,
+            "strides": [list(s) for s in strides],
+            "n_conv_per_stage": [convs_per_stage] * stages,
+            "n_conv_per_stage_decoder": [convs_per_stage] * (stages - 1),
+            "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True},
+        },
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
+    }
+
+
+ARCHITECTURE = plain_conv_unet([8, 16, 32], [[1, 1, 1], [2, 2, 2], [2, 2, 2]], 1)
 
 
 def plans(

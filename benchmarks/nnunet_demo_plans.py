@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "Testing"))
+from nnunet_folders import plain_conv_unet  # noqa: E402  (the plans' PlainConvUNet entry, one writer)
+
 SHARED = REPO.parent / "shared" / "data" / "real"
 IMAGE = SHARED / "totalsegmentator" / "example_ct.nii.gz"
 LABEL = SHARED / "btcv13" / "example_ct_btcv13_from_tsv1highres.nii.gz"
@@ -59,7 +63,6 @@ def foreground_properties(image: Path, label: Path) -> dict:
 
 
 def plans(properties: dict) -> dict:
-    stages = 4
     return {
         "dataset_name": "Dataset901_AdvSegAbdomen3mm",
         "plans_name": "nnUNetPlans",
@@ -99,26 +102,7 @@ def plans(properties: dict) -> dict:
                     "order_z": 0,
                     "force_separate_z": None,
                 },
-                "architecture": {
-                    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                    "arch_kwargs": {
-                        "n_stages": stages,
-                        "features_per_stage": [16, 32, 64, 128],
-                        "conv_op": "torch.nn.modules.conv.Conv3d",
-                        "kernel_sizes": [[3, 3, 3]] * stages,
-                        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (stages - 1),
-                        "n_conv_per_stage": [2] * stages,
-                        "n_conv_per_stage_decoder": [2] * (stages - 1),
-                        "conv_bias": True,
-                        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-                        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                        "dropout_op": None,
-                        "dropout_op_kwargs": None,
-                        "nonlin": "torch.nn.LeakyReLU",
-                        "nonlin_kwargs": {"inplace": True},
-                    },
-                    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                },
+                "architecture": plain_conv_unet([16, 32, 64, 128], [[1, 1, 1]] + [[2, 2, 2]] * 3, 2),
                 "batch_dice": True,
             }
         },

@@ -25,26 +25,7 @@ SHARED = REPO.parent / "shared" / "data" / "real"
 sys.path.insert(0, str(REPO / "Testing"))
 
 STAGES = 6
-ARCHITECTURE = {
-    "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-    "arch_kwargs": {
-        "n_stages": STAGES,
-        "features_per_stage": [32, 64, 128, 256, 320, 320],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
-        "kernel_sizes": [[3, 3, 3]] * STAGES,
-        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (STAGES - 2) + [[1, 1, 2]],  # 112 = 7·2⁴, 128 = 4·2⁵
-        "n_conv_per_stage": [2] * STAGES,
-        "n_conv_per_stage_decoder": [2] * (STAGES - 1),
-        "conv_bias": True,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-        "dropout_op": None,
-        "dropout_op_kwargs": None,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": True},
-    },
-    "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-}
+STRIDES = [[1, 1, 1]] + [[2, 2, 2]] * (STAGES - 2) + [[1, 1, 2]]  # 112 = 7·2⁴, 128 = 4·2⁵
 
 
 def main() -> int:
@@ -53,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from nnunet_folders import write_results_folder
+    from nnunet_folders import plain_conv_unet, write_results_folder
 
     from AdvSegAttackLib.pipeline.case import LoadedModel, run_attack, run_segment
     from AdvSegAttackLib.pipeline.request import AttackRequest
@@ -63,8 +44,9 @@ def main() -> int:
     image = SHARED / "totalsegmentator" / "example_ct.nii.gz"
     root = Path(tempfile.mkdtemp(prefix="nnunet-speed-"))
     labels = ["background", *(f"structure_{k}" for k in range(1, 118))]
+    architecture = plain_conv_unet([32, 64, 128, 256, 320, 320], STRIDES, 2)
     folder = write_results_folder(
-        root, [3.0, 3.0, 3.0], [112, 112, 128], folds=(0,), architecture=ARCHITECTURE, labels=labels
+        root, [3.0, 3.0, 3.0], [112, 112, 128], folds=(0,), architecture=architecture, labels=labels
     )
     model = LoadedModel.load(folder)
     quiet = make_reporter("log", io.StringIO())
