@@ -354,3 +354,16 @@ def test_segment_command_with_nnunet_options(tmp_path, real_ct_small, capsys):
     assert "allows no mirroring" in capsys.readouterr().err
     assert not (tmp_path / "tta").exists()
     assert main([*argv, "--out", str(folder / "inside")]) == 2  # never writes into the model's folder
+
+
+def test_python_api_loads_an_nnunet_folder_with_its_choices(tmp_path):
+    """`AdvSegAttackLib.load_model(folder, nnunet=...)` takes the command line's nnU-Net choices."""
+    from AdvSegAttackLib import load_model as api_load_model
+
+    folder = write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], folds=(0, 1))
+    assert api_load_model(folder).card.nnunet["folds"] == ["0", "1"]  # every fold present
+    chosen = api_load_model(folder, nnunet={"folds": ["1"], "checkpoint": "final"})
+    assert chosen.card.nnunet["folds"] == ["1"]
+    assert chosen.card.nnunet["checkpoints"] == ["fold_1/checkpoint_final.pth"]
+    with pytest.raises(InputError, match="--folds 4: .*fold_4"):
+        api_load_model(folder, nnunet={"folds": ["4"]})

@@ -48,11 +48,14 @@ def load_model(
     device: str = "cpu",
     sw_batch_size: int = 4,
     trust_torchscript: bool = False,
+    nnunet: dict | None = None,
 ) -> LoadedModel:
     """A model to segment and attack with: a bundled name, a model card, a checkpoint (with `card`), a MONAI
-    bundle or a trusted TorchScript file, as `--model`/`--card` of the command line. `sw_batch_size`: sliding
-    windows per forward pass."""
-    return LoadedModel.load(model, card, device, sw_batch_size, trust_torchscript)
+    bundle, a trusted TorchScript file or an nnU-Net v2 results folder, as `--model`/`--card` of the command
+    line. `sw_batch_size`: sliding windows per forward pass. `nnunet`: an nnU-Net folder's choices, as the
+    command line's options (e.g. {"configuration": "3d_fullres", "folds": ["0"], "checkpoint": "best",
+    "tta": True}); every fold present, the final checkpoint and no mirroring when not given."""
+    return LoadedModel.load(model, card, device, sw_batch_size, trust_torchscript, nnunet)
 
 
 def as_image(
