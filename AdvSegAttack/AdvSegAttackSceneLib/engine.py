@@ -30,6 +30,29 @@ def isValidDevice(device: str) -> bool:
     return bool(_DEVICE_PATTERN.match(device.strip().lower()))
 
 
+NNUNET_DEFAULT_CHECKPOINT = "final"  # the engine's --checkpoint default
+
+
+@dataclass(frozen=True)
+class NnunetChoice:
+    """The choices of an nnU-Net v2 results folder (``--configuration``, ``--folds``, ``--checkpoint``,
+    ``--tta``). The defaults are the engine's: the only configuration, every fold, the final checkpoint, no
+    test-time mirroring; only the choices that differ from them become flags."""
+
+    configuration: str = ""
+    folds: tuple[str, ...] = ()
+    checkpoint: str = NNUNET_DEFAULT_CHECKPOINT
+    tta: bool = False
+
+    def arguments(self) -> list[str]:
+        args = ["--configuration", self.configuration] if self.configuration else []
+        if self.folds:
+            args += ["--folds", *self.folds]
+        if self.checkpoint != NNUNET_DEFAULT_CHECKPOINT:
+            args += ["--checkpoint", self.checkpoint]
+        return args + ["--tta"] * self.tta
+
+
 @dataclass
 class AttackRequest:
     """Everything one `attack` run needs, in engine terms.
@@ -52,6 +75,7 @@ class AttackRequest:
     seed: int | None = None
     device: str = "auto"
     preview: bool = True
+    nnunet: NnunetChoice = field(default_factory=NnunetChoice)
 
     def arguments(self) -> list[str]:
         """Arguments after the program (``PythonSlicer``): ``-m AdvSegAttackLib.cli attack ...``.
@@ -64,6 +88,7 @@ class AttackRequest:
         args += [
             "--model",
             str(self.model),
+            *self.nnunet.arguments(),
             "--attack",
             self.attack.name,
             *self.attack.arguments(self.choice),
@@ -151,21 +176,111 @@ def _btcvLabels() -> tuple[list[str], list[tuple[int, int, int]]]:
     return list(BTCV_LABEL_NAMES), [tuple(c) for c in BTCV_LABEL_COLORS]
 
 
-def _nnunetLabels(path: Path) -> tuple[list[str], list[tuple[int, int, int]]]:
-    """Label names and colours of an nnU-Net v2 results folder (empty when it is none, or the engine is absent)."""
+def _nnunetLabels(path: Path, choice: NnunetChoice) -> tuple[list[str], list[tuple[int, int, int]]]:
+    """Label names and colours of an nnU-Net v2 results folder for `choice`'s configuration and checkpoint
+    (empty when it is none, when the choice does not fit it, or when the engine is absent)."""
     try:
         from AdvSegAttackLib.errors import InputError
-        from AdvSegAttackLib.models.cards import load_card
-        from AdvSegAttackLib.models.nnunet import is_results_folder
+        from AdvSegAttackLib.models.nnunet import is_results_folder, nnunet_card
     except ImportError:
         return [], []
     if not is_results_folder(path):
         return [], []
     try:
-        card = load_card(path)
+        card = nnunet_card(path, choice.configuration or None, checkpoint=choice.checkpoint)
     except InputError:
         return [], []
     return list(card.label_names), [tuple(c) for c in card.label_colors]
+
+
+@dataclass(frozen=True)
+class NnunetOptions:
+    """What the panel's nnU-Net group offers for a results folder and the stored configuration and checkpoint.
+
+    `configurations`: the ones to choose from (empty when the folder holds one trained model); `checkpoints`
+    and `folds`: of the chosen trained model (empty until a configuration is chosen), the folds those that hold
+    the chosen checkpoint; `defaultFolds`: the engine's default among them (nnUNetPredictor's)."""
+
+    configurations: tuple[str, ...]
+    checkpoints: tuple[str, ...]
+    folds: tuple[str, ...]
+    defaultFolds: tuple[str, ...]
+    folder: Path | None  # the chosen trained model folder
+
+
+def _chosenModel(models: list, configuration: str):
+    if len(models) == 1:
+        return models[0]
+    return next((m for m in models if configuration and m.configuration == configuration), None)
+
+
+def nnunetOptions(model: str | os.PathLike, configuration: str, checkpoint: str) -> NnunetOptions | None:
+    """What the panel's nnU-Net group offers (see `NnunetOptions`) for the stored configuration and checkpoint;
+    None for any model but an nnU-Net v2 results folder, or when the engine is absent. Reads directory entries
+    only (`AdvSegAttackLib.models.nnunet.trained_models`): no JSON, no torch."""
+    try:
+        from AdvSegAttackLib.models.nnunet import default_folds, trained_models
+    except ImportError:
+        return None
+    path = Path(model)
+    models = trained_models(path) if path.is_dir() else []
+    if not models:
+        return None
+    configurations = tuple(m.configuration for m in models if m.configuration) if len(models) > 1 else ()
+    if len(models) == 1:
+        chosen = models[0]
+    else:
+        chosen = next((m for m in models if configuration and m.configuration == configuration), None)
+    if chosen is None:
+        return NnunetOptions(configurations, (), (), (), None)
+    folds = tuple(chosen.folds.get(checkpoint, ()))
+    return NnunetOptions(
+        configurations, tuple(chosen.checkpoints), folds, tuple(default_folds(list(folds))), chosen.folder
+    )
+
+
+def parseFolds(text: str) -> tuple[str, ...]:
+    """Fold names typed by the user (``0 1``, ``0,1`` or ``fold_0``), each once, in the order given."""
+    names = (part.removeprefix("fold_") for part in re.split(r"[\s,;]+", text.strip()) if part)
+    return tuple(dict.fromkeys(names))
+
+
+def nnunetProblem(options: NnunetOptions | None, foldsText: str, checkpoint: str) -> str | None:
+    """None when the stored choices fit the folder (or it is no nnU-Net folder), else one sentence saying what
+    to choose."""
+    if options is None:
+        return None
+    if options.folder is None:
+        return f"Choose the nnU-Net configuration ({', '.join(options.configurations)})."
+    from AdvSegAttackLib.models.nnunet import CHECKPOINTS
+
+    file = CHECKPOINTS.get(checkpoint, checkpoint)
+    if checkpoint not in options.checkpoints:
+        present = " or ".join(CHECKPOINTS[c] for c in options.checkpoints) or "no checkpoint"
+        return f"No fold of {options.folder} holds {file} (it has {present}); choose another checkpoint."
+    missing = [fold for fold in parseFolds(foldsText) if fold not in options.folds]
+    if missing:
+        return (
+            f"{options.folder / f'fold_{missing[0]}' / file} does not exist "
+            f"(folds with {file}: {', '.join(options.folds)})."
+        )
+    return None
+
+
+def nnunetChoice(
+    options: NnunetOptions | None, configuration: str, foldsText: str, checkpoint: str, tta: bool
+) -> NnunetChoice:
+    """The engine's choices for the stored ones: the defaults for any model but an nnU-Net folder, the
+    configuration only where the folder holds several, the folds only when they are not the default ones."""
+    if options is None:
+        return NnunetChoice()
+    folds = parseFolds(foldsText)
+    return NnunetChoice(
+        configuration=configuration if options.configurations else "",
+        folds=() if set(folds) == set(options.defaultFolds) else folds,
+        checkpoint=checkpoint,
+        tta=bool(tta),
+    )
 
 
 def modelsDir(engineRoot: str | os.PathLike | None) -> Path | None:
@@ -197,13 +312,16 @@ def bundledModels(engineRoot: str | os.PathLike | None) -> list[tuple[str, str]]
     return models
 
 
-def cardLabels(model: str, engineRoot: str | os.PathLike | None = None) -> tuple[list[str], list[tuple]]:
+def cardLabels(
+    model: str, engineRoot: str | os.PathLike | None = None, nnunet: NnunetChoice | None = None
+) -> tuple[list[str], list[tuple]]:
     """Label names (index = label value, 0 = background) and RGB 0–255 colours of a model.
 
     :param model: a bundled model name, a card JSON, a folder holding ``card.json`` (model or MONAI
       bundle), an nnU-Net v2 results folder (read by the engine's torch-free ``load_card``: its
       ``dataset.json`` labels), or a checkpoint.
     :param engineRoot: folder holding ``AdvSegAttackLib`` (finds the bundled models).
+    :param nnunet: for an nnU-Net folder, the configuration (where it holds several) and checkpoint.
 
     The card JSON is read directly, so the Slicer application never imports torch for this. A card
     without label names has the BTCV labels (the engine's default). Returns empty lists when nothing is
@@ -212,7 +330,7 @@ def cardLabels(model: str, engineRoot: str | os.PathLike | None = None) -> tuple
     path = Path(model)
     candidates = []
     if path.is_dir() and not (path / CARD_FILE).is_file() and not (path / "configs").is_dir():
-        names, colors = _nnunetLabels(path)
+        names, colors = _nnunetLabels(path, nnunet or NnunetChoice())
         if names:
             return names, colors
     if path.is_dir():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import colorsys
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
@@ -44,18 +45,67 @@ def _is_model_folder(path: Path) -> bool:
     return (path / PLANS_FILE).is_file() and (path / DATASET_FILE).is_file()
 
 
+def _model_folders(path: Path) -> list[Path]:
+    """`path` itself when it is a trained model folder, else the trained model folders in it, by name."""
+    if _is_model_folder(path):
+        return [path]
+    return sorted(p for p in path.iterdir() if p.is_dir() and _is_model_folder(p)) if path.is_dir() else []
+
+
 def is_results_folder(path: str | Path) -> bool:
     """True for an nnU-Net v2 trained model folder, or a folder holding several (one per configuration)."""
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    return _is_model_folder(path) or any(_is_model_folder(p) for p in path.iterdir() if p.is_dir())
+    return bool(_model_folders(Path(path)))
 
 
 def _configuration_of(folder: Path) -> str | None:
     """The configuration named by a trained model folder `<Trainer>__<Plans>__<configuration>`."""
     parts = folder.name.split("__")
     return parts[2] if len(parts) == 3 else None
+
+
+def _fold_key(fold: str) -> tuple[bool, int, str]:
+    """Numbered folds first, by number, then the others (`all`) by name."""
+    return (not fold.isdigit(), int(fold) if fold.isdigit() else 0, fold)
+
+
+def default_folds(present: list[str]) -> list[str]:
+    """nnUNetPredictor's folds when none are given: the numbered ones (`all` only when there is no other)."""
+    return [f for f in present if f != "all"] or list(present)
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """One trained model folder as found on disk (no checkpoint is opened): what `--configuration`,
+    `--folds` and `--checkpoint` can choose from."""
+
+    folder: Path
+    configuration: str | None  # named by the folder (`<Trainer>__<Plans>__<configuration>`), else None
+    folds: dict[str, list[str]]  # "final" / "best" -> the folds `fold_<k>` holding that checkpoint
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """The checkpoints ("final", "best") at least one fold holds."""
+        return [name for name, folds in self.folds.items() if folds]
+
+
+def _folds_with(folder: Path, file: str) -> list[str]:
+    """The folds `fold_<k>` of a trained model folder that hold `file`, numbered ones first."""
+    return sorted(
+        (p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / file).is_file()), key=_fold_key
+    )
+
+
+def trained_models(path: str | Path) -> list[TrainedModel]:
+    """The trained models of an nnU-Net results folder (`path` itself, or the ones it holds), with the folds
+    of each checkpoint; empty when `path` is none. Reads directory entries only: no JSON, no torch."""
+    return [
+        TrainedModel(
+            folder,
+            _configuration_of(folder),
+            {name: _folds_with(folder, file) for name, file in CHECKPOINTS.items()},
+        )
+        for folder in _model_folders(Path(path))
+    ]
 
 
 def model_folder(path: str | Path, configuration: str | None = None) -> Path:
@@ -68,7 +118,7 @@ def model_folder(path: str | Path, configuration: str | None = None) -> Path:
                 f"--configuration {configuration}: {path} is the trained model of configuration {named}."
             )
         return path
-    candidates = sorted(p for p in path.iterdir() if p.is_dir() and _is_model_folder(p))
+    candidates = _model_folders(path)
     if configuration:
         chosen = [p for p in candidates if _configuration_of(p) == configuration]
         if len(chosen) != 1:
@@ -253,17 +303,14 @@ def nnunet_card(
     if checkpoint not in CHECKPOINTS:
         raise InputError(f"--checkpoint {checkpoint}: choose one of {', '.join(CHECKPOINTS)}.")
     file = CHECKPOINTS[checkpoint]
-    present = sorted(
-        (p.name.removeprefix("fold_") for p in folder.glob("fold_*") if (p / file).is_file()),
-        key=lambda f: (not f.isdigit(), int(f) if f.isdigit() else 0),
-    )
+    present = _folds_with(folder, file)
     if folds:
         missing = [f for f in folds if f not in present]
         if missing:
             raise InputError(f"--folds {missing[0]}: {folder / f'fold_{missing[0]}' / file} does not exist.")
         chosen = list(folds)
-    else:  # nnUNetPredictor's default: the numbered folds (fold_all only when there is no other)
-        chosen = [f for f in present if f != "all"] or present
+    else:
+        chosen = default_folds(present)
     if not chosen and not training:
         raise InputError(f"{folder} has no fold_<k>/{file}.")
     names = _label_names(dataset, folder / DATASET_FILE)
