@@ -141,6 +141,12 @@ if UNSUPPORTED_REASON is None:  # the wrapper needs Slicer 5.4
         referenceSegmentation: Union[vtkMRMLSegmentationNode, vtkMRMLLabelMapVolumeNode, None]  # noqa: UP007
         model: str = DEFAULT_MODEL  # a bundled model's name, or MODEL_FROM_FILE
         modelPath: str = ""
+        # The choices of an nnU-Net v2 results folder; the defaults are the engine's (no flag is sent for them):
+        # the only configuration, every fold (folds as typed, e.g. "0 1"), checkpoint_final.pth, no mirroring.
+        nnunetConfiguration: str = ""
+        nnunetFolds: str = ""
+        nnunetCheckpoint: str = advEngine.NNUNET_DEFAULT_CHECKPOINT
+        nnunetTta: bool = False
         organ: str = ""
         # The engine's attack name (the first of its catalogue when empty or unknown), and per attack the
         # preset and the values the user changed, as JSON (AdvSegAttackSceneLib.catalogue).
@@ -167,6 +173,8 @@ PARAMETERS_SET_IN_CODE = frozenset(
         "attackSettings",
         "model",
         "modelPath",
+        "nnunetConfiguration",
+        "nnunetCheckpoint",
         "organ",
         "adversarialVolume",
         "cleanSegmentation",
@@ -350,6 +358,8 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.addItem(_("From file…"), MODEL_FROM_FILE)
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.nnunetConfigurationComboBox.connect("activated(int)", self.onNnunetConfigurationActivated)
+        self.ui.nnunetCheckpointComboBox.connect("activated(int)", self.onNnunetCheckpointActivated)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.differenceButton.connect("toggled(bool)", self.onDifferenceToggled)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
@@ -465,8 +475,15 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- GUI state -------------------------------------------------------------------------------
 
     def _modelKey(self):
+        """What the organ list and the nnU-Net group depend on."""
         node = self._parameterNode
-        return (node.model, node.modelPath, node.referenceSegmentation)
+        return (
+            node.model,
+            node.modelPath,
+            node.nnunetConfiguration,
+            node.nnunetCheckpoint,
+            node.referenceSegmentation,
+        )
 
     def _updateGUI(self, caller=None, event=None) -> None:
         """Show the parameters of the chosen attack, enable Apply, refresh organs and results."""
@@ -526,11 +543,15 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.differenceButton.blockSignals(wasBlocked)
 
     def _refreshOrgans(self) -> None:
-        """Fill the organ list from the model card; ✓ marks organs present in the reference."""
+        """Fill the nnU-Net group and the organ list from the model (the chosen configuration's labels for an
+        nnU-Net folder); ✓ marks organs present in the reference."""
         node = self._parameterNode
         self._lastModelKey = self._modelKey()
+        self._refreshNnunetGroup()
         try:
-            self._labelNames, _colors = self.logic.cardLabels(self.logic.modelReference(node))
+            self._labelNames, _colors = self.logic.cardLabels(
+                self.logic.modelReference(node), self.logic.nnunetChoice(node)
+            )
         except ValueError:
             self._labelNames = []
         present = advScene.organsInReference(node.referenceSegmentation, self._labelNames)
@@ -550,6 +571,49 @@ class AdvSegAttackWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.toolTip = _(
                 "The model's organ names are not known (no model card); all organs are attacked."
             )
+
+    def _refreshNnunetGroup(self) -> None:
+        """Show the nnU-Net group for an nnU-Net v2 results folder, filled with what it offers: the
+        configurations (only where it holds several), the checkpoints present, the folds holding the chosen one."""
+        node = self._parameterNode
+        options = self.logic.nnunetOptions(node)
+        self.ui.nnunetGroupBox.visible = options is not None
+        if options is None:
+            return
+        several = bool(options.configurations)
+        self.ui.nnunetConfigurationLabel.visible = several
+        self.ui.nnunetConfigurationComboBox.visible = several
+        items = [(_("(choose)"), "")] + [(name, name) for name in options.configurations]
+        self._fillCombo(self.ui.nnunetConfigurationComboBox, items, node.nnunetConfiguration)
+        checkpoints = [(f"{name} (checkpoint_{name}.pth)", name) for name in options.checkpoints]
+        self._fillCombo(self.ui.nnunetCheckpointComboBox, checkpoints, node.nnunetCheckpoint)
+        self.ui.nnunetFoldsLineEdit.placeholderText = _("all: {folds}").format(
+            folds=" ".join(options.defaultFolds)
+        )
+        self.ui.nnunetFoldsLineEdit.toolTip = _(
+            "Folds whose logits are averaged, separated by spaces (empty: all, as nnUNetPredictor). "
+            "Folds with this checkpoint: {folds}."
+        ).format(folds=" ".join(options.folds) or _("none"))
+
+    @staticmethod
+    def _fillCombo(combo, items, current) -> None:
+        """Replace a combo box's (text, data) items without signals and select `current` (none if absent)."""
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for text, data in items:
+            combo.addItem(text, data)
+        combo.currentIndex = combo.findData(current)
+        combo.blockSignals(wasBlocked)
+
+    def onNnunetConfigurationActivated(self, index) -> None:
+        """Store the chosen nnU-Net configuration (empty: not chosen)."""
+        self._parameterNode.nnunetConfiguration = self.ui.nnunetConfigurationComboBox.itemData(index) or ""
+
+    def onNnunetCheckpointActivated(self, index) -> None:
+        """Store the chosen nnU-Net checkpoint (final or best)."""
+        self._parameterNode.nnunetCheckpoint = (
+            self.ui.nnunetCheckpointComboBox.itemData(index) or advEngine.NNUNET_DEFAULT_CHECKPOINT
+        )
 
     def onModelActivated(self, index) -> None:
         """Store the chosen bundled model's name, or MODEL_FROM_FILE."""
@@ -1062,13 +1126,38 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         """(name, label) of every bundled model (the folders of Resources/Models with a model card)."""
         return advEngine.bundledModels(engineRoot())
 
-    def cardLabels(self, model):
-        """Organ names and colours of a model (empty lists if unknown)."""
+    def cardLabels(self, model, nnunet=None):
+        """Organ names and colours of a model (empty lists if unknown); `nnunet`: an `advEngine.NnunetChoice`
+        (an nnU-Net folder's labels are its chosen configuration's)."""
         try:
             ensureEngineImportable()
         except ValueError:
             return [], []
-        return advEngine.cardLabels(model, engineRoot())
+        return advEngine.cardLabels(model, engineRoot(), nnunet)
+
+    @staticmethod
+    def nnunetOptions(parameterNode):
+        """What the nnU-Net group offers for the chosen model (`advEngine.NnunetOptions`), or None when the
+        model is no nnU-Net v2 results folder (or the engine is not found)."""
+        if parameterNode.model != MODEL_FROM_FILE or not parameterNode.modelPath.strip():
+            return None
+        try:
+            ensureEngineImportable()
+        except ValueError:
+            return None
+        return advEngine.nnunetOptions(
+            parameterNode.modelPath.strip(), parameterNode.nnunetConfiguration, parameterNode.nnunetCheckpoint
+        )
+
+    def nnunetChoice(self, parameterNode):
+        """The nnU-Net choices to send (`advEngine.NnunetChoice`; the engine's defaults for any other model)."""
+        return advEngine.nnunetChoice(
+            self.nnunetOptions(parameterNode),
+            parameterNode.nnunetConfiguration,
+            parameterNode.nnunetFolds,
+            parameterNode.nnunetCheckpoint,
+            parameterNode.nnunetTta,
+        )
 
     @staticmethod
     def modelReference(parameterNode) -> str:
@@ -1080,7 +1169,9 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             return parameterNode.model or DEFAULT_MODEL
         path = parameterNode.modelPath.strip()
         if not path or not os.path.exists(path):
-            raise ValueError(_("Choose a model card, checkpoint or MONAI bundle that exists."))
+            raise ValueError(
+                _("Choose a model card, checkpoint, MONAI bundle or nnU-Net results folder that exists.")
+            )
         return path
 
     def whyCannotRun(self, parameterNode):
@@ -1094,6 +1185,11 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             attack = self.attackSpec(parameterNode)
         except ValueError as error:
             return str(error)
+        problem = advEngine.nnunetProblem(
+            self.nnunetOptions(parameterNode), parameterNode.nnunetFolds, parameterNode.nnunetCheckpoint
+        )
+        if problem:
+            return problem
         return attack.whyNotReady(parameterNode.organ, parameterNode.region.value)
 
     @staticmethod
@@ -1240,6 +1336,7 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
             targeted=parameterNode.targeted,
             seed=parameterNode.seed,
             device=device,
+            nnunet=self.nnunetChoice(parameterNode),
             waitForCompletion=waitForCompletion,
         )
 
@@ -1257,6 +1354,7 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         seed=0,
         device="auto",
         preset=None,
+        nnunet=None,
         waitForCompletion=False,
     ):
         """Run ``PythonSlicer -m AdvSegAttackLib.cli attack`` on a volume in a child process.
@@ -1272,6 +1370,8 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         :param region: whole, organ or bbox.
         :param dilationMm: margin around the organ for organ/bbox (mm); None keeps the engine's default.
         :param device: auto, cpu or cuda:N.
+        :param nnunet: an nnU-Net folder's configuration, folds, checkpoint and mirroring
+          (`advEngine.NnunetChoice`); None: the engine's defaults.
         :param waitForCompletion: block until the process ends (batch use, tests) and return the
           `AttackResult`; otherwise return None at once and report through ``finishedCallback``.
         """
@@ -1285,7 +1385,8 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
         choice = advCatalogue.AttackChoice(
             attackSpec.defaultPreset if preset is None else preset, dict(parameters or {})
         )
-        labelNames, labelColors = advEngine.cardLabels(model, engineRoot())
+        nnunet = nnunet or advEngine.NnunetChoice()
+        labelNames, labelColors = advEngine.cardLabels(model, engineRoot(), nnunet)
         workDir = tempfile.mkdtemp(prefix="AdvSegAttack-", dir=slicer.app.temporaryPath)
         try:
             imagePath = os.path.join(workDir, "input.nrrd")
@@ -1313,6 +1414,7 @@ class AdvSegAttackLogic(ScriptedLoadableModuleLogic):
                 targeted=targeted,
                 seed=seed,
                 device=device,
+                nnunet=nnunet,
             )
             run = self._engineRun("attack", request.arguments(), workDir, self._onAttackEvent)
         except Exception:
@@ -1746,6 +1848,8 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_ParameterNodeAndCommandLine()
         self.setUp()
+        self.test_NnunetChoices()
+        self.setUp()
         self.test_LoadCaseFolder()
         self.setUp()
         self.test_ReaderMode()
@@ -1796,6 +1900,58 @@ class AdvSegAttackTest(ScriptedLoadableModuleTest):
         node.region = RegionChoice.ORGAN
         self.assertEqual(logic.whyCannotRun(node) is None, not (attack.needsOrgan or attack.supportsRegion))
         self.assertIsNotNone(engineRoot())
+        self.delayDisplay("Test passed")
+
+    def test_NnunetChoices(self):
+        """An nnU-Net dataset folder with two configurations: Apply waits for a configuration, the folds and the
+        checkpoint are checked against the folder, the choices survive saving and reloading the scene, and only
+        the ones that differ from the engine's defaults become flags."""
+        self.delayDisplay("nnU-Net choices")
+        logic = AdvSegAttackLogic()
+        node = logic.getParameterNode()
+        node.inputVolume = slicer.util.addVolumeFromArray(self._ctArray(), name="CT")
+        self.assertIsNone(logic.nnunetOptions(node))  # a bundled model
+        self.assertEqual(logic.nnunetChoice(node).arguments(), [])
+        rootDir = tempfile.mkdtemp(prefix="AdvSegAttack-nnunet-", dir=slicer.app.temporaryPath)
+        try:
+            dataset = os.path.join(rootDir, "Dataset999_Test")
+            for configuration, checkpoints in (
+                ("3d_fullres", {"0": "final", "1": "final"}),
+                ("3d_lowres", {"0": "best"}),
+            ):
+                folder = os.path.join(dataset, f"nnUNetTrainer__nnUNetPlans__{configuration}")
+                for fold, checkpoint in checkpoints.items():
+                    os.makedirs(os.path.join(folder, f"fold_{fold}"))
+                    open(os.path.join(folder, f"fold_{fold}", f"checkpoint_{checkpoint}.pth"), "wb").close()
+                for name in ("plans.json", "dataset.json"):
+                    with open(os.path.join(folder, name), "w", encoding="utf-8") as file:
+                        file.write("{}")
+            node.model, node.modelPath = MODEL_FROM_FILE, dataset
+            options = logic.nnunetOptions(node)
+            self.assertEqual(options.configurations, ("3d_fullres", "3d_lowres"))
+            self.assertIn("configuration", logic.whyCannotRun(node))
+            node.nnunetConfiguration = "3d_lowres"
+            self.assertIn("checkpoint_final.pth", logic.whyCannotRun(node))  # 3d_lowres has only the best one
+            node.nnunetConfiguration, node.nnunetFolds, node.nnunetTta = "3d_fullres", "1", True
+            expected = ["--configuration", "3d_fullres", "--folds", "1", "--tta"]
+            self.assertEqual(logic.nnunetChoice(node).arguments(), expected)
+            sceneDir = os.path.join(rootDir, "scene")
+            os.makedirs(sceneDir)
+            slicer.mrmlScene.RemoveNode(node.inputVolume)  # a .mrml file holds no voxels
+            self.assertTrue(slicer.util.saveScene(os.path.join(sceneDir, "scene.mrml")))
+            node.nnunetConfiguration, node.nnunetFolds, node.nnunetTta = "", "", False
+            slicer.util.loadScene(os.path.join(sceneDir, "scene.mrml"))
+            node = logic.getParameterNode()
+            self.assertEqual(logic.nnunetChoice(node).arguments(), expected)
+            node.inputVolume = slicer.util.addVolumeFromArray(
+                self._ctArray(), name="CT"
+            )  # a .mrml has no voxels
+            node.nnunetFolds = "7"
+            self.assertIn("fold_7", logic.whyCannotRun(node))
+            node.model = DEFAULT_MODEL  # the stored choices are not sent for another model
+            self.assertEqual(logic.nnunetChoice(node).arguments(), [])
+        finally:
+            shutil.rmtree(rootDir, ignore_errors=True)
         self.delayDisplay("Test passed")
 
     @staticmethod

@@ -260,6 +260,8 @@ def test_bound_widgets_have_a_connector_for_their_field_type():
             ok = base == "float" and ("WithinRange" in annotation or widgetClass == "QDoubleSpinBox")
         elif widgetClass == "QCheckBox":
             ok = base == "bool"
+        elif widgetClass == "QLineEdit":
+            ok = base == "str"
         elif widgetClass == "ctkPathLineEdit":
             ok = base in ("pathlib.Path", "Path")
         elif widgetClass == "qMRMLNodeComboBox":
@@ -704,6 +706,8 @@ def test_every_connected_slot_exists_and_the_signal_fits_the_widget():
         ("readerConfidenceComboBox", "onReaderConfidenceChanged"),
         ("exportButton", "onExportButton"),
         ("exportDicomCheckBox", "onExportDicomToggled"),
+        ("nnunetConfigurationComboBox", "onNnunetConfigurationActivated"),
+        ("nnunetCheckpointComboBox", "onNnunetCheckpointActivated"),
     ):
         assert pair in connected, pair
 
@@ -739,6 +743,57 @@ def test_attack_panel_makes_a_widget_for_every_kind_and_connects_signals_it_has(
     source = ast.unparse(panel)
     handled = {kind for kind in kinds if f"kind == '{kind}'" in source}
     assert kinds - handled == {"int"}, "check, combo and double by name; int is the remaining spin box"
+
+
+def test_nnunet_group_widgets(capsys):
+    """The nnU-Net group of the model section: its widgets, inside it; folds and mirroring bound to the
+    parameter node, configuration and checkpoint set in code (their items come from the folder); every field
+    starts at the engine's default; the mirroring tooltip says what it costs, as the engine's --tta help."""
+    widgets = uiWidgets()
+    expected = {
+        "nnunetGroupBox": "QGroupBox",
+        "nnunetConfigurationLabel": "QLabel",
+        "nnunetConfigurationComboBox": "QComboBox",
+        "nnunetFoldsLabel": "QLabel",
+        "nnunetFoldsLineEdit": "QLineEdit",
+        "nnunetCheckpointLabel": "QLabel",
+        "nnunetCheckpointComboBox": "QComboBox",
+        "nnunetTtaCheckBox": "QCheckBox",
+    }
+    for name, widgetClass in expected.items():
+        assert widgets.get(name) == widgetClass, name
+    root = uiRoot()
+    group = {w.get("name") for w in root.find(".//widget[@name='nnunetGroupBox']").iter("widget")}
+    assert set(expected) <= group
+    inputs = {w.get("name") for w in root.find(".//widget[@name='inputsCollapsibleButton']").iter("widget")}
+    assert "nnunetGroupBox" in inputs
+    bindings = uiParameterBindings()
+    assert bindings["nnunetFolds"] == ("nnunetFoldsLineEdit", "QLineEdit")
+    assert bindings["nnunetTta"] == ("nnunetTtaCheckBox", "QCheckBox")
+    tree = moduleTree()
+    assert {"nnunetConfiguration", "nnunetCheckpoint"} <= set(moduleConstant(tree, "PARAMETERS_SET_IN_CODE"))
+    defaults = {
+        node.target.id: ast.unparse(node.value)
+        for node in wrapperClass(tree).body
+        if isinstance(node, ast.AnnAssign) and node.target.id.startswith("nnunet")
+    }
+    assert defaults == {
+        "nnunetConfiguration": "''",
+        "nnunetFolds": "''",
+        "nnunetCheckpoint": "advEngine.NNUNET_DEFAULT_CHECKPOINT",
+        "nnunetTta": "False",
+    }
+    assert sceneLibModule("engine").NNUNET_DEFAULT_CHECKPOINT == "final"
+    tta = root.find(".//widget[@name='nnunetTtaCheckBox']/property[@name='toolTip']").findtext("string")
+    assert "8x slower" in tta and "off by default" in tta
+    from AdvSegAttackLib.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser("attack").parse_args(["attack", "--help"])
+    engineHelp = " ".join(capsys.readouterr().out.split())
+    assert (
+        "--tta mirroring test-time augmentation" in engineHelp and "(off: 2-8x faster attacks)" in engineHelp
+    )
 
 
 def test_reader_section_widgets():
