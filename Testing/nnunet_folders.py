@@ -1,7 +1,8 @@
 """Small nnU-Net v2 results folders for the tests: plans.json and dataset.json as nnU-Net 2.8's planner writes
 them, fold_<k>/checkpoint_final.pth in nnU-Net's checkpoint format (the fields of nnUNetTrainer.save_checkpoint,
 the training log of nnU-Net's own LocalLogger with its numpy float64 values, an SGD optimizer state), with
-seeded random weights of dynamic_network_architectures' PlainConvUNet."""
+seeded random weights of dynamic_network_architectures' PlainConvUNet. Only the checkpoints need torch:
+`write_plans_folder` (plans.json, dataset.json) runs without it (the torch-free tests)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 # The BTCV-13 organs at their BTCV label values (as the phantoms' label maps), under TotalSegmentator's names.
 LABELS = [
@@ -140,6 +140,7 @@ def checkpoint(
     weights: dict, plans_dict: dict, configuration: str, fold: int, mirror_axes, labels=LABELS
 ) -> dict:
     """A checkpoint with the fields and value types of nnUNetTrainer.save_checkpoint."""
+    import torch
     from nnunetv2.training.logging.nnunet_logger import LocalLogger
 
     logger = LocalLogger()
@@ -175,6 +176,25 @@ def checkpoint(
     }
 
 
+def write_plans_folder(
+    root: Path,
+    spacing: list[float],
+    patch: list[int],
+    transpose: list[int] = (0, 1, 2),
+    configuration: str = "3d_fullres",
+    architecture: dict = ARCHITECTURE,
+    labels: list[str] = LABELS,
+) -> Path:
+    """`root/Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__<configuration>/` (returned) with its plans.json
+    and dataset.json, no fold yet."""
+    folder = root / "Dataset999_AdvSegTest" / f"nnUNetTrainer__nnUNetPlans__{configuration}"
+    folder.mkdir(parents=True)
+    plans_dict = plans(list(spacing), list(patch), list(transpose), configuration, architecture)
+    (folder / "plans.json").write_text(json.dumps(plans_dict, indent=2), encoding="utf-8")
+    (folder / "dataset.json").write_text(json.dumps(dataset(labels), indent=2), encoding="utf-8")
+    return folder
+
+
 def write_results_folder(
     root: Path,
     spacing: list[float],
@@ -187,15 +207,13 @@ def write_results_folder(
     architecture: dict = ARCHITECTURE,
     labels: list[str] = LABELS,
 ) -> Path:
-    """`root/Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__<configuration>/` (returned), random weights
-    seeded per fold; the final layer scaled ×20 so that the classes' logits are well apart."""
+    """`write_plans_folder`'s folder (returned) with fold_<k>/checkpoint_final.pth for every fold: random
+    weights seeded per fold, the final layer scaled ×20 so that the classes' logits are well apart."""
+    import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    folder = root / "Dataset999_AdvSegTest" / f"nnUNetTrainer__nnUNetPlans__{configuration}"
-    folder.mkdir(parents=True)
-    plans_dict = plans(list(spacing), list(patch), list(transpose), configuration, architecture)
-    (folder / "plans.json").write_text(json.dumps(plans_dict, indent=2), encoding="utf-8")
-    (folder / "dataset.json").write_text(json.dumps(dataset(labels), indent=2), encoding="utf-8")
+    folder = write_plans_folder(root, spacing, patch, transpose, configuration, architecture, labels)
+    plans_dict = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     kwargs = dict(architecture["arch_kwargs"])
     kwargs.update(
         conv_op=torch.nn.Conv3d, norm_op=torch.nn.InstanceNorm3d, nonlin=torch.nn.LeakyReLU, dropout_op=None

@@ -27,6 +27,7 @@ from AdvSegAttackLib.models.labels import organ_index  # noqa: E402
 from AdvSegAttackLib.models.nnunet import nnunet_card  # noqa: E402
 
 nnunetv2 = pytest.importorskip("nnunetv2")
+REPO_CARD = Path(__file__).parents[1] / "Resources" / "Models" / "abdomen-unet" / "card.json"
 
 # nnUNetPredictor keeps the blended logits in float16, and so does the engine for an nnU-Net model; the network's
 # input differs by float32 rounding (the z-score is the network's first layer), which moves a logit by one float16
@@ -155,14 +156,66 @@ def test_label_names_through_the_organ_name_normaliser(tmp_path, capsys):
     assert "3d_fullres" in printed
 
 
-def test_folds_configuration_and_checkpoint_choices(tmp_path):
-    write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], configuration="3d_fullres")
-    write_results_folder(
-        tmp_path / "other", [6.0, 6.0, 6.0], [32, 32, 32], configuration="3d_lowres", folds=(0,)
-    )
-    dataset = tmp_path / "Dataset999_AdvSegTest"
-    low = tmp_path / "other" / "Dataset999_AdvSegTest" / "nnUNetTrainer__nnUNetPlans__3d_lowres"
+def two_configurations(root: Path) -> Path:
+    """A dataset folder holding 3d_fullres (3 mm, folds 0 and 1) and 3d_lowres (6 mm, fold 0), as nnU-Net
+    and TotalSegmentator lay them out."""
+    write_results_folder(root, [3.0, 3.0, 3.0], [32, 32, 32], configuration="3d_fullres")
+    write_results_folder(root / "other", [6.0, 6.0, 6.0], [32, 32, 32], configuration="3d_lowres", folds=(0,))
+    dataset = root / "Dataset999_AdvSegTest"
+    low = root / "other" / "Dataset999_AdvSegTest" / "nnUNetTrainer__nnUNetPlans__3d_lowres"
     low.rename(dataset / low.name)
+    return dataset
+
+
+def test_info_lists_every_configuration_of_a_dataset_folder(tmp_path, capsys):
+    """`advseg info` on a dataset folder of two configurations lists both (folds, checkpoints, patch, spacing,
+    label names) and says that the other commands need --configuration; --configuration selects one."""
+    from AdvSegAttackLib.cli import main
+
+    dataset = two_configurations(tmp_path)
+    best = dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_1" / "checkpoint_best.pth"
+    best.write_bytes((best.parent / "checkpoint_final.pth").read_bytes())
+    assert main(["info", str(dataset)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "nnU-Net v2 results folder" and info["default_configuration"] is None
+    full, low = info["configurations"]
+    assert full["configuration"] == "3d_fullres" and low["configuration"] == "3d_lowres"
+    assert full["folder"] == "nnUNetTrainer__nnUNetPlans__3d_fullres" and full["trainer"] == "nnUNetTrainer"
+    assert full["folds"] == ["0", "1"] and low["folds"] == ["0"]
+    assert full["checkpoints"] == [
+        "fold_0/checkpoint_final.pth",
+        "fold_1/checkpoint_best.pth",
+        "fold_1/checkpoint_final.pth",
+    ]
+    assert full["spacing_mm"] == [3.0, 3.0, 3.0] and low["spacing_mm"] == [6.0, 6.0, 6.0]
+    assert full["patch_size"] == low["patch_size"] == [32, 32, 32]
+    assert full["label_names"] == low["label_names"] == LABELS
+    assert full["supported"] and low["supported"] and "refused" not in full
+
+    assert main(["info", str(dataset), "--configuration", "3d_lowres"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [c["configuration"] for c in info["configurations"]] == ["3d_lowres"]
+    assert info["default_configuration"] == "3d_lowres"
+    assert main(["info", str(dataset), "--configuration", "2d"]) == 2
+    assert "--configuration 2d" in capsys.readouterr().err
+
+    # one configuration: it is the default; one the engine cannot run is listed with its sentence
+    single = dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    assert main(["info", str(single)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["default_configuration"] == "3d_fullres" and len(info["configurations"]) == 1
+    plans = json.loads((single / "plans.json").read_text(encoding="utf-8"))
+    plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["ZScoreNormalization"]
+    (single / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
+    assert main(["info", str(dataset)]) == 0
+    full, low = json.loads(capsys.readouterr().out)["configurations"]
+    assert not full["supported"] and "ZScoreNormalization" in full["refused"] and low["supported"]
+    assert main(["info", str(REPO_CARD), "--configuration", "3d_fullres"]) == 2
+    assert "--configuration is for nnU-Net" in capsys.readouterr().err
+
+
+def test_folds_configuration_and_checkpoint_choices(tmp_path):
+    dataset = two_configurations(tmp_path)
 
     with pytest.raises(
         InputError, match="several nnU-Net configurations .*3d_fullres.*3d_lowres.*--configuration"
