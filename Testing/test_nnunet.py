@@ -420,3 +420,124 @@ def test_python_api_loads_an_nnunet_folder_with_its_choices(tmp_path):
     assert chosen.card.nnunet["checkpoints"] == ["fold_1/checkpoint_final.pth"]
     with pytest.raises(InputError, match="--folds 4: .*fold_4"):
         api_load_model(folder, nnunet={"folds": ["4"]})
+
+
+def read_rows(path: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(path.open(encoding="utf-8")))
+
+
+def manifest_records(out: Path) -> dict[str, dict]:
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    return {record["case"]: record for record in map(json.loads, lines)}
+
+
+@pytest.mark.slow
+def test_dataset_commands_honour_the_nnunet_choices(tmp_path, real_ct_small, real_ct_small_labels, capsys):
+    """`attack-dataset`, `evaluate` and `sweep` with an nnU-Net dataset folder of two configurations, on two
+    crops of the real CT: --configuration, --folds and --tta reach the model, the provenance and the run's
+    settings, and a rerun with other folds is refused as a rerun with other attack settings is."""
+    from AdvSegAttackLib.cli import main
+
+    dataset = two_configurations(tmp_path / "model")
+    image, label = sitk.ReadImage(str(real_ct_small)), sitk.ReadImage(str(real_ct_small_labels))
+    items = []
+    for name, (x, y) in {"upper": (20, 20), "lower": (50, 30)}.items():  # 64 × 64 × 30 voxels of 3 mm
+        for kind, volume in (("image", image), ("label", label)):
+            sitk.WriteImage(volume[x : x + 64, y : y + 64, :], str(tmp_path / f"{name}_{kind}.nii.gz"))
+        items.append({"image": f"{name}_image.nii.gz", "label": f"{name}_label.nii.gz"})
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"validation": items}), encoding="utf-8")
+    common = ["--device", "cpu", "--progress", "log"]
+    attack = ["--datalist", str(datalist), "--attack", "pgd", "--steps", "1", "--no-preview", *common]
+    full = ["--model", str(dataset), "--configuration", "3d_fullres"]
+
+    # without --configuration: one sentence, before any output
+    assert main(["attack-dataset", *attack, "--model", str(dataset), "--out", str(tmp_path / "none")]) == 2
+    assert "choose one with --configuration" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+    out = tmp_path / "attacked"
+    assert main(["attack-dataset", *attack, *full, "--folds", "1", "--out", str(out)]) == 0
+    records = manifest_records(out)
+    assert list(records) == ["upper_image", "lower_image"]
+    chosen = {
+        "configuration": "3d_fullres",
+        "folds": ["1"],
+        "checkpoints": ["fold_1/checkpoint_final.pth"],
+        "tta": False,
+    }
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["nnunet"] == chosen
+    for name, record in records.items():
+        assert record["status"] == "ok"
+        provenance = json.loads((out / "cases" / name / "provenance.json").read_text(encoding="utf-8"))
+        nnunet = provenance["model"]["nnunet"]
+        assert (nnunet["configuration"], nnunet["folds"], nnunet["tta"]) == ("3d_fullres", ["1"], False)
+        assert list(nnunet["checkpoints"]) == ["fold_1/checkpoint_final.pth"]
+        metrics = json.loads((out / "cases" / name / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["perturbation"]["window_hu"] == [-950.0, 1180.0] and metrics["organs"]
+    rows = read_rows(out / "cases.csv")
+    assert {r["case"] for r in rows} == set(records) and {r["attack"] for r in rows} == {"pgd"}
+    upper = json.loads((out / "cases" / "upper_image" / "metrics.json").read_text(encoding="utf-8"))
+    assert [r["organ"] for r in rows if r["case"] == "upper_image"] == list(upper["organs"])
+    assert {r["model"] for r in rows} == {
+        "nnunet:Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    }
+
+    # a rerun with other folds (or the default folds, 0 and 1) is a run with other settings
+    for folds in (["--folds", "0"], []):
+        assert main(["attack-dataset", *attack, *full, *folds, "--out", str(out)]) == 2
+        assert "holds a run with other settings" in capsys.readouterr().err
+    assert main(["attack-dataset", *attack, *full, "--folds", "1", "--out", str(out)]) == 0  # resumed
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["skipped_now"] == 2
+
+    # evaluate with the attack's model reproduces its Dice; with other folds it is another model
+    evaluated = tmp_path / "evaluated"
+    assert (
+        main(["evaluate", "--adv-dir", str(out), *full, "--folds", "1", *common, "--out", str(evaluated)])
+        == 0
+    )
+    assert json.loads((evaluated / "run.json").read_text(encoding="utf-8"))["nnunet"] == chosen
+    for name, record in manifest_records(evaluated).items():
+        assert record["metrics"]["mean_dice_adv"] == pytest.approx(records[name]["metrics"]["mean_dice_adv"])
+        assert record["metrics"]["mean_dice_clean"] == pytest.approx(
+            records[name]["metrics"]["mean_dice_clean"]
+        )
+    assert len(read_rows(evaluated / "cases.csv")) == len(rows)
+    assert (
+        main(["evaluate", "--adv-dir", str(out), *full, "--folds", "0", *common, "--out", str(evaluated)])
+        == 2
+    )
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+    # sweep: the other configuration with mirroring TTA, on one volume
+    swept = tmp_path / "sweep"
+    sweep = [
+        "sweep",
+        "--image",
+        str(tmp_path / "upper_image.nii.gz"),
+        "--label",
+        str(tmp_path / "upper_label.nii.gz"),
+    ]
+    sweep += [
+        "--model",
+        str(dataset),
+        "--configuration",
+        "3d_lowres",
+        "--tta",
+        "--attack",
+        "pgd",
+        "--steps",
+        "1",
+    ]
+    assert main([*sweep, "--param", "eps=2,8", "--no-preview", *common, "--out", str(swept)]) == 0
+    settings = json.loads((swept / "sweep.json").read_text(encoding="utf-8"))
+    (model,) = settings["provenance"]["models"]
+    assert (model["nnunet"]["configuration"], model["nnunet"]["tta"]) == ("3d_lowres", True)
+    assert settings["nnunet"]["tta"] is True and settings["nnunet"]["configuration"] == "3d_lowres"
+    for value in ("eps-2", "eps-8"):
+        case = swept / "runs" / value / "cases" / "upper_image"
+        nnunet = json.loads((case / "provenance.json").read_text(encoding="utf-8"))["model"]["nnunet"]
+        assert (nnunet["configuration"], nnunet["tta"], nnunet["folds"]) == ("3d_lowres", True, ["0"])
+    assert {float(r["value"]) for r in read_rows(swept / "cases.csv")} == {2.0, 8.0}
