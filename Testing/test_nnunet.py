@@ -485,9 +485,11 @@ def test_dataset_commands_honour_the_nnunet_choices(tmp_path, real_ct_small, rea
         "nnunet:Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__3d_fullres"
     }
 
-    # a rerun with other folds (or the default folds, 0 and 1) is a run with other settings
-    for folds in (["--folds", "0"], []):
-        assert main(["attack-dataset", *attack, *full, *folds, "--out", str(out)]) == 2
+    # a rerun with other folds (or the default folds, 0 and 1), another checkpoint or TTA is another run
+    fold = dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_1"
+    (fold / "checkpoint_best.pth").write_bytes((fold / "checkpoint_final.pth").read_bytes())
+    for other in (["--folds", "0"], [], ["--folds", "1", "--checkpoint", "best"], ["--folds", "1", "--tta"]):
+        assert main(["attack-dataset", *attack, *full, *other, "--out", str(out)]) == 2
         assert "holds a run with other settings" in capsys.readouterr().err
     assert main(["attack-dataset", *attack, *full, "--folds", "1", "--out", str(out)]) == 0  # resumed
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["skipped_now"] == 2
