@@ -1,8 +1,8 @@
 """Small nnU-Net v2 results folders for the tests: plans.json and dataset.json as nnU-Net 2.8's planner writes
 them, fold_<k>/checkpoint_final.pth in nnU-Net's checkpoint format (the fields of nnUNetTrainer.save_checkpoint,
 the training log of nnU-Net's own LocalLogger with its numpy float64 values, an SGD optimizer state), with
-seeded random weights of dynamic_network_architectures' PlainConvUNet. Only the checkpoints need torch: `plans`,
-`dataset` and `write_model_folder` (plans.json and dataset.json) work without it."""
+seeded random weights of dynamic_network_architectures' PlainConvUNet. Only the checkpoints need torch:
+`write_plans_folder` (plans.json, dataset.json) runs without it (the torch-free tests)."""
 
 from __future__ import annotations
 
@@ -59,75 +59,71 @@ def plain_conv_unet(features: list[int], strides: list[list[int]], convs_per_sta
 ARCHITECTURE = plain_conv_unet([8, 16, 32], [[1, 1, 1], [2, 2, 2], [2, 2, 2]], 1)
 
 
+# CT foreground intensity statistics like example_ct's (HU): what nnU-Net's fingerprint writes per channel.
+FOREGROUND = {
+    "max": 1500.0,
+    "mean": 60.5,
+    "median": 55.0,
+    "min": -1024.0,
+    "percentile_00_5": -950.0,
+    "percentile_99_5": 1180.0,
+    "std": 210.0,
+}
+
+
 def plans(
     spacing: list[float],
     patch: list[int],
-    transpose: list[int],
-    configuration: str,
+    transpose: list[int] = (0, 1, 2),
+    configuration: str = "3d_fullres",
     architecture: dict = ARCHITECTURE,
+    *,
+    dataset_name: str = "Dataset999_AdvSegTest",
+    median_shape: list[int] = (100, 100, 100),
+    foreground: dict = FOREGROUND,
 ) -> dict:
-    """A plans.json with one 3-D configuration (CT normalisation with example_ct-like foreground statistics)."""
+    """A plans.json with one 3-D configuration as nnU-Net 2.8's planner writes it: `spacing` (mm) and
+    `patch` (voxels) after `transpose`, CT normalisation with the `foreground` intensity statistics (HU),
+    spline resampling of order 3 (data) and 1 (segmentations, logits), the `architecture` entry
+    (`plain_conv_unet`), `median_shape` the dataset's median image size (voxels)."""
     backward = [int(i) for i in np.argsort(transpose)]
+    resampling = {"order": 3, "order_z": 0, "force_separate_z": None}
     return {
-        "dataset_name": "Dataset999_AdvSegTest",
+        "dataset_name": dataset_name,
         "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": spacing,
-        "original_median_shape_after_transp": [100, 100, 100],
+        "original_median_spacing_after_transp": list(spacing),
+        "original_median_shape_after_transp": list(median_shape),
         "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": transpose,
+        "transpose_forward": list(transpose),
         "transpose_backward": backward,
         "configurations": {
             configuration: {
                 "data_identifier": f"nnUNetPlans_{configuration}",
                 "preprocessor_name": "DefaultPreprocessor",
                 "batch_size": 2,
-                "patch_size": patch,
-                "median_image_size_in_voxels": [100, 100, 100],
-                "spacing": spacing,
+                "patch_size": list(patch),
+                "median_image_size_in_voxels": list(median_shape),
+                "spacing": list(spacing),
                 "normalization_schemes": ["CTNormalization"],
                 "use_mask_for_norm": [False],
                 "resampling_fn_data": "resample_data_or_seg_to_shape",
                 "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                "resampling_fn_data_kwargs": {
-                    "is_seg": False,
-                    "order": 3,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "resampling_fn_seg_kwargs": {
-                    "is_seg": True,
-                    "order": 1,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
+                "resampling_fn_data_kwargs": {"is_seg": False, **resampling},
+                "resampling_fn_seg_kwargs": {"is_seg": True, **resampling, "order": 1},
                 "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                "resampling_fn_probabilities_kwargs": {
-                    "is_seg": False,
-                    "order": 1,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
+                "resampling_fn_probabilities_kwargs": {"is_seg": False, **resampling, "order": 1},
                 "architecture": architecture,
                 "batch_dice": True,
             }
         },
         "experiment_planner_used": "ExperimentPlanner",
         "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {
-            "0": {
-                "max": 1500.0,
-                "mean": 60.5,
-                "median": 55.0,
-                "min": -1024.0,
-                "percentile_00_5": -950.0,
-                "percentile_99_5": 1180.0,
-                "std": 210.0,
-            }
-        },
+        "foreground_intensity_properties_per_channel": {"0": dict(foreground)},
     }
 
 
 def dataset(labels: list[str] = LABELS) -> dict:
+    """A dataset.json of one CT channel and `labels` at the values 0, 1, ... (no regions)."""
     return {
         "channel_names": {"0": "CT"},
         "labels": {name: value for value, name in enumerate(labels)},
@@ -176,7 +172,7 @@ def checkpoint(
     }
 
 
-def write_model_folder(
+def write_plans_folder(
     root: Path,
     spacing: list[float],
     patch: list[int],
@@ -207,12 +203,12 @@ def write_results_folder(
     architecture: dict = ARCHITECTURE,
     labels: list[str] = LABELS,
 ) -> Path:
-    """`root/Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__<configuration>/` (returned), random weights
-    seeded per fold; the final layer scaled ×20 so that the classes' logits are well apart."""
+    """`write_plans_folder`'s folder (returned) with fold_<k>/checkpoint_final.pth for every fold: random
+    weights seeded per fold, the final layer scaled ×20 so that the classes' logits are well apart."""
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-    folder = write_model_folder(root, spacing, patch, transpose, configuration, architecture, labels)
+    folder = write_plans_folder(root, spacing, patch, transpose, configuration, architecture, labels)
     plans_dict = json.loads((folder / "plans.json").read_text(encoding="utf-8"))
     kwargs = dict(architecture["arch_kwargs"])
     kwargs.update(

@@ -352,3 +352,24 @@ def test_with_a_region_segment_adv_runs_only_the_changed_windows_and_equals_a_fu
         window_start(w) for w in slices if not torch.equal(space.tensor[(0, 0, *w)], clean_tensor[(0, 0, *w)])
     }
     assert len(changed) == run and changed <= reached and len(reached) < total / 2
+
+
+def test_a_request_is_validated_once(tiny_model, tmp_path, monkeypatch):
+    """`run_attack` validates the request (parameters, organs, region) once, before the label is read, and
+    `attack_volume` reuses that instead of validating again."""
+    import AdvSegAttackLib.pipeline.case as case_steps
+    from AdvSegAttackLib.volumes.phantom import write_phantom
+
+    calls = []
+    real_validate = case_steps.validate_request
+
+    def counted_validate(request, label_names):
+        calls.append(request.organs)
+        return real_validate(request, label_names)
+
+    monkeypatch.setattr(case_steps, "validate_request", counted_validate)
+    image, label = write_phantom(0, tmp_path / "data", shape=(36, 32, 30), spacing=(6.0, 6.0, 6.0))
+    argv = ["attack", "--image", str(image), "--label", str(label), "--model", str(tiny_model)]
+    argv += ["--attack", "pgd", "--steps", "1", "--organ", "liver", "--region", "bbox", "--no-preview"]
+    assert main([*argv, "--device", "cpu", "--out", str(tmp_path / "case")]) == 0
+    assert calls == [["liver"]]

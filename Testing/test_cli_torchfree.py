@@ -81,6 +81,26 @@ def test_catalogue_card_volume_and_label_commands_import_no_torch(tmp_path):
     assert (status, heavy) == (0, []) and json.loads(out)["labels"]["6"]["name"] == "liver"
 
 
+def test_info_on_an_nnunet_dataset_folder_imports_no_torch(tmp_path):
+    """A dataset folder of two configurations (plans.json, dataset.json; the checkpoints are not read)."""
+    from nnunet_folders import write_plans_folder
+
+    dataset = tmp_path / "Dataset999_AdvSegTest"
+    dataset.mkdir()
+    for configuration, spacing in (("3d_fullres", 3.0), ("3d_lowres", 6.0)):
+        folder = write_plans_folder(
+            tmp_path / configuration, [spacing] * 3, [32] * 3, configuration=configuration
+        )
+        (folder / "fold_0").mkdir()
+        (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
+        folder.rename(dataset / folder.name)
+    status, out, heavy = advseg("info", dataset)
+    assert (status, heavy) == (0, [])
+    assert [c["spacing_mm"] for c in json.loads(out)["configurations"]] == [[3.0] * 3, [6.0] * 3]
+    status, out, heavy = advseg("info", dataset, "--configuration", "3d_lowres")
+    assert (status, heavy) == (0, []) and json.loads(out)["default_configuration"] == "3d_lowres"
+
+
 def test_session_and_export_commands_import_no_torch(tmp_path):
     cases = []
     for index in range(2):

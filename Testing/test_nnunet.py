@@ -27,6 +27,7 @@ from AdvSegAttackLib.models.labels import organ_index  # noqa: E402
 from AdvSegAttackLib.models.nnunet import nnunet_card  # noqa: E402
 
 nnunetv2 = pytest.importorskip("nnunetv2")
+REPO_CARD = Path(__file__).parents[1] / "Resources" / "Models" / "abdomen-unet" / "card.json"
 
 # nnUNetPredictor keeps the blended logits in float16, and so does the engine for an nnU-Net model; the network's
 # input differs by float32 rounding (the z-score is the network's first layer), which moves a logit by one float16
@@ -155,14 +156,66 @@ def test_label_names_through_the_organ_name_normaliser(tmp_path, capsys):
     assert "3d_fullres" in printed
 
 
-def test_folds_configuration_and_checkpoint_choices(tmp_path):
-    write_results_folder(tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], configuration="3d_fullres")
-    write_results_folder(
-        tmp_path / "other", [6.0, 6.0, 6.0], [32, 32, 32], configuration="3d_lowres", folds=(0,)
-    )
-    dataset = tmp_path / "Dataset999_AdvSegTest"
-    low = tmp_path / "other" / "Dataset999_AdvSegTest" / "nnUNetTrainer__nnUNetPlans__3d_lowres"
+def two_configurations(root: Path) -> Path:
+    """A dataset folder holding 3d_fullres (3 mm, folds 0 and 1) and 3d_lowres (6 mm, fold 0), as nnU-Net
+    and TotalSegmentator lay them out."""
+    write_results_folder(root, [3.0, 3.0, 3.0], [32, 32, 32], configuration="3d_fullres")
+    write_results_folder(root / "other", [6.0, 6.0, 6.0], [32, 32, 32], configuration="3d_lowres", folds=(0,))
+    dataset = root / "Dataset999_AdvSegTest"
+    low = root / "other" / "Dataset999_AdvSegTest" / "nnUNetTrainer__nnUNetPlans__3d_lowres"
     low.rename(dataset / low.name)
+    return dataset
+
+
+def test_info_lists_every_configuration_of_a_dataset_folder(tmp_path, capsys):
+    """`advseg info` on a dataset folder of two configurations lists both (folds, checkpoints, patch, spacing,
+    label names) and says that the other commands need --configuration; --configuration selects one."""
+    from AdvSegAttackLib.cli import main
+
+    dataset = two_configurations(tmp_path)
+    best = dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_1" / "checkpoint_best.pth"
+    best.write_bytes((best.parent / "checkpoint_final.pth").read_bytes())
+    assert main(["info", str(dataset)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "nnU-Net v2 results folder" and info["default_configuration"] is None
+    full, low = info["configurations"]
+    assert full["configuration"] == "3d_fullres" and low["configuration"] == "3d_lowres"
+    assert full["folder"] == "nnUNetTrainer__nnUNetPlans__3d_fullres" and full["trainer"] == "nnUNetTrainer"
+    assert full["folds"] == ["0", "1"] and low["folds"] == ["0"]
+    assert full["checkpoints"] == [
+        "fold_0/checkpoint_final.pth",
+        "fold_1/checkpoint_best.pth",
+        "fold_1/checkpoint_final.pth",
+    ]
+    assert full["spacing_mm"] == [3.0, 3.0, 3.0] and low["spacing_mm"] == [6.0, 6.0, 6.0]
+    assert full["patch_size"] == low["patch_size"] == [32, 32, 32]
+    assert full["label_names"] == low["label_names"] == LABELS
+    assert full["supported"] and low["supported"] and "refused" not in full
+
+    assert main(["info", str(dataset), "--configuration", "3d_lowres"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [c["configuration"] for c in info["configurations"]] == ["3d_lowres"]
+    assert info["default_configuration"] == "3d_lowres"
+    assert main(["info", str(dataset), "--configuration", "2d"]) == 2
+    assert "--configuration 2d" in capsys.readouterr().err
+
+    # one configuration: it is the default; one the engine cannot run is listed with its sentence
+    single = dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    assert main(["info", str(single)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["default_configuration"] == "3d_fullres" and len(info["configurations"]) == 1
+    plans = json.loads((single / "plans.json").read_text(encoding="utf-8"))
+    plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["ZScoreNormalization"]
+    (single / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
+    assert main(["info", str(dataset)]) == 0
+    full, low = json.loads(capsys.readouterr().out)["configurations"]
+    assert not full["supported"] and "ZScoreNormalization" in full["refused"] and low["supported"]
+    assert main(["info", str(REPO_CARD), "--configuration", "3d_fullres"]) == 2
+    assert "--configuration is for nnU-Net" in capsys.readouterr().err
+
+
+def test_folds_configuration_and_checkpoint_choices(tmp_path):
+    dataset = two_configurations(tmp_path)
 
     with pytest.raises(
         InputError, match="several nnU-Net configurations .*3d_fullres.*3d_lowres.*--configuration"
@@ -367,3 +420,126 @@ def test_python_api_loads_an_nnunet_folder_with_its_choices(tmp_path):
     assert chosen.card.nnunet["checkpoints"] == ["fold_1/checkpoint_final.pth"]
     with pytest.raises(InputError, match="--folds 4: .*fold_4"):
         api_load_model(folder, nnunet={"folds": ["4"]})
+
+
+def read_rows(path: Path) -> list[dict]:
+    import csv
+
+    return list(csv.DictReader(path.open(encoding="utf-8")))
+
+
+def manifest_records(out: Path) -> dict[str, dict]:
+    lines = (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    return {record["case"]: record for record in map(json.loads, lines)}
+
+
+@pytest.mark.slow
+def test_dataset_commands_honour_the_nnunet_choices(tmp_path, real_ct_small, real_ct_small_labels, capsys):
+    """`attack-dataset`, `evaluate` and `sweep` with an nnU-Net dataset folder of two configurations, on two
+    crops of the real CT: --configuration, --folds and --tta reach the model, the provenance and the run's
+    settings, and a rerun with other folds is refused as a rerun with other attack settings is."""
+    from AdvSegAttackLib.cli import main
+
+    dataset = two_configurations(tmp_path / "model")
+    image, label = sitk.ReadImage(str(real_ct_small)), sitk.ReadImage(str(real_ct_small_labels))
+    items = []
+    for name, (x, y) in {"upper": (20, 20), "lower": (50, 30)}.items():  # 64 × 64 × 30 voxels of 3 mm
+        for kind, volume in (("image", image), ("label", label)):
+            sitk.WriteImage(volume[x : x + 64, y : y + 64, :], str(tmp_path / f"{name}_{kind}.nii.gz"))
+        items.append({"image": f"{name}_image.nii.gz", "label": f"{name}_label.nii.gz"})
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text(json.dumps({"validation": items}), encoding="utf-8")
+    common = ["--device", "cpu", "--progress", "log"]
+    attack = ["--datalist", str(datalist), "--attack", "pgd", "--steps", "1", "--no-preview", *common]
+    full = ["--model", str(dataset), "--configuration", "3d_fullres"]
+
+    # without --configuration: one sentence, before any output
+    assert main(["attack-dataset", *attack, "--model", str(dataset), "--out", str(tmp_path / "none")]) == 2
+    assert "choose one with --configuration" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+    out = tmp_path / "attacked"
+    assert main(["attack-dataset", *attack, *full, "--folds", "1", "--out", str(out)]) == 0
+    records = manifest_records(out)
+    assert list(records) == ["upper_image", "lower_image"]
+    chosen = {
+        "configuration": "3d_fullres",
+        "folds": ["1"],
+        "checkpoints": ["fold_1/checkpoint_final.pth"],
+        "tta": False,
+    }
+    assert json.loads((out / "run.json").read_text(encoding="utf-8"))["nnunet"] == chosen
+    for name, record in records.items():
+        assert record["status"] == "ok"
+        provenance = json.loads((out / "cases" / name / "provenance.json").read_text(encoding="utf-8"))
+        nnunet = provenance["model"]["nnunet"]
+        assert (nnunet["configuration"], nnunet["folds"], nnunet["tta"]) == ("3d_fullres", ["1"], False)
+        assert list(nnunet["checkpoints"]) == ["fold_1/checkpoint_final.pth"]
+        metrics = json.loads((out / "cases" / name / "metrics.json").read_text(encoding="utf-8"))
+        assert metrics["perturbation"]["window_hu"] == [-950.0, 1180.0] and metrics["organs"]
+    rows = read_rows(out / "cases.csv")
+    assert {r["case"] for r in rows} == set(records) and {r["attack"] for r in rows} == {"pgd"}
+    upper = json.loads((out / "cases" / "upper_image" / "metrics.json").read_text(encoding="utf-8"))
+    assert [r["organ"] for r in rows if r["case"] == "upper_image"] == list(upper["organs"])
+    assert {r["model"] for r in rows} == {
+        "nnunet:Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    }
+
+    # a rerun with other folds (or the default folds, 0 and 1), another checkpoint or TTA is another run
+    fold = dataset / "nnUNetTrainer__nnUNetPlans__3d_fullres" / "fold_1"
+    (fold / "checkpoint_best.pth").write_bytes((fold / "checkpoint_final.pth").read_bytes())
+    for other in (["--folds", "0"], [], ["--folds", "1", "--checkpoint", "best"], ["--folds", "1", "--tta"]):
+        assert main(["attack-dataset", *attack, *full, *other, "--out", str(out)]) == 2
+        assert "holds a run with other settings" in capsys.readouterr().err
+    assert main(["attack-dataset", *attack, *full, "--folds", "1", "--out", str(out)]) == 0  # resumed
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["skipped_now"] == 2
+
+    # evaluate with the attack's model reproduces its Dice; with other folds it is another model
+    evaluated = tmp_path / "evaluated"
+    assert (
+        main(["evaluate", "--adv-dir", str(out), *full, "--folds", "1", *common, "--out", str(evaluated)])
+        == 0
+    )
+    assert json.loads((evaluated / "run.json").read_text(encoding="utf-8"))["nnunet"] == chosen
+    for name, record in manifest_records(evaluated).items():
+        assert record["metrics"]["mean_dice_adv"] == pytest.approx(records[name]["metrics"]["mean_dice_adv"])
+        assert record["metrics"]["mean_dice_clean"] == pytest.approx(
+            records[name]["metrics"]["mean_dice_clean"]
+        )
+    assert len(read_rows(evaluated / "cases.csv")) == len(rows)
+    assert (
+        main(["evaluate", "--adv-dir", str(out), *full, "--folds", "0", *common, "--out", str(evaluated)])
+        == 2
+    )
+    assert "holds a run with other settings" in capsys.readouterr().err
+
+    # sweep: the other configuration with mirroring TTA, on one volume
+    swept = tmp_path / "sweep"
+    sweep = [
+        "sweep",
+        "--image",
+        str(tmp_path / "upper_image.nii.gz"),
+        "--label",
+        str(tmp_path / "upper_label.nii.gz"),
+    ]
+    sweep += [
+        "--model",
+        str(dataset),
+        "--configuration",
+        "3d_lowres",
+        "--tta",
+        "--attack",
+        "pgd",
+        "--steps",
+        "1",
+    ]
+    assert main([*sweep, "--param", "eps=2,8", "--no-preview", *common, "--out", str(swept)]) == 0
+    settings = json.loads((swept / "sweep.json").read_text(encoding="utf-8"))
+    (model,) = settings["provenance"]["models"]
+    assert (model["nnunet"]["configuration"], model["nnunet"]["tta"]) == ("3d_lowres", True)
+    assert settings["nnunet"]["tta"] is True and settings["nnunet"]["configuration"] == "3d_lowres"
+    for value in ("eps-2", "eps-8"):
+        case = swept / "runs" / value / "cases" / "upper_image"
+        nnunet = json.loads((case / "provenance.json").read_text(encoding="utf-8"))["model"]["nnunet"]
+        assert (nnunet["configuration"], nnunet["tta"], nnunet["folds"]) == ("3d_lowres", True, ["0"])
+    assert {float(r["value"]) for r in read_rows(swept / "cases.csv")} == {2.0, 8.0}

@@ -21,7 +21,7 @@ for _path in (REPO, MODULE_DIR):
 
 from AdvSegAttackSceneLib import engine  # noqa: E402
 from AdvSegAttackSceneLib.catalogue import AttackCatalogue  # noqa: E402
-from nnunet_folders import LABELS, write_model_folder  # noqa: E402
+from nnunet_folders import LABELS, write_plans_folder  # noqa: E402
 
 from AdvSegAttackLib.cli import build_parser  # noqa: E402
 from AdvSegAttackLib.cli.common import nnunet_options  # noqa: E402
@@ -46,10 +46,10 @@ def datasetFolder(tmp_path) -> Path:
     """A dataset folder with two trained models, as nnU-Net (and TotalSegmentator) lay them out:
     3d_fullres with folds 0-4 final (fold 10 too, sorted after 4), fold_all final, best in folds 1 and 3 only,
     and a stray fold_2 without checkpoint; 3d_lowres with fold 0 best only and other labels."""
-    fullres = write_model_folder(tmp_path, [1.5, 1.5, 1.5], [64, 64, 64], configuration="3d_fullres")
+    fullres = write_plans_folder(tmp_path, [1.5, 1.5, 1.5], [64, 64, 64], configuration="3d_fullres")
     addCheckpoints(fullres, {"final": ["0", "1", "10", "3", "4", "all"], "best": ["1", "3"]})
     (fullres / "fold_2").mkdir()
-    lowres = write_model_folder(
+    lowres = write_plans_folder(
         tmp_path, [3.0, 3.0, 3.0], [32, 32, 32], configuration="3d_lowres", labels=LOWRES_LABELS
     )
     addCheckpoints(lowres, {"best": ["0"]})

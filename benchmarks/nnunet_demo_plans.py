@@ -22,28 +22,11 @@ import SimpleITK as sitk
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "Testing"))
-from nnunet_folders import plain_conv_unet  # noqa: E402  (the plans' PlainConvUNet entry, one writer)
+from nnunet_folders import LABELS, dataset, plain_conv_unet, plans  # noqa: E402  (the one writer of plans)
 
 SHARED = REPO.parent / "shared" / "data" / "real"
 IMAGE = SHARED / "totalsegmentator" / "example_ct.nii.gz"
 LABEL = SHARED / "btcv13" / "example_ct_btcv13_from_tsv1highres.nii.gz"
-
-NAMES = [  # BTCV-13 values, TotalSegmentator names
-    "background",
-    "spleen",
-    "kidney_right",
-    "kidney_left",
-    "gallbladder",
-    "esophagus",
-    "liver",
-    "stomach",
-    "aorta",
-    "inferior_vena_cava",
-    "portal_vein_and_splenic_vein",
-    "pancreas",
-    "adrenal_gland_right",
-    "adrenal_gland_left",
-]
 
 
 def foreground_properties(image: Path, label: Path) -> dict:
@@ -62,68 +45,20 @@ def foreground_properties(image: Path, label: Path) -> dict:
     }
 
 
-def plans(properties: dict) -> dict:
-    return {
-        "dataset_name": "Dataset901_AdvSegAbdomen3mm",
-        "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": [3.0, 3.0, 3.0],
-        "original_median_shape_after_transp": [112, 101, 122],
-        "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {
-            "3d_fullres": {
-                "data_identifier": "nnUNetPlans_3d_fullres",
-                "preprocessor_name": "DefaultPreprocessor",
-                "batch_size": 2,
-                "patch_size": [48, 48, 48],
-                "median_image_size_in_voxels": [112, 101, 122],
-                "spacing": [3.0, 3.0, 3.0],
-                "normalization_schemes": ["CTNormalization"],
-                "use_mask_for_norm": [False],
-                "resampling_fn_data": "resample_data_or_seg_to_shape",
-                "resampling_fn_seg": "resample_data_or_seg_to_shape",
-                "resampling_fn_data_kwargs": {
-                    "is_seg": False,
-                    "order": 3,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "resampling_fn_seg_kwargs": {
-                    "is_seg": True,
-                    "order": 1,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "resampling_fn_probabilities": "resample_data_or_seg_to_shape",
-                "resampling_fn_probabilities_kwargs": {
-                    "is_seg": False,
-                    "order": 1,
-                    "order_z": 0,
-                    "force_separate_z": None,
-                },
-                "architecture": plain_conv_unet([16, 32, 64, 128], [[1, 1, 1]] + [[2, 2, 2]] * 3, 2),
-                "batch_dice": True,
-            }
-        },
-        "experiment_planner_used": "ExperimentPlanner",
-        "label_manager": "LabelManager",
-        "foreground_intensity_properties_per_channel": {"0": properties},
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    dataset = {
-        "channel_names": {"0": "CT"},
-        "labels": {name: value for value, name in enumerate(NAMES)},
-        "numTraining": 1,
-        "file_ending": ".nii.gz",
-    }
-    for name, data in (("plans.json", plans(foreground_properties(IMAGE, LABEL))), ("dataset.json", dataset)):
+    demo_plans = plans(
+        [3.0, 3.0, 3.0],
+        [48, 48, 48],
+        architecture=plain_conv_unet([16, 32, 64, 128], [[1, 1, 1]] + [[2, 2, 2]] * 3, 2),
+        dataset_name="Dataset901_AdvSegAbdomen3mm",
+        median_shape=[112, 101, 122],
+        foreground=foreground_properties(IMAGE, LABEL),
+    )
+    for name, data in (("plans.json", demo_plans), ("dataset.json", dataset(LABELS))):
         (args.out / name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     print(args.out)
 

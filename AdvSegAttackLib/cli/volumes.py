@@ -1,4 +1,4 @@
-"""`advseg info` (what a volume, label map or model card is) and `advseg phantom` (a synthetic CT); no torch."""
+"""`advseg info` (what a volume, label map, model card or nnU-Net results folder is) and `advseg phantom` (a synthetic CT); no torch."""
 
 from __future__ import annotations
 
@@ -13,26 +13,29 @@ from .common import add_common_options
 
 def add_info(p: argparse.ArgumentParser) -> None:
     p.add_argument("file")
+    p.add_argument(
+        "--configuration", help="nnU-Net results folder: describe this configuration only (e.g. 3d_fullres)"
+    )
     add_common_options(p, device=False)
     p.set_defaults(func=cmd_info)
 
 
 def cmd_info(args: argparse.Namespace, reporter: Reporter) -> dict:
-    """What a volume, label map or model card is."""
-    from ..models.nnunet import is_results_folder
+    """What a volume, label map, model card or nnU-Net results folder (every configuration it holds) is."""
+    from ..errors import InputError
+    from ..models.nnunet import is_results_folder, results_folder_info
     from ..volumes.io import describe_image, full_suffix, json_safe, read_image, read_label
 
     path = Path(args.file)
-    if (
-        path.suffix.lower() == ".json"
-        or (path.is_dir() and ((path / "card.json").is_file() or is_results_folder(path)))
-        or not path.exists()
-    ):
+    nnunet = path.is_dir() and not (path / "card.json").is_file() and is_results_folder(path)
+    if args.configuration and not nnunet:
+        raise InputError(f"--configuration is for nnU-Net results folders; {path} is not one.")
+    if nnunet:
+        info = results_folder_info(path, args.configuration)
+    elif path.suffix.lower() == ".json" or (path / "card.json").is_file() or not path.exists():
         from ..models.cards import load_card
 
-        card = load_card(args.file)
-        kind = "nnU-Net v2 model" if card.nnunet else "model card"
-        info = {"kind": kind, **json.loads(card.to_json())}
+        info = {"kind": "model card", **json.loads(load_card(args.file).to_json())}
     elif full_suffix(path) == ".seg.nrrd":
         info = _label_info(read_label(path), describe_image)
     else:

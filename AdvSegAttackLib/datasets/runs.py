@@ -608,6 +608,7 @@ def attack_dataset(
         "targeted": template.targeted,
         "seed": template.seed,
         "preview": template.preview,
+        **nnunet_settings(card),
     }
     inner = reporter if ctx.is_main else SilentReporter()
 
@@ -624,6 +625,14 @@ def attack_dataset(
     ]
     with claim_output_folder(out, inputs, DATASET_FILES, ctx=ctx):
         return run_cases(cases, Path(out), run_one, required, settings, ctx, reporter)
+
+
+def nnunet_settings(card) -> dict:
+    """{"nnunet": the configuration, folds, checkpoints and tta an nnU-Net model was loaded with (its defaults
+    resolved)} for a run's settings, so that a rerun with other choices is refused; {} for other models."""
+    if not card.nnunet:
+        return {}
+    return {"nnunet": {key: card.nnunet[key] for key in ("configuration", "folds", "checkpoints", "tta")}}
 
 
 def _source_name(source: str | Path) -> str:
@@ -713,6 +722,7 @@ def evaluate_dataset(
         "model": _source_name(model),
         "card": _source_name(card_source) if card_source else None,
         "adv_dir": adv_name,
+        **nnunet_settings(loaded.card),
     }
     inner = reporter if ctx.is_main else SilentReporter()
 

@@ -44,6 +44,7 @@ from .runs import (
     case_rows,
     cases_csv,
     latest_records,
+    nnunet_settings,
     read_manifest_lines,
 )
 
@@ -147,7 +148,12 @@ def run_sweep(
 
     values = sweep_values(template.attack, parameter, values, template.preset)
     model = LoadedModel.load(
-        template.model, template.card, template.device, template.sw_batch_size, template.trust_torchscript
+        template.model,
+        template.card,
+        template.device,
+        template.sw_batch_size,
+        template.trust_torchscript,
+        template.nnunet,
     )  # once for every value and case
     attack, _ = prepare_attack(template, model.card)
     unit = attack_entry(attack.name).parameter(parameter).unit
@@ -162,6 +168,7 @@ def run_sweep(
         "values": list(values),
         "parameters": {k: v for k, v in attack.config.to_dict().items() if k != parameter},
         "model": model.card.name,
+        **nnunet_settings(model.card),
         "organs": list(template.organs),
         "region": template.region,
         "targeted": template.targeted,

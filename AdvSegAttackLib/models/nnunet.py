@@ -108,6 +108,20 @@ def trained_models(path: str | Path) -> list[TrainedModel]:
     ]
 
 
+def _default_configuration(folder: Path, plans: dict) -> str | None:
+    """The configuration of a trained model folder without --configuration: the one its name gives, else the
+    plans' only configuration, else their only 3-D one (None when that leaves a choice)."""
+    named = _configuration_of(folder)
+    if named is not None:
+        return named
+    configurations = plans.get("configurations")
+    configurations = list(configurations) if isinstance(configurations, dict) else []
+    candidates = (
+        configurations if len(configurations) == 1 else [c for c in configurations if c.startswith("3d")]
+    )
+    return candidates[0] if len(candidates) == 1 else None
+
+
 def model_folder(path: str | Path, configuration: str | None = None) -> Path:
     """The trained model folder of `path` for `configuration` (see the module docstring)."""
     path = Path(path)
@@ -282,14 +296,9 @@ def nnunet_card(
     folder = model_folder(path, configuration)
     plans, dataset = _read_json(folder / PLANS_FILE), _read_json(folder / DATASET_FILE)
     named = _configuration_of(folder)
-    name = configuration or named
-    if name is None and len(plans.get("configurations", {})) == 1:
-        name = next(iter(plans["configurations"]))
+    name = configuration or _default_configuration(folder, plans)
     if name is None:
-        candidates = [c for c in plans.get("configurations", {}) if c.startswith("3d")]
-        if len(candidates) != 1:
-            raise InputError(f"{folder}: its name names no configuration; choose one with --configuration.")
-        name = candidates[0]
+        raise InputError(f"{folder}: its name names no configuration; choose one with --configuration.")
     config = _configuration(plans, name, folder / PLANS_FILE)
     _checks(plans, dataset, config, folder)
     try:
@@ -344,3 +353,70 @@ def nnunet_card(
         },
         path=folder / PLANS_FILE,
     )
+
+
+def results_folder_info(path: str | Path, configuration: str | None = None) -> dict:
+    """What `advseg info` says of an nnU-Net folder (torch-free): every trained model it holds, one per
+    configuration (`configuration`: that one only), with its folds and their checkpoints, patch size (voxels),
+    spacing (mm) and label names, and whether the engine runs it (else the sentence why not); and
+    `default_configuration`, the one the other commands use without --configuration (None: they need one)."""
+    path = Path(path)
+    if configuration:
+        folders = [model_folder(path, configuration)]
+    else:
+        folders = _model_folders(path)
+    entries, default = [], None
+    for folder in folders:
+        try:
+            plans, dataset = _read_json(folder / PLANS_FILE), _read_json(folder / DATASET_FILE)
+        except InputError as error:
+            entries.append(
+                {
+                    "configuration": _configuration_of(folder),
+                    "folder": folder.name,
+                    "supported": False,
+                    "refused": str(error),
+                }
+            )
+            continue
+        if len(folders) == 1:
+            default = configuration or _default_configuration(folder, plans)
+        if configuration or _configuration_of(folder):
+            names = [configuration or _configuration_of(folder)]
+        else:  # a folder not named <Trainer>__<Plans>__<configuration>: any of its plans' configurations
+            names = list(plans.get("configurations") or {})
+        entries += [_trained_model_info(folder, name, plans, dataset) for name in names]
+    return {
+        "kind": "nnU-Net v2 results folder",
+        "path": str(path.resolve()),
+        "default_configuration": default,
+        "configurations": entries,
+    }
+
+
+def _trained_model_info(folder: Path, name: str, plans: dict, dataset: dict) -> dict:
+    """One configuration of `results_folder_info`."""
+    named = _configuration_of(folder) is not None
+    with_file = {file: _folds_with(folder, file) for file in CHECKPOINTS.values()}
+    checkpoints = sorted(
+        (f"fold_{fold}/{file}" for file, folds in with_file.items() for fold in folds),
+        key=lambda c: (_fold_key(c.split("/")[0].removeprefix("fold_")), c),
+    )
+    info = {
+        "configuration": name,
+        "folder": folder.name,
+        "trainer": folder.name.split("__")[0] if named else None,
+        "plans": folder.name.split("__")[1] if named else plans.get("plans_name"),
+        "folds": list(dict.fromkeys(c.split("/")[0].removeprefix("fold_") for c in checkpoints)),
+        "checkpoints": checkpoints,
+    }
+    try:
+        config = _configuration(plans, name, folder / PLANS_FILE)
+        info["patch_size"], info["spacing_mm"] = config.get("patch_size"), config.get("spacing")
+        info["label_names"] = _label_names(dataset, folder / DATASET_FILE)
+        _checks(plans, dataset, config, folder)
+        if not checkpoints:
+            raise InputError(f"{folder} has no fold_<k>/{' or '.join(CHECKPOINTS.values())}.")
+    except InputError as error:
+        return {**info, "supported": False, "refused": str(error)}
+    return {**info, "supported": True}

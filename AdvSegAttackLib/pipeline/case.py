@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from .. import __version__
 from ..attacks.base import Attack, ModelSpaceAttack, SourceGridAttack, attack_class
-from ..attacks.catalogue import attack_config
 from ..errors import InputError
 from ..evaluation.casefolder import ADVERSARIAL, METRICS, PRED_ADV, PRED_CLEAN, PREVIEW, PROVENANCE, REGION
 from ..evaluation.metrics import (
@@ -579,12 +578,14 @@ def attack_volume(
     model: LoadedModel,
     reporter: Reporter,
     on_stage: Callable[[str], None] | None = None,
+    prepared: tuple[Attack, dict[str, int]] | None = None,
 ) -> AttackedVolume:
     """The clean prediction, the target and the attack of one volume in memory (steps 2-4: `source` is the
     volume, `reference` its label map or None; the request's image, label and out are not read).
-    `on_stage(stage)` is called when "load", "segment_clean" and "attack" end."""
+    `on_stage(stage)` is called when "load", "segment_clean" and "attack" end. `prepared`: what
+    `prepare_attack(request, model.card)` returned, when the caller has validated the request already."""
     stage = on_stage or (lambda name: None)
-    attack, organs = prepare_attack(request, model.card)
+    attack, organs = prepared or prepare_attack(request, model.card)
     space = model_space(source, model.card)
     reporter.progress("load", 1, 1)
     stage("load")
@@ -612,9 +613,7 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
     of the request, when a run has loaded it already."""
     started = datetime.now(timezone.utc)
     clock = _StageClock()
-    attack_config(request.attack, request.preset, **request.params)  # bad parameters fail before any reading
     reporter.progress("load", 0, 1)
-    source = read_image(request.image)
     if model is None:
         model = LoadedModel.load(
             request.model,
@@ -625,9 +624,10 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
             request.nnunet,
         )
     card = model.card
-    prepare_attack(request, card)  # unknown organs fail before the label is read
+    prepared = prepare_attack(request, card)  # the one validation: bad parameters or organs read no volume
+    source = read_image(request.image)
     reference = read_label(request.label, source, card.label_names) if request.label else None
-    attacked = attack_volume(request, source, reference, model, reporter, clock.lap)
+    attacked = attack_volume(request, source, reference, model, reporter, clock.lap, prepared)
     attack, organs = attacked.attack, attacked.organs
     space, target, outcome = attacked.space, attacked.target, attacked.outcome
 
