@@ -250,14 +250,15 @@ def predict_logits_changed(
             if difference is None:
                 difference = nothing[windows.shape[0]] = windows.new_zeros(shape)
         else:
-            difference = windows.new_zeros(shape)
+            difference = windows.new_empty(shape)
+            difference[[i for i in range(shape[0]) if i not in run]] = 0.0  # the run ones are written below
             again = [i for i in run if clean_windows.get(starts[i]) is None]  # clean logits not kept
             clean = [clean_padded[(0, slice(None), *positions[i][2:])] for i in again]
             logits = model(torch.cat([windows[run], *[c[None] for c in clean]]))
             rerun = dict(zip(again, logits[len(run) :], strict=True))
             for j, i in enumerate(run):
                 before = rerun[i] if i in rerun else clean_windows[starts[i]].to(logits.device)
-                difference[i] = logits[j] - before
+                torch.sub(logits[j], before, out=difference[i])
         done += windows.shape[0]
         if progress is not None:
             progress(min(done, total), total)
