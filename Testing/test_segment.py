@@ -65,7 +65,7 @@ def test_changed_windows_only_give_the_logits_and_labels_of_a_full_run():
     attacked = clean.clone()
     attacked[..., 2:7, 3:9, 20:25] += 0.3 * torch.rand(5, 6, 5)  # a small region near one corner
     full = predict_logits(model, attacked, card, sw_batch_size=3)
-    reused, run = predict_logits_changed(model, attacked, clean, clean_logits, card, sw_batch_size=3)
+    reused, run, box = predict_logits_changed(model, attacked, clean, clean_logits, card, sw_batch_size=3)
     slices, _ = window_slices(attacked.shape[2:], card.roi_size, card.overlap)
     assert 0 < run < len(slices) / 4
     assert torch.allclose(reused, full, atol=1e-5, rtol=0)
@@ -76,7 +76,10 @@ def test_changed_windows_only_give_the_logits_and_labels_of_a_full_run():
         if (attacked != clean)[(0, 0, *window)].any():
             reach[window] = True
     assert torch.equal(reused[..., ~reach], clean_logits[..., ~reach])
-    assert predict_logits_changed(model, clean, clean, clean_logits, card)[1] == 0
+    inside = torch.zeros_like(reach)
+    inside[box] = True
+    assert torch.equal(inside, reach)  # the box is that of the changed windows (here one box of them)
+    assert predict_logits_changed(model, clean, clean, clean_logits, card)[1:] == (0, None)
 
     # With the clean logits of some windows kept by the clean run, only the others run on the clean tensor.
     kept = {window_start(w): None for w in slices[::2]}
@@ -84,7 +87,7 @@ def test_changed_windows_only_give_the_logits_and_labels_of_a_full_run():
     assert all(logits is not None and logits.shape == (5, 16, 16, 16) for logits in kept.values())
     forwarded = []
     hook = model.register_forward_hook(lambda module, args, output: forwarded.append(args[0].shape[0]))
-    reused_kept, run_kept = predict_logits_changed(
+    reused_kept, run_kept, box_kept = predict_logits_changed(
         model, attacked, clean, clean_logits, card, sw_batch_size=3, clean_windows=kept
     )
     hook.remove()
@@ -92,4 +95,4 @@ def test_changed_windows_only_give_the_logits_and_labels_of_a_full_run():
     assert changed & kept.keys() and changed - kept.keys()  # both paths: kept and run again
     assert run_kept == run == len(changed) and sum(forwarded) == run + len(changed - kept.keys())
     assert torch.allclose(reused_kept, full, atol=1e-5, rtol=0)
-    assert torch.equal(reused_kept.argmax(1), full.argmax(1))
+    assert torch.equal(reused_kept.argmax(1), full.argmax(1)) and box_kept == box

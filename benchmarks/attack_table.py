@@ -3,9 +3,12 @@
 Runs `advseg attack` (the engine pipeline: the written file is what gets segmented) for each attack on the
 real CT of ../shared (example_ct with its BTCV-13 labels) and on a phantom of an unseen seed, and prints a
 Markdown table: mean organ Dice clean and attacked (background excluded), HD95, SSIM (3-D and axial mean),
-PSNR, L-inf in HU, seconds. `--update-readme` writes the table into README.md between its markers.
+PSNR, L-inf in HU, seconds. `--update-readme` writes the table into README.md between the markers of
+`--section` (default attack-table; the nnU-Net model's rows go to attack-table-nnunet).
 
     .venv/bin/python benchmarks/attack_table.py [--attacks saa pgd ...] [--update-readme]
+    .venv/bin/python benchmarks/attack_table.py --model FOLDER --attacks pgd saa vafa --volumes real \
+        --section attack-table-nnunet --update-readme
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ def main() -> int:
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS), help="NAME or NAME:PRESET")
     parser.add_argument("--volumes", nargs="+", choices=("real", "phantom"), default=["real", "phantom"])
     parser.add_argument("--update-readme", action="store_true")
+    parser.add_argument("--section", default="attack-table", help="README markers to write between")
     args = parser.parse_args()
 
     import torch
@@ -110,7 +114,9 @@ def main() -> int:
         return "-" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"Model `{args.model}`, every attack at its default setting (SA²: the authors' final preset; and SA² with the specified preset), CPU (2 cores). Dice is the mean over the organs "
+        f"Model `{Path(args.model).name}`, every attack at its default setting (SA²: the authors' final preset"
+        f"{'; and SA² with the specified preset' if 'saa:specified' in args.attacks else ''}), CPU (2 cores). "
+        "Dice is the mean over the organs "
         "in the reference (background excluded); SSIM 3-D (Gaussian 11³) and axial mean (7×7, as the papers report); "
         "PSNR on the −175…250 HU window; the attacked numbers are of the written adversarial file.",
         "",
@@ -126,7 +132,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     if args.update_readme:
-        update_readme_section("attack-table", table)
+        update_readme_section(args.section, table)
         print("README.md updated", file=sys.stderr)
     return 0
 

@@ -199,8 +199,8 @@ def predict_logits_changed(
     sw_batch_size: int = 4,
     progress: WindowProgress | None = None,
     clean_windows: Mapping[tuple[int, ...], torch.Tensor | None] | None = None,
-) -> tuple[torch.Tensor, int]:
-    """(blended logits of `tensor`, windows run) given `clean_logits` = `predict_logits(clean_tensor)`.
+) -> tuple[torch.Tensor, int, tuple[slice, ...] | None]:
+    """(blended logits of `tensor`, windows run, changed box) given `clean_logits` = `predict_logits(clean_tensor)`.
 
     Only the windows whose input differs from `clean_tensor`'s are run; the difference of their logits from
     the clean ones (`clean_windows`, the raw logits `predict_logits` kept of some windows; the others are run
@@ -208,6 +208,8 @@ def predict_logits_changed(
     every other window), whose Gaussian blend is linear (Σ w·logits / Σ w), and is added to `clean_logits`.
     Where no changed window reaches, the result is `clean_logits` bit for bit; elsewhere it equals a full
     run to float rounding (tested: labels equal). Both tensors [1, 1, X, Y, Z] on one grid; logits on the CPU.
+    The changed box (slices of the X, Y, Z grid; None when no window changed) holds every voxel a changed
+    window covers: outside it the logits are `clean_logits`, and so are their labels.
     """
     if card.window_rule != "monai":
         raise ValueError("Changed windows are re-run alone only with MONAI's sliding windows.")
@@ -217,15 +219,24 @@ def predict_logits_changed(
     slices, pads = window_slices(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
     padded = pad_for_windows(tensor.to(device), pads)
     clean_padded = pad_for_windows(clean_tensor.to(device), pads)
-    changed = {
-        window_start(window)
-        for window in slices
-        if not torch.equal(padded[(0, 0, *window)], clean_padded[(0, 0, *window)])
-    }
+    changed = [
+        window for window in slices if not torch.equal(padded[(0, 0, *window)], clean_padded[(0, 0, *window)])
+    ]
     if not changed:
-        return clean_logits.clone(), 0
+        return clean_logits.clone(), 0, None
+    box = tuple(
+        slice(
+            max(min(w[axis].start for w in changed) - low, 0),
+            min(max(w[axis].stop for w in changed) - low, n),
+        )
+        for axis, ((low, _), n) in enumerate(zip(pads, tensor.shape[-3:], strict=True))
+    )
+    changed = {window_start(window) for window in changed}
     total = len(slices)
     done = 0
+    nothing: dict[
+        int, torch.Tensor
+    ] = {}  # zero logits per batch size, for the batches without a changed window
     if progress is not None:
         progress(0, total)
 
@@ -233,15 +244,21 @@ def predict_logits_changed(
         nonlocal done
         starts = [window_start(p[2:]) for p in positions]
         run = [i for i, start in enumerate(starts) if start in changed]
-        difference = windows.new_zeros((windows.shape[0], clean_logits.shape[1], *windows.shape[2:]))
-        if run:
+        shape = (windows.shape[0], clean_logits.shape[1], *windows.shape[2:])
+        if not run:  # MONAI scales it in place by the importance map: zeros stay zeros
+            difference = nothing.get(windows.shape[0])
+            if difference is None:
+                difference = nothing[windows.shape[0]] = windows.new_zeros(shape)
+        else:
+            difference = windows.new_empty(shape)
+            difference[[i for i in range(shape[0]) if i not in run]] = 0.0  # the run ones are written below
             again = [i for i in run if clean_windows.get(starts[i]) is None]  # clean logits not kept
             clean = [clean_padded[(0, slice(None), *positions[i][2:])] for i in again]
             logits = model(torch.cat([windows[run], *[c[None] for c in clean]]))
             rerun = dict(zip(again, logits[len(run) :], strict=True))
             for j, i in enumerate(run):
                 before = rerun[i] if i in rerun else clean_windows[starts[i]].to(logits.device)
-                difference[i] = logits[j] - before
+                torch.sub(logits[j], before, out=difference[i])
         done += windows.shape[0]
         if progress is not None:
             progress(min(done, total), total)
@@ -259,7 +276,7 @@ def predict_logits_changed(
             device="cpu",
             with_coord=True,
         )
-    return clean_logits + difference, len(changed)
+    return clean_logits + difference, len(changed), box
 
 
 def predict_labels(

@@ -133,13 +133,15 @@ class LoadedModel:
         clean_logits: torch.Tensor,
         progress: Callable[[int, int], None] | None = None,
         clean_windows: dict | None = None,
+        clean_labels: torch.Tensor | None = None,
     ) -> tuple[sitk.Image, int]:
         """(the label map of `image` on its grid, windows run): `image` is a changed copy of the volume of
         `clean` (same grid), so only the windows whose model-space input changed are run and the clean logits
         of the others are reused (`models.segment.predict_logits_changed`, with the raw clean logits of
-        `clean_windows`; labels equal a full run)."""
+        `clean_windows`; labels equal a full run). With `clean_labels` (the argmax of `clean_logits`) only
+        the box the changed windows cover takes a new argmax."""
         space = model_space(image, self.card)
-        logits, run = predict_logits_changed(
+        logits, run, box = predict_logits_changed(
             self.network,
             space.tensor,
             clean.tensor,
@@ -150,7 +152,12 @@ class LoadedModel:
             progress,
             clean_windows,
         )
-        return space.prediction_to_source(logits), run
+        if clean_labels is None:
+            return space.prediction_to_source(logits), run
+        labels = clean_labels.clone()
+        if box is not None:
+            labels[(0, 0, *box)] = logits[(0, slice(None), *box)].max(dim=0).indices  # argmax, 4x faster
+        return space.labels_to_source(labels), run
 
 
 def _windows(reporter: Reporter, stage: str) -> Callable[[int, int], None]:
@@ -183,6 +190,7 @@ class CaseTarget:
     description: str  # "the reference label" or "the model's clean prediction"
     clean_logits: torch.Tensor | None = None  # [1, C, X, Y, Z] blended logits of the clean volume, if kept
     clean_windows: dict | None = None  # {window start: raw logits} of the windows kept (`predict_logits`)
+    clean_labels: torch.Tensor | None = None  # [1, 1, X, Y, Z] argmax of clean_logits, if kept
 
 
 def clean_target(
@@ -204,13 +212,15 @@ def clean_target(
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
     kept = dict.fromkeys(keep_windows or ()) if keep_logits else None
     logits = model.logits(space, _windows(reporter, "segment-clean"), kept)
-    clean = logits.argmax(dim=1, keepdim=True)
+    clean = logits.max(dim=1, keepdim=True).indices  # argmax (first maximum), 4x faster on the CPU
     if target is None:
         target = clean
         require_organs_present(organs, set(torch.unique(target).tolist()), f"the target ({description})")
     prediction = space.prediction_to_source(logits)
     source_target = reference if reference is not None else prediction
-    return CaseTarget(target, source_target, prediction, description, logits if keep_logits else None, kept)
+    if not keep_logits:
+        return CaseTarget(target, source_target, prediction, description)
+    return CaseTarget(target, source_target, prediction, description, logits, kept, clean)
 
 
 def source_region(labels: sitk.Image, organs: list[int], mode: str, dilation_mm: float) -> np.ndarray | None:
@@ -637,7 +647,12 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
         written = read_image(adversarial_path)  # the model segments the file, not the tensor
         if target.clean_logits is not None:
             pred_adv, outcome.diagnostics["segment_adv_windows"] = model.segment_changed(
-                written, space, target.clean_logits, _windows(reporter, "segment-adv"), target.clean_windows
+                written,
+                space,
+                target.clean_logits,
+                _windows(reporter, "segment-adv"),
+                target.clean_windows,
+                target.clean_labels,
             )
         else:
             _, _, pred_adv = model.segment(written, _windows(reporter, "segment-adv"))
