@@ -584,14 +584,7 @@ def attack_dataset(
     from ..pipeline.case import LoadedModel, prepare_attack, run_attack
 
     if model is None:
-        model = LoadedModel.load(
-            template.model,
-            template.card,
-            template.device,
-            template.sw_batch_size,
-            template.trust_torchscript,
-            template.nnunet,
-        )  # once for every case
+        model = LoadedModel.for_request(template)  # once for every case
     card = model.card
     attack, _ = prepare_attack(template, card)  # bad parameters, unknown organs: exit 2 now
     settings = {

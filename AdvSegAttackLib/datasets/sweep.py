@@ -147,14 +147,7 @@ def run_sweep(
     from ..pipeline.case import LoadedModel, prepare_attack, run_provenance
 
     values = sweep_values(template.attack, parameter, values, template.preset)
-    model = LoadedModel.load(
-        template.model,
-        template.card,
-        template.device,
-        template.sw_batch_size,
-        template.trust_torchscript,
-        template.nnunet,
-    )  # once for every value and case
+    model = LoadedModel.for_request(template)  # once for every value and case
     attack, _ = prepare_attack(template, model.card)
     unit = attack_entry(attack.name).parameter(parameter).unit
     out = Path(out)

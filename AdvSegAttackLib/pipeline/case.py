@@ -99,6 +99,18 @@ class LoadedModel:
         )
         return cls(loaded_card, network, device, sw_batch_size)
 
+    @classmethod
+    def for_request(cls, request: AttackRequest) -> LoadedModel:
+        """The model of an attack request (its model, card, device, window batch, trust and nnU-Net choices)."""
+        return cls.load(
+            request.model,
+            request.card,
+            request.device,
+            request.sw_batch_size,
+            request.trust_torchscript,
+            request.nnunet,
+        )
+
     def labels(
         self, space: ModelSpaceImage, progress: Callable[[int, int], None] | None = None
     ) -> torch.Tensor:
@@ -625,14 +637,7 @@ def run_attack(request: AttackRequest, reporter: Reporter, model: LoadedModel | 
     clock = _StageClock()
     reporter.progress("load", 0, 1)
     if model is None:
-        model = LoadedModel.load(
-            request.model,
-            request.card,
-            request.device,
-            request.sw_batch_size,
-            request.trust_torchscript,
-            request.nnunet,
-        )
+        model = LoadedModel.for_request(request)
     card = model.card
     prepared = prepare_attack(request, card)  # the one validation: bad parameters or organs read no volume
     source = read_image(request.image)
