@@ -543,3 +543,49 @@ def test_dataset_commands_honour_the_nnunet_choices(tmp_path, real_ct_small, rea
         nnunet = json.loads((case / "provenance.json").read_text(encoding="utf-8"))["model"]["nnunet"]
         assert (nnunet["configuration"], nnunet["tta"], nnunet["folds"]) == ("3d_lowres", True, ["0"])
     assert {float(r["value"]) for r in read_rows(swept / "cases.csv")} == {2.0, 8.0}
+
+
+@pytest.mark.slow
+def test_transfer_passes_the_nnunet_choices_to_each_nnunet_folder(
+    tmp_path, real_ct_small, real_ct_small_labels, capsys
+):
+    """`transfer` between two nnU-Net dataset folders of two configurations each: without --configuration one
+    sentence and no output; with it (and --folds) each folder is loaded with those choices, and the transfer's
+    settings and every case's provenance record them."""
+    import shutil
+
+    from AdvSegAttackLib.cli import main
+
+    first = two_configurations(tmp_path / "first")
+    second = tmp_path / "second" / "Dataset998_AdvSegOther"
+    shutil.copytree(first, second)
+    image, label = sitk.ReadImage(str(real_ct_small)), sitk.ReadImage(str(real_ct_small_labels))
+    for kind, volume in (("image", image), ("label", label)):
+        sitk.WriteImage(volume[20:84, 20:84, :], str(tmp_path / f"crop_{kind}.nii.gz"))
+    command = [
+        "transfer",
+        "--image",
+        str(tmp_path / "crop_image.nii.gz"),
+        "--label",
+        str(tmp_path / "crop_label.nii.gz"),
+    ]
+    command += ["--source-models", str(first), "--target-models", str(first), str(second)]
+    command += ["--attack", "pgd", "--steps", "1", "--no-preview", "--device", "cpu", "--progress", "log"]
+
+    assert main([*command, "--out", str(tmp_path / "none")]) == 2
+    assert "choose one with --configuration" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+
+    out = tmp_path / "transfer"
+    assert main([*command, "--configuration", "3d_fullres", "--folds", "1", "--out", str(out)]) == 0
+    settings = json.loads((out / "transfer.json").read_text(encoding="utf-8"))
+    assert {name: (n["configuration"], n["folds"]) for name, n in settings["nnunet"].items()} == {
+        "nnunet:Dataset999_AdvSegTest/nnUNetTrainer__nnUNetPlans__3d_fullres": ("3d_fullres", ["1"]),
+        "nnunet:Dataset998_AdvSegOther/nnUNetTrainer__nnUNetPlans__3d_fullres": ("3d_fullres", ["1"]),
+    }
+    (folder,) = [p for p in (out / "attacks").iterdir() if p.is_dir()]  # one folder, not "nnunet:…/…"
+    assert folder.name == "nnunet_Dataset999_AdvSegTest_nnUNetTrainer__nnUNetPlans__3d_fullres"
+    provenance = next(folder.glob("cases/*/provenance.json"))
+    nnunet = json.loads(provenance.read_text(encoding="utf-8"))["model"]["nnunet"]
+    assert (nnunet["configuration"], nnunet["folds"]) == ("3d_fullres", ["1"])
+    assert len(read_rows(out / "transfer.csv")) == 2

@@ -65,7 +65,12 @@ def add_model_options(p: argparse.ArgumentParser, card: bool = True) -> None:
     if card:
         p.add_argument("--card", help="card or preset describing a checkpoint/TorchScript --model")
     add_trust_torchscript_option(p)
-    group = p.add_argument_group("nnU-Net v2 results folders (--model FOLDER, e.g. a TotalSegmentator model)")
+    add_nnunet_options(p, "nnU-Net v2 results folders (--model FOLDER, e.g. a TotalSegmentator model)")
+
+
+def add_nnunet_options(p: argparse.ArgumentParser, title: str) -> None:
+    """--configuration, --folds, --checkpoint, --tta: the choices of an nnU-Net results folder."""
+    group = p.add_argument_group(title)
     group.add_argument(
         "--configuration", help="the configuration, where the folder holds several (e.g. 3d_fullres)"
     )
@@ -93,13 +98,14 @@ def add_attack_options(p: argparse.ArgumentParser, every_case: bool = False, mod
     """The model, the attack and its settings of `attack` and `attack-dataset` (`every_case`: the settings
     apply to every case of a dataset): --attack, --preset, one flag per catalogue parameter, --organ,
     --region, --dilation-mm, --targeted, --seed, --sw-batch-size, --no-preview. Without `model` (a command
-    with models of its own, `transfer`) no --model or --card, only --trust-torchscript."""
+    with models of its own, `transfer`) no --model or --card, only --trust-torchscript and the nnU-Net choices."""
     from ..attacks.catalogue import ATTACKS
 
     if model:
         add_model_options(p)
     else:
         add_trust_torchscript_option(p)
+        add_nnunet_options(p, "nnU-Net v2 results folders (the same choices for each one among the models)")
         p.set_defaults(model="", card=None)
     p.add_argument(
         "--attack", required=True, choices=list(ATTACKS), help="attack name (see `advseg attacks`)"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,6 +47,7 @@ from .runs import (
     cases_csv,
     evaluate_dataset,
     match_adversarial,
+    nnunet_settings,
 )
 from .sweep import ok_records
 
@@ -75,9 +77,16 @@ TRANSFER_COLUMNS = (
 )
 
 
+def model_folder_name(name: str) -> str:
+    """A model's card name as one portable path component: characters other than letters, digits, ".", "_"
+    and "-" become "_" (an nnU-Net card name such as `nnunet:Dataset297_X/nnUNetTrainer__nnUNetPlans__3d_fullres`
+    holds ":" and "/")."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "model"
+
+
 def pair_folder(source: str, target: str) -> str:
-    """The evaluate run folder of one (source, target) pair."""
-    return f"{source}--on--{target}"
+    """The evaluate run folder of one (source, target) pair of card names."""
+    return f"{model_folder_name(source)}--on--{model_folder_name(target)}"
 
 
 def _mean_sd(values: Sequence[float | None]) -> tuple[float, float]:
@@ -146,25 +155,28 @@ def run_transfer(
     write the transfer folder `out` (see the module docstring). `template` is a `pipeline.AttackRequest` as
     for `runs.attack_dataset` (its model is replaced by each source)."""
     from ..models.cards import model_inputs
+    from ..models.nnunet import is_results_folder
     from ..pipeline.case import LoadedModel, prepare_attack, run_provenance
 
     if not source_models or not target_models:
         raise InputError("--source-models and --target-models each need at least one model.")
     loaded: dict[str, LoadedModel] = {}
-    for source in dict.fromkeys([*source_models, *target_models]):
-        loaded[source] = LoadedModel.load(
-            source, None, template.device, template.sw_batch_size, template.trust_torchscript
+    requests = {  # the nnU-Net choices go to each nnU-Net results folder among the models
+        source: replace(
+            template, model=source, card=None, nnunet=template.nnunet if is_results_folder(source) else None
         )
+        for source in dict.fromkeys([*source_models, *target_models])
+    }
+    for source, request in requests.items():
+        loaded[source] = LoadedModel.for_request(request)
     names = {source: model.card.name for source, model in loaded.items()}
-    if len(set(names.values())) != len(names):
+    if len({model_folder_name(name) for name in names.values()}) != len(names):  # their folders too
         raise InputError(
             "two of the --source-models/--target-models have the same card name; give each model once."
         )
     attack, _ = prepare_attack(template, loaded[source_models[0]].card)
-    for source in [*source_models, *target_models]:
-        prepare_attack(
-            replace(template, model=source), loaded[source].card
-        )  # the organs exist in every model
+    for source, request in requests.items():
+        prepare_attack(request, loaded[source].card)  # the organs exist in every model
     out = Path(out)
     sources, targets = [names[s] for s in source_models], [names[t] for t in target_models]
     settings = {
@@ -181,18 +193,21 @@ def run_transfer(
         "seed": template.seed,
         "cases": [case.name for case in cases],
     }
+    nnunet = {names[s]: nnunet_settings(m.card)["nnunet"] for s, m in loaded.items() if m.card.nnunet}
+    if nnunet:  # only then, so that the transfer folders of other models still resume
+        settings["nnunet"] = nnunet
     model_files = [item for source in loaded for item in model_inputs(source)]
     attacks: dict[str, RunSummary] = {}
     scores: dict[tuple[str, str], RunSummary] = {}
     with claim_output_folder(out, [*inputs, *model_files], TRANSFER_FILES, ctx=ctx):
         for source in source_models:
-            request = replace(template, model=source)
-            attack_dir = out / ATTACKS_DIR / names[source]
+            request = requests[source]
+            attack_dir = out / ATTACKS_DIR / model_folder_name(names[source])
             attacks[names[source]] = attack_dataset(
                 cases, request, attack_dir, ctx, reporter, inputs, model=loaded[source]
             )
         for source in source_models:
-            attack_dir = out / ATTACKS_DIR / names[source]
+            attack_dir = out / ATTACKS_DIR / model_folder_name(names[source])
             adversarial = match_adversarial(cases, attack_dir)
             for target in target_models:
                 pair = (names[source], names[target])
