@@ -70,6 +70,7 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="attack-table-"))
     rows = []
+    window = None  # the model's HU window, on which PSNR and SSIM are computed
     for name, image, label in volumes(folder):
         if ("real" if name.startswith("real") else "phantom") not in args.volumes:
             continue
@@ -90,6 +91,7 @@ def main() -> int:
             metrics = run_attack(request, TqdmReporter())
             seconds = time.perf_counter() - start
             p = metrics["perturbation"]
+            window = p["window_hu"]
             rows.append(
                 (
                     name,
@@ -114,11 +116,12 @@ def main() -> int:
         return "-" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"Model `{Path(args.model).name}`, every attack at its default setting (SA²: the authors' final preset"
+        f"Model `{Path(args.model).name}`, each attack at its default setting (SA²: the authors' final preset"
         f"{'; and SA² with the specified preset' if 'saa:specified' in args.attacks else ''}), CPU (2 cores). "
         "Dice is the mean over the organs "
         "in the reference (background excluded); SSIM 3-D (Gaussian 11³) and axial mean (7×7, as the papers report); "
-        "PSNR on the −175…250 HU window; the attacked numbers are of the written adversarial file.",
+        f"PSNR on the model's {window[0]:g}…{window[1]:g} HU window; the attacked numbers are of the written "
+        "adversarial file.",
         "",
         "| volume | attack | Dice clean | Dice attacked | HD95 clean mm | HD95 attacked mm | SSIM 3-D | SSIM axial | PSNR dB | L∞ HU | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
