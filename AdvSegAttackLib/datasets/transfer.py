@@ -172,11 +172,12 @@ def run_transfer(
     names = {source: model.card.name for source, model in loaded.items()}
     if len({model_folder_name(name) for name in names.values()}) != len(names):  # their folders too
         raise InputError(
-            "two of the --source-models/--target-models have the same card name; give each model once."
+            "two of the --source-models/--target-models have the same card name (or names that differ only in "
+            "characters a folder name cannot hold); give each model once."
         )
-    attack, _ = prepare_attack(template, loaded[source_models[0]].card)
-    for source, request in requests.items():
-        prepare_attack(request, loaded[source].card)  # the organs exist in every model
+    # each model's request is validated once (the organs exist in every model); the attack is the same for all
+    prepared = {source: prepare_attack(request, loaded[source].card) for source, request in requests.items()}
+    attack, _ = prepared[source_models[0]]
     out = Path(out)
     sources, targets = [names[s] for s in source_models], [names[t] for t in target_models]
     settings = {

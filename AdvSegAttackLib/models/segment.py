@@ -219,24 +219,23 @@ def predict_logits_changed(
     slices, pads = window_slices(tuple(tensor.shape[-3:]), card.roi_size, card.overlap)
     padded = pad_for_windows(tensor.to(device), pads)
     clean_padded = pad_for_windows(clean_tensor.to(device), pads)
-    changed = [
+    changed_windows = [
         window for window in slices if not torch.equal(padded[(0, 0, *window)], clean_padded[(0, 0, *window)])
     ]
-    if not changed:
+    if not changed_windows:
         return clean_logits.clone(), 0, None
     box = tuple(
         slice(
-            max(min(w[axis].start for w in changed) - low, 0),
-            min(max(w[axis].stop for w in changed) - low, n),
+            max(min(w[axis].start for w in changed_windows) - low, 0),
+            min(max(w[axis].stop for w in changed_windows) - low, n),
         )
         for axis, ((low, _), n) in enumerate(zip(pads, tensor.shape[-3:], strict=True))
     )
-    changed = {window_start(window) for window in changed}
+    changed = {window_start(window) for window in changed_windows}
     total = len(slices)
     done = 0
-    nothing: dict[
-        int, torch.Tensor
-    ] = {}  # zero logits per batch size, for the batches without a changed window
+    # zero logits per batch size, for the batches without a changed window
+    nothing: dict[int, torch.Tensor] = {}
     if progress is not None:
         progress(0, total)
 
